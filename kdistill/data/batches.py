@@ -1,0 +1,74 @@
+"""Held-out split, collation and a resumable batch order.
+
+The order is a seeded permutation per epoch, so the data position of a run is just (epoch, index)
+and a resumed run continues with exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+
+def split(examples: list[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Shuffle once with `seed` and hold out max(1, fraction * n) examples."""
+    if len(examples) < 2:
+        return examples, examples
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, round(heldout_fraction * len(examples)))
+    return [examples[i] for i in order[n_held:]], [examples[i] for i in order[:n_held]]
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example.
+
+    Shapes: -> input_ids (B, T), attention_mask (B, T), targets (B, T), mask (B, T) bool
+    """
+    length = max(len(e["ids"]) for e in examples) - 1
+    batch = {k: torch.full((len(examples), length), v, dtype=d) for k, v, d in [
+        ("input_ids", pad_id, torch.long), ("attention_mask", 0, torch.long),
+        ("targets", pad_id, torch.long), ("mask", False, torch.bool)]}
+    for i, e in enumerate(examples):
+        n = len(e["ids"]) - 1
+        batch["input_ids"][i, :n] = torch.tensor(e["ids"][:-1])
+        batch["attention_mask"][i, :n] = 1
+        batch["targets"][i, :n] = torch.tensor(e["ids"][1:])
+        batch["mask"][i, :n] = torch.tensor(e["mask"][1:])
+    return batch
+
+
+class BatchStream:
+    """Endless batches of `batch_size` examples; `state()`/`load_state()` give the exact position."""
+
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, pad_id: int):
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.epoch, self.index = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next(self) -> dict[str, torch.Tensor]:
+        picked = []
+        while len(picked) < self.batch_size:
+            if self.index >= len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            picked.append(self.examples[self._order[self.index]])
+            self.index += 1
+        return collate(picked, self.pad_id)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._permutation(self.epoch)
+
+
+def heldout_batches(examples: list[dict], batch_size: int, pad_id: int, max_batches: int) -> list[dict]:
+    return [collate(examples[i:i + batch_size], pad_id)
+            for i in range(0, len(examples), batch_size)][:max_batches]

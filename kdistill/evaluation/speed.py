@@ -1,0 +1,79 @@
+"""Measured efficiency of one model: generation tokens/s, time to first token, peak memory.
+
+Each model is measured in its own subprocess (`python -m kdistill.evaluation.speed DIR`), so its peak
+resident memory (max RSS) is its own and not the evaluating process's. Greedy decoding of
+`max_new_tokens` tokens from each prompt, batch 1, after one warm-up generation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def folder_bytes(path: str | Path) -> int:
+    """Bytes of the weight files in a model folder (safetensors, gguf, bin)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".gguf", ".bin"))
+
+
+def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: int) -> dict:
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import kdistill  # noqa: F401  (registers kdistill's own model classes)
+
+    torch.set_num_threads(threads)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    gen = dict(do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    with torch.no_grad():
+        model.generate(**tok(prompts[0], return_tensors="pt"), max_new_tokens=4, **gen)
+        ttft, tokens, seconds = [], 0, 0.0
+        for p in prompts:
+            enc = tok(p, return_tensors="pt")
+            t0 = time.perf_counter()
+            model.generate(**enc, max_new_tokens=1, min_new_tokens=1, **gen)
+            ttft.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **gen)
+            seconds += time.perf_counter() - t0
+            tokens += out.shape[1] - enc["input_ids"].shape[1]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"tokens_per_s": tokens / seconds, "ttft_ms": 1000 * sum(ttft) / len(ttft),
+            "peak_rss_mb": peak / 1024, "baseline_rss_mb": rss0 / 1024, "threads": threads}
+
+
+def measure_in_subprocess(model_dir: str, prompts: list[str], max_new_tokens: int = 32,
+                          threads: int = 1) -> dict:
+    cmd = [sys.executable, "-m", "kdistill.evaluation.speed", str(model_dir), "--max-new-tokens",
+           str(max_new_tokens), "--threads", str(threads), "--prompts-json", json.dumps(prompts)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model_dir")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--prompts-json", default='["Once upon a time"]')
+    args = p.parse_args(argv)
+    print(json.dumps(measure(args.model_dir, json.loads(args.prompts_json), args.max_new_tokens, args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Device, dtype and thread choices, made once from what the hardware can do.
+
+This CPU has no fast bf16 (bf16 matmuls are ~100x slower than fp32), so on CPU everything runs in fp32;
+on CUDA the teacher runs in bf16 and training uses bf16 autocast.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA with bf16 support, else fp32 (CPU bf16 is slow here)."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op on CPU, where bf16 is slower than fp32."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_threads(threads: int = 0) -> int:
+    """Use `threads` torch threads (0 = KDISTILL_THREADS or all cores); returns the number set."""
+    if threads <= 0:
+        threads = int(os.environ.get("KDISTILL_THREADS", "0")) or (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, max RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

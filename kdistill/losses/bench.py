@@ -1,0 +1,193 @@
+"""`kdistill bench loss`: time and peak memory of the seed-style KD loss against ours, forward + backward.
+
+    kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576
+    python -m kdistill.losses.bench --tokens 512 --vocab 8192 --hidden 128 --divergence jsd
+
+Reference (what the seeds write): full student logits hidden @ W.T and full teacher logits, then
+F.kl_div(log_softmax(s / T), softmax(t / T), reduction="batchmean"), backward. Ours: `build_objective`
+with the chosen divergence (t2_scale off), the student's logits and (with --teacher hidden, the default)
+the teacher's logits computed one chunk of rows at a time; with --teacher logits the teacher's full
+logits are an input of both methods and not counted.
+
+How memory is measured: each method runs in a fresh Python process that builds its inputs, resets the
+kernel's peak-RSS mark (writing 5 to /proc/self/clear_refs; Linux >= 4.0), runs forward + backward once
+and reads VmHWM from /proc/self/status. "Peak extra" = VmHWM - RSS before the run: every byte the method
+touched on top of its inputs (logits, temporaries, gradients), whoever allocated it. torch keeps no CPU
+allocator statistics and tracemalloc does not see torch. Without clear_refs, ru_maxrss is used (an
+upper bound). Time: median of --repeat further runs in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdistill.losses.config import KINDS
+from kdistill.losses.objective import build_objective
+from kdistill.losses.signals import DenseSignal
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `kdistill bench loss`."""
+    parser.add_argument("--tokens", type=int, default=4096, help="rows (batch x sequence) of the loss")
+    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size V")
+    parser.add_argument("--hidden", type=int, default=576, help="student width D (teacher width too)")
+    parser.add_argument("--divergence", default="forward_kl", choices=[k for k in KINDS if k != "ce"],
+                        help="our loss term; the reference is always the seed-style forward KL")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: automatic)")
+    parser.add_argument("--memory-budget-mb", type=float, default=256.0, help="budget for the automatic chunk")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of hidden and weights")
+    parser.add_argument("--teacher", default="hidden", choices=["hidden", "logits"],
+                        help="teacher given as hidden states + head (chunked) or as full logits")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the measured one")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _inputs(args) -> dict:
+    g = torch.Generator().manual_seed(args.seed)
+    dtype = DTYPES[args.dtype]
+    n, v, d = args.tokens, args.vocab, args.hidden
+    x = {"hidden": torch.randn(n, d, generator=g).to(dtype).requires_grad_(),
+         "weight": (torch.randn(v, d, generator=g) / d ** 0.5).to(dtype).requires_grad_(),
+         "teacher_hidden": torch.randn(n, d, generator=g).to(dtype),
+         "teacher_weight": (torch.randn(v, d, generator=g) * 2 / d ** 0.5).to(dtype)}
+    if args.teacher == "logits":
+        with torch.no_grad():
+            x["teacher_logits"] = x["teacher_hidden"] @ x["teacher_weight"].T
+    return x
+
+
+def run_reference(x: dict, args) -> torch.Tensor:
+    """The seeds' loss on full logits, forward + backward; returns the loss."""
+    student = x["hidden"] @ x["weight"].T
+    if "teacher_logits" in x:
+        teacher = x["teacher_logits"]
+    else:
+        with torch.no_grad():
+            teacher = x["teacher_hidden"] @ x["teacher_weight"].T
+    t = args.temperature
+    loss = F.kl_div(F.log_softmax(student.float() / t, -1), F.softmax(teacher.float() / t, -1),
+                    reduction="batchmean")
+    loss.backward()
+    return loss.detach()
+
+
+def _objective(args):
+    return build_objective([{"kind": args.divergence, "temperature": args.temperature}], t2_scale=False,
+                           chunk_size=args.chunk_size, memory_budget_mb=args.memory_budget_mb)
+
+
+def run_ours(x: dict, args) -> torch.Tensor:
+    """Our chunked objective, forward + backward; returns the loss."""
+    if "teacher_logits" in x:
+        teacher = DenseSignal(logits=x["teacher_logits"][None])
+    else:
+        teacher = DenseSignal.from_hidden(x["teacher_hidden"][None], x["teacher_weight"])
+    n = x["hidden"].shape[0]
+    mask = torch.ones(1, n, dtype=torch.bool)
+    targets = torch.zeros(1, n, dtype=torch.long)
+    out = _objective(args)(x["hidden"][None], x["weight"], teacher, targets, mask, n)
+    out.loss.backward()
+    return out.loss.detach()
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(method: str, args) -> dict:
+    """Measure one method in this (fresh) process; returns peak extra MiB, run times and the loss."""
+    x = _inputs(args)
+    run = run_reference if method == "reference" else run_ours
+    before = _rss_kib("VmRSS") or 0
+    exact = _reset_peak()
+    loss = run(x, args)
+    peak = _rss_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.repeat):
+        x["hidden"].grad = x["weight"].grad = None
+        start = time.perf_counter()
+        run(x, args)
+        times.append(time.perf_counter() - start)
+    return {"peak_extra_mib": (peak - before) / 1024, "times": times, "loss": float(loss),
+            "method": "VmHWM after clear_refs" if exact else "ru_maxrss (upper bound)"}
+
+
+def _spawn(method: str, argv: list[str]) -> dict:
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "kdistill.losses.bench", "--worker", method, *argv],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker {method!r} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _argv(args) -> list[str]:
+    argv = ["--tokens", args.tokens, "--vocab", args.vocab, "--hidden", args.hidden, "--divergence",
+            args.divergence, "--temperature", args.temperature, "--memory-budget-mb", args.memory_budget_mb,
+            "--dtype", args.dtype, "--teacher", args.teacher, "--repeat", args.repeat, "--seed", args.seed]
+    if args.chunk_size is not None:
+        argv += ["--chunk-size", args.chunk_size]
+    return [str(a) for a in argv]
+
+
+def main(args) -> int:
+    """Run both methods, each in a fresh process, and print time, peak extra memory and their ratios."""
+    chunk = _objective(args).chunk_size_for(args.vocab)
+    teacher = "hidden + head, logits chunked too" if args.teacher == "hidden" else "full logits (an input)"
+    print(f"kdistill bench loss: tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} "
+          f"divergence={args.divergence} T={args.temperature} dtype={args.dtype} torch threads="
+          f"{torch.get_num_threads()}")
+    print(f"ours: chunked fused output layer, {chunk} rows/chunk "
+          f"({'given' if args.chunk_size else f'auto, budget {args.memory_budget_mb:g} MiB'}); teacher: {teacher}")
+    print("reference: full logits, F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')")
+    results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours")}
+    print(f"memory: {results['ours']['method']}, peak RSS growth over the inputs, one process per method")
+    print(f"{'method':<10} {'time_s':>9} {'peak_extra_MiB':>15} {'loss':>12}")
+    for name, r in results.items():
+        median = statistics.median(r["times"]) if r["times"] else float("nan")
+        r["median"] = median
+        print(f"{name:<10} {median:>9.3f} {r['peak_extra_mib']:>15.1f} {r['loss']:>12.6f}")
+    ref, ours = results["reference"], results["ours"]
+    print(f"ratio ours/reference: time {ours['median'] / ref['median']:.3f}  "
+          f"peak memory {ours['peak_extra_mib'] / max(ref['peak_extra_mib'], 1e-9):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    cli_args = parser.parse_args()
+    if cli_args.worker:
+        print(json.dumps(worker(cli_args.worker, cli_args)))
+        sys.exit(0)
+    sys.exit(main(cli_args))

@@ -1,0 +1,157 @@
+"""The training objective: a weighted list of loss terms, evaluated on the student's output layer in chunks.
+
+    objective = build_objective([{"kind": "forward_kl", "weight": 1.0, "temperature": 2.0},
+                                 {"kind": "ce", "weight": 0.5, "label_smoothing": 0.1}])
+    out = objective(hidden, head_weight, teacher, targets, mask, num_tokens, progress)
+    out.loss.backward(); log(out.terms)
+
+loss = Σ_tokens Σ_terms weight · s · value(token) / num_tokens, where s = T² for teacher terms when
+`t2_scale` (Hinton et al.: keeps soft-target gradients comparable across temperatures; per token for
+the entropy temperature) and 1 otherwise. `out.terms[name]` is each term's unweighted, unscaled value
+with the same normalisation, so it too sums over micro-batches. Only masked rows are computed at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kdistill.errors import ConfigError
+from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
+from kdistill.losses.config import Term, number, parse_terms
+from kdistill.losses.divergences import cross_entropy, divergence
+from kdistill.losses.reduction import reduce_tokens
+from kdistill.losses.schedules import EntropyTemperature
+from kdistill.losses.selective import selective
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar to backpropagate; terms: name -> unweighted value (detached, summable over micro-batches)."""
+
+    loss: Tensor
+    terms: dict[str, float]
+
+
+def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | None,
+                progress: float) -> tuple[Tensor, float | Tensor]:
+    """One term's per-token value and the temperature it used. Shapes: student_logits (N, V) -> (N,), () or (N,)"""
+    if isinstance(term.temperature, EntropyTemperature):
+        temperature = term.temperature(teacher, term.missing_mass)
+    else:
+        temperature = term.temperature(progress)
+    if term.kind == "ce":
+        return cross_entropy(student_logits, targets, temperature, term.label_smoothing), temperature
+    if term.kind == "selective":
+        return selective(student_logits, teacher, temperature, term.divergence, term.top_k,
+                         term.entropy_threshold, term.missing_mass, **term.params), temperature
+    return divergence(term.divergence, student_logits, teacher, temperature, term.missing_mass,
+                      **term.params), temperature
+
+
+class Objective:
+    """Weighted loss terms; call it with the student's head input and weight (see `__call__`)."""
+
+    def __init__(self, terms: list[Term], t2_scale: bool = True, chunk_size: int | None = None,
+                 memory_budget_mb: float = 256.0):
+        self.terms, self.t2_scale = terms, t2_scale
+        self.chunk_size, self.memory_budget_mb = chunk_size, memory_budget_mb
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(t.kind for t in self.terms)
+
+    @property
+    def needs_ce_targets(self) -> bool:
+        return any(t.kind == "ce" for t in self.terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.kind != "ce" for t in self.terms)
+
+    def chunk_size_for(self, vocab_size: int) -> int:
+        """Rows per chunk: the override, or the most that fit the memory budget for this vocabulary."""
+        return self.chunk_size or auto_chunk_size(vocab_size, self.memory_budget_mb, list(self.kinds))
+
+    def schedule_values(self, progress: float = 0.0) -> dict[str, float]:
+        """Current weight and temperature of each term, for logging (entropy temperatures are per token)."""
+        values = {f"weight/{t.name}": t.weight(progress) for t in self.terms}
+        values.update({f"temperature/{t.name}": t.temperature(progress) for t in self.terms
+                       if not isinstance(t.temperature, EntropyTemperature)})
+        return values
+
+    def rows_loss(self, student_logits: Tensor, teacher, targets: Tensor | None, num_tokens,
+                  progress: float, logs: dict[str, Tensor]) -> Tensor:
+        """Weighted loss of already selected rows, / num_tokens; adds each term's value into `logs`.
+
+        Shapes: student_logits (N, V), teacher over (N,), targets (N,) -> ()
+        """
+        total = 0.0
+        for term in self.terms:
+            values, temperature = term_values(term, student_logits, teacher, targets, progress)
+            logs[term.name] = logs[term.name] + reduce_tokens(values.detach(), None, num_tokens)
+            scale = temperature ** 2 if self.t2_scale and term.kind != "ce" else 1.0
+            total = total + term.weight(progress) * scale * values
+        return reduce_tokens(total, None, num_tokens)
+
+    def _check(self, vocab_size: int, teacher, targets) -> None:
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"loss terms {self.kinds} need a teacher signal")
+        if self.needs_ce_targets and targets is None:
+            raise ValueError("a 'ce' loss term needs targets")
+        teacher_vocab = getattr(teacher, "vocab_size", vocab_size)
+        if teacher_vocab != vocab_size:
+            raise ValueError(f"teacher vocabulary {teacher_vocab} != student vocabulary {vocab_size}; "
+                             "pad the smaller one with -inf logits")
+
+    def __call__(self, hidden: Tensor, head_weight: Tensor, teacher, targets: Tensor | None, mask: Tensor,
+                 num_tokens, progress: float = 0.0) -> LossOutput:
+        """Loss of the student whose logits are hidden @ head_weight.T, computed a chunk of rows at a time.
+
+        teacher: DenseSignal | SparseSignal | None (CE only). num_tokens: True mask entries of the whole
+        optimizer step (all micro-batches and processes). progress: step / total_steps for schedules.
+        Shapes: hidden (B, T, D), head_weight (V, D), teacher over (B, T), targets (B, T), mask (B, T) -> ()
+        """
+        self._check(head_weight.shape[0], teacher, targets)
+        rows = mask.reshape(-1).nonzero().squeeze(-1)
+        student_rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+        flat_targets = None if targets is None else targets.reshape(-1)
+        logs = {t.name: torch.zeros((), device=hidden.device) for t in self.terms}
+
+        def chunk_loss(logits: Tensor, chunk: slice) -> Tensor:
+            r = rows[chunk]
+            return self.rows_loss(logits, None if teacher is None else teacher.take(r),
+                                  None if flat_targets is None else flat_targets[r], num_tokens, progress, logs)
+
+        chunk_size = self.chunk_size_for(head_weight.shape[0])
+        loss = fused_linear_loss(student_rows, head_weight, chunk_loss, chunk_size)
+        return LossOutput(loss, {name: float(v) for name, v in logs.items()})
+
+    def from_logits(self, student_logits: Tensor, teacher, targets: Tensor | None, mask: Tensor,
+                    num_tokens, progress: float = 0.0) -> LossOutput:
+        """The same loss on full student logits with plain autograd (evaluation, reference for tests).
+
+        Shapes: student_logits (B, T, V), teacher over (B, T), targets (B, T), mask (B, T) -> ()
+        """
+        self._check(student_logits.shape[-1], teacher, targets)
+        rows = mask.reshape(-1).nonzero().squeeze(-1)
+        logits = student_logits.reshape(-1, student_logits.shape[-1]).index_select(0, rows)
+        logs = {t.name: torch.zeros((), device=logits.device) for t in self.terms}
+        loss = self.rows_loss(logits, None if teacher is None else teacher.take(rows),
+                              None if targets is None else targets.reshape(-1)[rows], num_tokens, progress, logs)
+        return LossOutput(loss, {name: float(v) for name, v in logs.items()})
+
+
+def build_objective(terms: list[dict], t2_scale: bool = True, chunk_size: int | None = None,
+                    memory_budget_mb: float = 256.0, key: str = "loss") -> Objective:
+    """Validate the config's terms (ConfigError naming `key.terms[i]...`) and build the objective.
+
+    chunk_size None: automatic from the vocabulary and `memory_budget_mb`; an int overrides it.
+    """
+    if not isinstance(t2_scale, bool):
+        raise ConfigError(f"{key}.t2_scale: expected true or false, got {t2_scale!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ConfigError(f"{key}.chunk_size: expected a whole number >= 1 or null (automatic), got {chunk_size!r}")
+    budget = number(memory_budget_mb, f"{key}.memory_budget_mb", 0.0, low_open=True)
+    return Objective(parse_terms(terms, key), t2_scale, chunk_size, budget)

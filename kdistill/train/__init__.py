@@ -1,0 +1,1 @@
+"""Training: the distillation loop (`loop.py`), checkpoints (`checkpoint.py`), LR schedule (`schedule.py`)."""

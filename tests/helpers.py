@@ -1,0 +1,83 @@
+"""Tiny models and tokenizers built in code, so tests never download anything.
+
+`tiny_tokenizer()` is a byte-level BPE trained on a few sentences, with a ChatML chat template and
+`<|im_start|>`/`<|im_end|>` specials like SmolLM2's. `tiny_llama(vocab_size)` is a 2-layer LLaMA.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    "Once upon a time there was a little fox who lived in the forest.",
+    "The king said that the castle would open its gates at dawn.",
+    "In the beginning the world was dark and quiet and cold.",
+    "To bake bread, mix flour, water, salt and yeast, then wait.",
+    "def add(a, b):\n    return a + b\n",
+    "What is the capital of France? The capital of France is Paris.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "She opened the door, looked outside and smiled at the rain.",
+] * 4
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A fresh tokenizer object (callers may mutate it) of at most `vocab_size` tokens."""
+    from tokenizers import Tokenizer
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_trained_tokenizer(vocab_size)),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
+    cfg = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size, **overrides)).eval()
+
+
+def save_tiny_teacher(path, seed: int = 0, **overrides) -> str:
+    """Write a tiny LLaMA teacher plus tokenizer to `path` (an HF folder) and return it as str."""
+    tok = tiny_tokenizer()
+    model = tiny_llama(len(tok), seed=seed, **overrides)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,93 @@
+"""Sparse teacher signals: k = V equals dense, both missing-mass policies against plain formulas."""
+import pytest
+import torch
+
+from kdistill.losses import DenseSignal, SparseSignal
+from kdistill.losses import divergences as D
+from kdistill.losses.signals import entropy, pair_logprobs, teacher_logprobs
+
+from .test_divergences import NAMES, PARAMS, logits, reference
+
+
+@pytest.mark.parametrize("missing", ["renormalize", "residual"])
+@pytest.mark.parametrize("name", NAMES)
+def test_sparse_with_k_equal_v_equals_dense(name, missing):
+    s, t = logits(3, 5, 31).requires_grad_(), logits(3, 5, 31, seed=1)
+    sparse = D.divergence(name, s, SparseSignal.from_logits(t, 31), 1.6, missing, **PARAMS.get(name, {}))
+    dense = D.divergence(name, s, t, 1.6, **PARAMS.get(name, {}))
+    torch.testing.assert_close(sparse, dense)
+    torch.testing.assert_close(torch.autograd.grad(sparse.sum(), s)[0], torch.autograd.grad(dense.sum(), s)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_renormalize_is_the_divergence_on_the_k_ids(name):
+    s, t = logits(2, 4, 40).requires_grad_(), logits(2, 4, 40, seed=1)
+    signal = SparseSignal.from_logits(t, 6)
+    ours = D.divergence(name, s, signal, 2.0, "renormalize", **PARAMS.get(name, {}))
+    ref = reference(name, s.gather(-1, signal.ids), signal.logprobs, 2.0, **PARAMS.get(name, {}))
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_residual_is_the_divergence_on_k_plus_one_buckets(name):
+    s, t = logits(2, 4, 40).requires_grad_(), logits(2, 4, 40, seed=1)
+    signal = SparseSignal.from_logits(t, 6)
+    q = s.softmax(-1)
+    q_k = q.gather(-1, signal.ids)
+    p_k = signal.logprobs.exp()
+    student = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], -1).log()  # bucket = all other ids
+    teacher = torch.cat([p_k, 1 - p_k.sum(-1, keepdim=True)], -1).log()
+    ours = D.divergence(name, s, signal, 2.0, "residual", **PARAMS.get(name, {}))
+    ref = reference(name, student, teacher, 2.0, **PARAMS.get(name, {}))
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), s)[0], torch.autograd.grad(ref.sum(), s)[0])
+
+
+def test_sampled_counts_are_the_empirical_distribution_under_both_policies():
+    s = logits(1, 2, 20)
+    ids = torch.tensor([[[3, 7, 11, 0], [5, 2, 9, 1]]])
+    counts = torch.tensor([[[5, 3, 2, 0], [8, 1, 1, 0]]])  # a zero count pads the slot
+    signal = SparseSignal.from_counts(ids, counts)
+    torch.testing.assert_close(signal.logprobs.exp(), torch.tensor([[[.5, .3, .2, 0], [.8, .1, .1, 0]]]))
+    a = D.divergence("forward_kl", s, signal, missing="renormalize")
+    b = D.divergence("forward_kl", s, signal, missing="residual")
+    torch.testing.assert_close(a, b.to(a.dtype))
+    q = s.gather(-1, ids[..., :3]).log_softmax(-1)
+    p = (counts[..., :3].double() / 10)
+    torch.testing.assert_close(a, (p * (p.log() - q)).sum(-1))
+
+
+def test_padded_slots_with_repeated_ids_are_ignored():
+    s, t = logits(2, 3, 30).requires_grad_(), logits(2, 3, 30, seed=1)
+    signal = SparseSignal.from_logits(t, 5)
+    padded = SparseSignal(ids=torch.cat([signal.ids, signal.ids[..., :2]], -1),
+                          logprobs=torch.cat([signal.logprobs, torch.full((2, 3, 2), float("-inf"),
+                                                                          dtype=t.dtype)], -1))
+    for missing in ("renormalize", "residual"):
+        for name in NAMES:
+            value = D.divergence(name, s, padded, 1.5, missing, **PARAMS.get(name, {}))
+            torch.testing.assert_close(value, D.divergence(name, s, signal, 1.5, missing, **PARAMS.get(name, {})))
+            assert torch.isfinite(torch.autograd.grad(value.sum(), s)[0]).all()
+
+
+def test_take_selects_flattened_rows_and_from_hidden_matches_logits():
+    hidden, weight = logits(2, 3, 4), logits(9, 4, seed=1)
+    rows = torch.tensor([4, 0, 5])
+    a = DenseSignal.from_hidden(hidden, weight).take(rows).logits
+    torch.testing.assert_close(a, (hidden @ weight.T).reshape(6, 9)[rows])
+    sparse = SparseSignal.from_logits(hidden @ weight.T, 3).take(rows)
+    assert sparse.ids.shape == (3, 3) and sparse.k == 3
+
+
+def test_signal_validation():
+    with pytest.raises(ValueError):
+        DenseSignal()
+    with pytest.raises(ValueError):
+        SparseSignal(ids=torch.zeros(2, 3), logprobs=torch.zeros(2, 3))
+
+
+def test_teacher_entropy_and_pair_shapes():
+    t = torch.tensor([[0.0, 0.0, float("-inf"), 0.0]])
+    assert entropy(teacher_logprobs(DenseSignal(logits=t))).item() == pytest.approx(torch.log(torch.tensor(3.)))
+    s_lp, t_lp = pair_logprobs(torch.zeros(1, 4), SparseSignal.from_logits(t, 2), missing="residual")
+    assert s_lp.shape == t_lp.shape == (1, 3)

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup demo test clean bench-loss
+.PHONY: setup demo test clean bench-loss chromium
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite
 
-test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest
+test: setup chromium
+	OMP_NUM_THREADS=1 KDISTILL_THREADS=1 $(PY) -m pytest
+
+# The report test renders the page in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "== installing Debian's chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench-loss: setup
 	$(PY) -m kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576

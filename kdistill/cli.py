@@ -1,4 +1,4 @@
-"""The `kdistill` command line: distill, generate, eval, bench, export.
+"""The `kdistill` command line: distill, generate, eval, report, bench, design, export.
 
 Each subcommand's --help ends with an example. A user error (KdistillError) prints one clear message
 and exits 2, without a traceback.
@@ -17,8 +17,13 @@ EXAMPLES = {
                "  kdistill distill --config configs/demo.yaml train.max_steps=20 output_dir=runs/quick\n"
                "  kdistill distill --config configs/demo.yaml --resume",
     "generate": "example:\n  kdistill generate --model runs/demo/student \"Once upon a time\"",
-    "eval": "example:\n  kdistill eval --student runs/demo/student --teacher default --data notes.txt",
+    "eval": "examples:\n  kdistill eval --student runs/demo/student --teacher default --data notes.txt --out e.json\n"
+            "  kdistill eval --run runs/demo --tasks tests/fixtures/tasks/tiny_mc.jsonl --lm-eval-dir runs/lm_tasks",
+    "report": "examples:\n  kdistill report runs/demo\n"
+              "  kdistill report runs/small runs/medium runs/large --min-retention 0.9 --out runs/report",
     "bench": "example:\n  kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576",
+    "design": "examples:\n  kdistill design --teacher default --compression 4\n"
+              "  kdistill design --teacher default --params 30M --out configs/student_30m.yaml",
     "export": "example:\n  kdistill export --model runs/demo/student --format gguf --type Q8_0 --out student.gguf",
 }
 
@@ -46,13 +51,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
 
-    p = _sub(subs, "eval", "Compare a student with its teacher on held-out data.")
-    p.add_argument("--student", required=True)
-    p.add_argument("--teacher", required=True, help="hub id, folder, .gguf file or 'default'")
+    p = _sub(subs, "eval", "Compare a student with its teacher: held-out agreement, benchmarks, size and speed.")
+    p.add_argument("--run", help="a `kdistill distill` output_dir: its student, teacher and held-out split; "
+                                 "the result is merged into RUN/eval.json")
+    p.add_argument("--student", help="student folder (default with --run: RUN/student)")
+    p.add_argument("--teacher", help="hub id, folder, .gguf file or 'default' (default with --run: from its config)")
     p.add_argument("--data", help="data file (default: teacher-generated data)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument("--tasks", nargs="+", metavar="FILE.jsonl",
+                   help="benchmark files, multiple choice or generative (format: kdistill/evaluation/tasks.py)")
+    p.add_argument("--limit", type=int, help="use at most this many records of each task")
+    p.add_argument("--max-new-tokens", type=int, help="for completions, speed and generative tasks (default 32)")
+    p.add_argument("--no-speed", action="store_true", help="skip the generation speed and memory measurement")
+    p.add_argument("--lm-eval-dir", help="also write lm-eval task YAMLs for --tasks here")
+    p.add_argument("--out", help="write the result as JSON here (default with --run: RUN/eval.json)")
+
+    p = _sub(subs, "report", "An HTML page (and Markdown) of one or more runs: curves, tables, completions, "
+                             "quality vs size.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report, or PARENT/report for several runs)")
+    p.add_argument("--min-retention", type=float, default=0.9,
+                   help="recommend the smallest student that keeps this share of the teacher's quality")
+    p.add_argument("--title", default="kdistill report")
 
     p = _sub(subs, "bench", "Benchmarks that print their numbers.")
     bench = p.add_subparsers(dest="bench", required=True)
@@ -61,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("loss", help="loss time and peak memory: seed-style reference vs kdistill",
                          epilog=EXAMPLES["bench"], formatter_class=argparse.RawDescriptionHelpFormatter)
     loss_bench.add_arguments(b)
+
+    from .students import design
+
+    p = _sub(subs, "design", "Print candidate students for a teacher and a size; write the chosen one as a config.")
+    design.add_arguments(p)
 
     from .export import cli as export_cli
 
@@ -91,10 +117,22 @@ def _eval(args) -> int:
     return run_eval(args)
 
 
+def _report(args) -> int:
+    from .report.command import run_report
+
+    return run_report(args)
+
+
 def _bench(args) -> int:
     from .losses import bench as loss_bench
 
     return loss_bench.main(args)
+
+
+def _design(args) -> int:
+    from .students import design
+
+    return design.main(args)
 
 
 def _export(args) -> int:
@@ -103,7 +141,8 @@ def _export(args) -> int:
     return export_cli.main(args)
 
 
-COMMANDS = {"distill": _distill, "generate": _generate, "eval": _eval, "bench": _bench, "export": _export}
+COMMANDS = {"distill": _distill, "generate": _generate, "eval": _eval, "report": _report, "bench": _bench,
+            "design": _design, "export": _export}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,10 @@ class TeacherConfig:
     dtype: str = "auto"
     """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
+    load_in: str = "full"
+    """full, 8bit or 4bit (bitsandbytes, where installed): hold a big teacher in less memory."""
+    cache: str | None = None
+    """A teacher cache folder written by `kdistill cache`: train from it without loading the teacher."""
 
 
 @dataclass
@@ -50,6 +54,15 @@ class StudentConfig:
     """Teacher layer indices to copy when layer_selection=explicit."""
     model: str | None = None
     """For kind=pretrained: the student's hub id or folder."""
+    fractal_steps: int = 10
+    """For kind=fractal: T, how many times the one shared block is applied."""
+    fractal_alpha: float = 0.5
+    """For kind=fractal: the update Z <- (1 - alpha) Z + alpha sigma(Layer(Z))."""
+    lora_rank: int = 0
+    """For kind=pretrained: LoRA rank (0 = train all weights)."""
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -118,6 +131,9 @@ class EvalConfig:
     max_batches: int = 8
     prompts: list[str] = field(default_factory=lambda: list(SEED_PROMPTS))
     max_new_tokens: int = 32
+    tasks: list[str] = field(default_factory=list)
+    """Benchmark JSONL files (multiple-choice or generative, see kdistill/evaluation/tasks.py) run on
+    teacher and student after training."""
 
 
 @dataclass
@@ -283,6 +299,8 @@ def validate(cfg: Config) -> None:
         ("student.kind", cfg.student.kind in ("llama", "fractal", "pretrained"),
          "must be llama, fractal or pretrained"),
         ("student.init", cfg.student.init in ("teacher", "random"), "must be teacher or random"),
+        ("teacher.load_in", cfg.teacher.load_in in ("full", "8bit", "4bit"), "must be full, 8bit or 4bit"),
+        ("student.lora_rank", cfg.student.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
         ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
          "must be importance, even, first_last or explicit"),
         ("output_dir", bool(cfg.output_dir), "must be set"),

@@ -25,14 +25,14 @@ from .evaluation.compare import compare, format_table
 from .evaluation.heldout import heldout_metrics
 from .hardware import pick_device, pick_dtype, set_threads
 from .losses import build_objective
-from .students import build_student
+from .students import build_student, save_student
 from .students.llama import count_parameters
-from .teacher import load_teacher
+from .teacher import load_teacher, teacher_memory
 from .train import checkpoint
 from .train.loop import run_training
 
 log = logging.getLogger("kdistill")
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "eval.json")
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "adapter", "eval.json")
 
 
 def prepare_output(output_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -82,6 +82,9 @@ def trim_metrics(path: Path, step: int) -> None:
 
 def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     output_dir = Path(cfg.output_dir)
+    if resume and cfg.student.kind == "pretrained" and cfg.student.lora_rank > 0:
+        raise ConfigError("--resume: a LoRA student's checkpoints hold only its adapter, which resuming does not "
+                          "restore yet; start again with --overwrite (or train with student.lora_rank=0)")
     resume_from = prepare_output(output_dir, resume, overwrite)
     fsutil.write_text(output_dir / "config.yaml", dump(cfg))
     threads = set_threads(cfg.train.threads)
@@ -93,8 +96,13 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
 
     t0 = time.time()
     log.info("loading teacher %s", cfg.teacher.model)
-    teacher, tokenizer, teacher_dir = load_teacher(cfg.teacher.model, device, dtype, cfg.teacher.trust_remote_code)
+    teacher, tokenizer, teacher_dir = load_teacher(cfg.teacher.model, device, dtype, cfg.teacher.trust_remote_code,
+                                                   cfg.teacher.load_in)
     log.info("teacher loaded in %.1fs: %s parameters", time.time() - t0, f"{count_parameters(teacher):,}")
+    memory = teacher_memory(teacher, dtype)
+    if cfg.teacher.load_in != "full":
+        print(f"teacher held in {cfg.teacher.load_in}: {memory['held_mb']:.1f} MB of weights instead of "
+              f"{memory['full_mb']:.1f} MB ({memory['saved_mb']:.1f} MB saved)", flush=True)
     check_positions(cfg, teacher)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -108,7 +116,7 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     calib = batching.collate(train[:4], pad)
 
     torch.manual_seed(cfg.train.seed)
-    student, report = build_student(cfg, teacher, teacher.get_input_embeddings().weight.shape[0], calib)
+    student, report = build_student(cfg, teacher, teacher.get_input_embeddings().weight.shape[0], calib, tokenizer)
     student.to(device)
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
@@ -123,7 +131,8 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     def evaluate(step: int) -> dict:
         student.eval()
         m = heldout_metrics(student, teacher, heldout, device, teacher_cache)
-        return {"eval_kl": m["kl"], "eval_top1": m["top1_agreement"], "eval_ppl": m["ppl_student"]}
+        return {"eval_kl": m["kl"], "eval_js": m["js"], "eval_top1": m["top1_agreement"],
+                "eval_top10": m["top10_agreement"], "eval_ppl": m["ppl_student"]}
 
     start = evaluate(0)
     log.info("held-out KL before training: %.3f nats/token", start["eval_kl"])
@@ -136,14 +145,13 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     run_training(cfg, student, teacher, tokenizer, objective, stream, evaluate, device, output_dir, resume_from)
 
     student_dir = output_dir / "student"
-    with fsutil.atomic_dir(student_dir) as tmp:
-        student.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    student = save_student(student, tokenizer, output_dir)  # a LoRA student: also adapter/, then merged
     log.info("student saved to %s; evaluating against the teacher", student_dir)
     result = compare(student, teacher, tokenizer, heldout, device, student_dir, teacher_dir,
-                     cfg.eval.prompts, cfg.eval.max_new_tokens)
+                     cfg.eval.prompts, cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None)
     result["heldout_start"] = {"kl": start["eval_kl"], "top1_agreement": start["eval_top1"]}
     result["student_init"] = report
+    result["teacher_memory"] = {"load_in": cfg.teacher.load_in, **memory}
     fsutil.write_json(output_dir / "eval.json", result)
     print(format_table(result), flush=True)
     return result

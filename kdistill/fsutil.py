@@ -13,11 +13,19 @@ import tempfile
 from pathlib import Path
 
 
+def _umask_mode(base: int) -> int:
+    """`base` (0o666 files, 0o777 folders) less the process umask, as open()/mkdir() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _umask_mode(0o666))
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -39,6 +47,7 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
         old = None

@@ -5,7 +5,10 @@ transformers loads from GGUF carries a gguf quantizer and can be neither saved n
 teacher is converted once to a plain model and kept as safetensors in the kdistill cache
 (`$KDISTILL_CACHE`, default `~/.cache/kdistill`); later loads read that copy in seconds.
 
-The teacher is frozen: `eval()`, `requires_grad_(False)`, in the dtype the hardware is fast at.
+The teacher is frozen: `eval()`, `requires_grad_(False)`, in the dtype the hardware is fast at. With
+`teacher.load_in=8bit|4bit` its linear layers are held by bitsandbytes (LLM.int8, or NF4 with double
+quantisation; both run on CPU with bitsandbytes >= 0.49); embeddings, norms and the head stay in full
+precision, and `teacher_memory` reports the bytes saved.
 """
 from __future__ import annotations
 
@@ -117,15 +120,47 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
         raise ModelError(f"cannot load a tokenizer for teacher {spec!r}: {e}") from e
 
 
-def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
-    """Load a frozen teacher. Returns (model, tokenizer, local_folder_or_id)."""
+def quantization_config(load_in: str, dtype: torch.dtype):
+    """bitsandbytes settings for teacher.load_in (None for full): 8-bit LLM.int8, or 4-bit NF4 with
+    double quantisation computing in `dtype`. Raises ModelError when bitsandbytes is missing."""
+    if load_in == "full":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ModelError(f"teacher.load_in={load_in} needs bitsandbytes ({e}): `pip install bitsandbytes`, "
+                         "or set teacher.load_in=full") from None
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def teacher_memory(model, dtype: torch.dtype) -> dict:
+    """Bytes the teacher's weights take as loaded, and would take unquantised in `dtype` (MB)."""
+    full = 0
+    for p in {id(p): p for p in model.parameters()}.values():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        full += (shape.numel() if shape is not None else p.numel()) * torch.tensor([], dtype=dtype).element_size()
+    held = model.get_memory_footprint(return_buffers=False)
+    return {"held_mb": held / 2**20, "full_mb": full / 2**20, "saved_mb": (full - held) / 2**20}
+
+
+def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False,
+                 load_in: str = "full"):
+    """Load a frozen teacher, in full precision or 8/4-bit (`load_in`). Returns (model, tokenizer, folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, gguf = resolve(spec)
     if gguf:
         folder = str(convert_gguf(folder, gguf))
+    quant = quantization_config(load_in, dtype)
+    where = {"quantization_config": quant, "device_map": {"": str(device)}} if quant else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **where)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelError(f"cannot load teacher {spec!r}: {e}. Offline, a hub id works only if it is "
@@ -135,5 +170,12 @@ def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remo
             raise ModelError(f"teacher {spec!r} needs custom code: set teacher.trust_remote_code=true "
                              "if you trust it") from e
         raise ModelError(f"cannot load teacher {spec!r}: {e}") from e
-    model.to(device).eval().requires_grad_(False)
+    except RuntimeError as e:
+        if quant is None:
+            raise
+        raise ModelError(f"teacher.load_in={load_in}: bitsandbytes cannot quantise {spec!r} on {device} ({e}); "
+                         "set teacher.load_in=full") from e
+    if quant is None:
+        model.to(device)
+    model.eval().requires_grad_(False)
     return model, tokenizer, folder

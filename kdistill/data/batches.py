@@ -41,8 +41,9 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 class BatchStream:
     """Endless batches of `batch_size` examples; `state()`/`load_state()` give the exact position."""
 
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, pad_id: int):
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, pad_id: int, collate_fn=None):
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.collate_fn = collate_fn or (lambda picked: collate(picked, pad_id))
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 
@@ -59,7 +60,7 @@ class BatchStream:
                 self._order = self._permutation(self.epoch)
             picked.append(self.examples[self._order[self.index]])
             self.index += 1
-        return collate(picked, self.pad_id)
+        return self.collate_fn(picked)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}

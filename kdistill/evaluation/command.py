@@ -1,17 +1,29 @@
-"""`kdistill eval --student DIR --teacher SPEC [--data SPEC]`: the comparison table, and JSON with --out."""
+"""`kdistill eval`: the teacher-vs-student table on screen, and JSON.
+
+    kdistill eval --student runs/demo/student --teacher default --data notes.txt --out eval.json
+    kdistill eval --run runs/demo --tasks tests/fixtures/tasks/tiny_mc.jsonl tests/fixtures/tasks/tiny_gen.jsonl
+
+`--run RUN_DIR` evaluates the student of a `kdistill distill` run against its teacher on the run's own
+held-out split (teacher, data and seq_len come from RUN_DIR/config.yaml) and merges the result into
+RUN_DIR/eval.json, which `kdistill report` reads. `--lm-eval-dir DIR` also writes lm-eval task YAMLs
+for the --tasks files and prints the `lm_eval` command that runs them on the student folder.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from .. import fsutil
-from ..config import Config
+from ..config import Config, load_config
 from ..data import batches as batching
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..hardware import pick_device, pick_dtype, set_threads
 from ..teacher import load_teacher
 from .compare import compare, format_table
+from .lm_eval_tasks import lm_eval_command, write_task_yamls
+from .tasks import read_task
 
 
 def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
@@ -21,29 +33,73 @@ def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
                          "and this comparison need one vocabulary (train the student with the teacher's tokenizer)")
 
 
+def resolve_args(args) -> tuple[Config, str, str, bool]:
+    """(config, student folder, teacher spec, split held-out) from --run or --student/--teacher."""
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--run {run}: no config.yaml there; give the output_dir of `kdistill distill`")
+        cfg = load_config(run / "config.yaml")
+        student = args.student or str(run / "student")
+        return cfg, student, args.teacher or cfg.teacher.model, True
+    if not args.student or not args.teacher:
+        raise ConfigError("give --run RUN_DIR, or both --student DIR and --teacher SPEC")
+    cfg = Config()
+    cfg.data.path, cfg.train.seq_len = args.data, args.seq_len
+    return cfg, args.student, args.teacher, not args.data
+
+
+def output_path(args) -> Path | None:
+    if args.out:
+        return Path(args.out)
+    return Path(args.run) / "eval.json" if args.run else None
+
+
+def write_result(path: Path, result: dict) -> None:
+    """Write the result; keys of an existing file that this run did not produce (heldout_start) are kept."""
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+    fsutil.write_json(path, {**old, **result})
+
+
 def run_eval(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..distill import load_examples
 
+    cfg, student_dir, teacher_spec, split = resolve_args(args)
+    tasks = list(getattr(args, "tasks", None) or [])
+    for path in tasks:
+        read_task(path)  # bad task files fail before any model is loaded
     set_threads(0)
     device = pick_device("auto")
-    teacher, tokenizer, teacher_dir = load_teacher(args.teacher, device, pick_dtype("auto", device))
-    if not Path(args.student).is_dir():
-        raise ModelError(f"--student {args.student}: no such folder")
-    student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32).to(device).eval()
-    check_same_tokenizer(AutoTokenizer.from_pretrained(args.student), tokenizer, args.student)
+    if not Path(student_dir).is_dir():
+        raise ModelError(f"--student {student_dir}: no such folder")
+    teacher, tokenizer, teacher_dir = load_teacher(teacher_spec, device, pick_dtype("auto", device),
+                                                   cfg.teacher.trust_remote_code)
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).to(device).eval()
+    check_same_tokenizer(AutoTokenizer.from_pretrained(student_dir), tokenizer, student_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cfg = Config()
-    cfg.data.path, cfg.train.seq_len = args.data, args.seq_len
     examples = load_examples(cfg, teacher, tokenizer, teacher_dir, device)
-    if not args.data:
+    if split:
         _, examples = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
     batches = batching.heldout_batches(examples, cfg.train.batch_size, tokenizer.pad_token_id, args.batches)
-    result = compare(student, teacher, tokenizer, batches, device, args.student, teacher_dir,
-                     cfg.eval.prompts, cfg.eval.max_new_tokens)
+    max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
+    result = compare(student, teacher, tokenizer, batches, device, student_dir, teacher_dir, cfg.eval.prompts,
+                     max_new, measure_speed=not getattr(args, "no_speed", False), tasks=tasks,
+                     task_limit=getattr(args, "limit", None))
     print(format_table(result))
-    if args.out:
-        fsutil.write_json(args.out, result)
+    out = output_path(args)
+    if out is not None:
+        write_result(out, result)
+        print(f"\nwrote {out}")
+    if getattr(args, "lm_eval_dir", None) and tasks:
+        names = write_task_yamls(tasks, args.lm_eval_dir, max_new)
+        print(f"lm-eval tasks in {args.lm_eval_dir}; run them with:\n  "
+              f"{lm_eval_command(student_dir, args.lm_eval_dir, names)}")
     return 0

@@ -1,6 +1,16 @@
-"""Student against teacher: held-out agreement, size, measured speed and memory, seed-prompt completions.
+"""Student against teacher: held-out agreement, benchmarks, size, measured speed and memory, completions.
 
 `compare(...)` returns the dict written as `eval.json`; `format_table(result)` is what is printed.
+
+    {"heldout": {kl, js, top1_agreement, top10_agreement, ppl_student, ppl_teacher, tokens,
+                 kl_by_position, kl_quantiles},
+     "teacher": {parameters, size_on_disk_mb, tokens_per_s, ttft_ms, peak_rss_mb, model_rss_mb, ...},
+     "student": {...same...},
+     "compression": teacher / student parameters, "size_ratio": teacher / student bytes on disk,
+     "speedup": student / teacher tokens/s, "ttft_speedup": teacher / student time to first token,
+     "memory_ratio": teacher / student model_rss_mb,
+     "benchmarks": {task: {kind, metric, n, teacher: {...}, student: {...}, retention}},  (with tasks)
+     "retention": mean benchmark retention, "prompts": [...], "completions": {"teacher": [...], ...}}
 """
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import torch
 from ..students.llama import count_parameters
 from .heldout import heldout_metrics
 from .speed import folder_bytes, measure_in_subprocess
+from .tasks import mean_retention, run_tasks
 
 
 @torch.no_grad()
@@ -23,8 +34,23 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, device) 
     return out
 
 
+def _ratio(a, b):
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0 else None
+
+
+def ratios(teacher: dict, student: dict) -> dict:
+    """Teacher-over-student ratios (bigger is better for the student), None where a number is missing."""
+    out = {"compression": _ratio(teacher.get("parameters"), student.get("parameters")),
+           "size_ratio": _ratio(teacher.get("size_on_disk_mb"), student.get("size_on_disk_mb")),
+           "speedup": _ratio(student.get("tokens_per_s"), teacher.get("tokens_per_s")),
+           "ttft_speedup": _ratio(teacher.get("ttft_ms"), student.get("ttft_ms")),
+           "memory_ratio": _ratio(teacher.get("model_rss_mb"), student.get("model_rss_mb"))}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def compare(student, teacher, tokenizer, batches, device, student_dir, teacher_dir, prompts,
-            max_new_tokens: int = 32, measure_speed: bool = True) -> dict:
+            max_new_tokens: int = 32, measure_speed: bool = True, tasks=None, task_limit: int | None = None) -> dict:
+    """Every teacher-vs-student number; `tasks` are JSONL task files (see `tasks.py`)."""
     held = heldout_metrics(student, teacher, batches, device)
     models = {"teacher": (teacher, teacher_dir), "student": (student, student_dir)}
     result = {"heldout": held, "prompts": prompts, "completions": {}}
@@ -32,13 +58,16 @@ def compare(student, teacher, tokenizer, batches, device, student_dir, teacher_d
         info = {"parameters": count_parameters(model), "size_on_disk_mb": folder_bytes(folder) / 2**20
                 if folder else None}
         if measure_speed and folder:
-            info.update(measure_in_subprocess(str(folder), prompts, max_new_tokens))
+            info.update(measure_in_subprocess(str(folder), prompts, max_new_tokens,
+                                              device=torch.device(device).type))
         result[name] = info
         result["completions"][name] = complete(model, tokenizer, prompts, max_new_tokens, device)
-    s, t = result["student"], result["teacher"]
-    result["compression"] = t["parameters"] / s["parameters"]
-    if "tokens_per_s" in s and "tokens_per_s" in t:
-        result["speedup"] = s["tokens_per_s"] / t["tokens_per_s"]
+    result.update(ratios(result["teacher"], result["student"]))
+    if tasks:
+        bench = run_tasks({"teacher": teacher, "student": student}, tokenizer, list(tasks), device,
+                          task_limit, max_new_tokens)
+        result["benchmarks"] = bench
+        result["retention"] = mean_retention(bench)
     return result
 
 
@@ -52,18 +81,48 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+EFFICIENCY_ROWS = [("parameters", "parameters"), ("size on disk (MB)", "size_on_disk_mb"),
+                   ("generation tokens/s", "tokens_per_s"), ("time to first token (ms)", "ttft_ms"),
+                   ("peak memory (MB RSS)", "peak_rss_mb"), ("model memory (MB RSS)", "model_rss_mb"),
+                   ("peak GPU memory (MB)", "peak_gpu_mb")]
+RATIO_LABELS = [("compression", "compression"), ("size_ratio", "smaller on disk"), ("speedup", "speed-up"),
+                ("ttft_speedup", "first-token speed-up"), ("memory_ratio", "less memory")]
+
+
+def benchmark_lines(benchmarks: dict) -> list[str]:
+    lines = [f"{'benchmark':28s}{'teacher':>16s}{'student':>16s}{'retention':>12s}"]
+    for name, b in benchmarks.items():
+        m = b["metric"]
+        lines.append(f"{(name + ' ' + m + ' (n=' + str(b['n']) + ')'):28s}{_pct(b['teacher'][m]):>16s}"
+                     f"{_pct(b['student'][m]):>16s}{_pct(b.get('retention')):>12s}")
+    return lines
+
+
 def format_table(result: dict) -> str:
-    h = result["heldout"]
-    rows = [("parameters", "parameters"), ("size on disk (MB)", "size_on_disk_mb"),
-            ("generation tokens/s", "tokens_per_s"), ("time to first token (ms)", "ttft_ms"),
-            ("peak memory (MB RSS)", "peak_rss_mb")]
+    h, t, s = result["heldout"], result["teacher"], result["student"]
     lines = [f"{'':28s}{'teacher':>16s}{'student':>16s}",
              f"{'perplexity (held-out)':28s}{_fmt(h['ppl_teacher']):>16s}{_fmt(h['ppl_student']):>16s}"]
-    for label, key in rows:
-        lines.append(f"{label:28s}{_fmt(result['teacher'].get(key)):>16s}{_fmt(result['student'].get(key)):>16s}")
-    lines += [f"KL(teacher||student), T=1: {h['kl']:.3f} nats/token over {h['tokens']:,} held-out tokens",
-              f"top-1 agreement: {100 * h['top1_agreement']:.1f}%   compression: {result['compression']:.2f}x"
-              + (f"   speed-up: {result['speedup']:.2f}x" if "speedup" in result else ""), ""]
+    for label, key in EFFICIENCY_ROWS:
+        if key in t or key in s:
+            lines.append(f"{label:28s}{_fmt(t.get(key)):>16s}{_fmt(s.get(key)):>16s}")
+    if "error" in t or "error" in s:
+        lines.append(f"speed measurement failed: {t.get('error') or s.get('error')}")
+    lines += [f"KL(teacher||student), T=1: {h['kl']:.3f} nats/token over {h['tokens']:,} held-out tokens"
+              + (f"   JS: {h['js']:.3f}" if "js" in h else ""),
+              f"top-1 agreement: {_pct(h['top1_agreement'])}"
+              + (f"   top-10 agreement: {_pct(h['top10_agreement'])}" if "top10_agreement" in h else "")]
+    if "kl_quantiles" in h:
+        lines.append("per-token KL: " + "  ".join(f"{k} {v:.3f}" for k, v in h["kl_quantiles"].items()))
+    lines.append("   ".join(f"{label}: {result[key]:.2f}x" for key, label in RATIO_LABELS if key in result))
+    if result.get("benchmarks"):
+        lines += [""] + benchmark_lines(result["benchmarks"])
+        if result.get("retention") is not None:
+            lines.append(f"mean retention (student / teacher): {_pct(result['retention'])}")
+    lines.append("")
     for i, p in enumerate(result["prompts"]):
         lines.append(f"prompt: {p!r}")
         for name in ("teacher", "student"):

@@ -1,8 +1,20 @@
-"""Held-out agreement between student and teacher, token by token.
+"""Held-out agreement between student and teacher, token by token (the guide's distribution comparison).
 
-All metrics are per token over the mask, summed over batches and divided by the total token count:
-KL(teacher || student) at T=1, top-1 agreement (argmaxes equal), and each model's perplexity
-exp(mean NLL of the data's next tokens).
+Every metric is per token over the mask, summed over batches and divided by the total token count, at
+temperature 1, in fp32. p is the teacher's next-token distribution, q the student's:
+
+| key              | value per token                                                        |
+|------------------|------------------------------------------------------------------------|
+| kl               | KL(p ‖ q) in nats (`losses.divergences.forward_kl`)                    |
+| js               | Jensen-Shannon ½ KL(p ‖ m) + ½ KL(q ‖ m), m = ½(p + q), in nats (`jsd`)  |
+| top1_agreement   | 1 if argmax p = argmax q                                               |
+| top10_agreement  | (ids in both top-10 lists) / 10, the guide's top-k agreement           |
+| ppl_student/teacher | exp(mean NLL of the data's next tokens) for each model              |
+
+Unlike the guide's `compare_distributions` (F.kl_div with `batchmean`, which sums over positions and
+divides by sequences), these are means per token, so they do not grow with sequence length.
+`kl_by_position[t]` is the mean KL of the tokens at position t of their sequence and `kl_quantiles`
+gives the spread of the per-token KL (p50, p90, p99, max): a mean hides a few badly copied tokens.
 """
 from __future__ import annotations
 
@@ -10,37 +22,82 @@ import math
 
 import torch
 
-from ..losses.divergences import forward_kl
+from ..losses.divergences import forward_kl, jsd
+
+TOP_K = 10
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
 
 
 def _logits(model, batch):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
+def topk_agreement(student_logits, teacher_logits, k: int = TOP_K):
+    """Share of the student's top-k ids that are among the teacher's top-k.
+
+    Shapes: student_logits (..., V), teacher_logits (..., V) -> (...)
+    """
+    k = min(k, student_logits.shape[-1])
+    s_top = student_logits.topk(k, dim=-1).indices
+    t_top = teacher_logits.topk(k, dim=-1).indices
+    return (s_top.unsqueeze(-1) == t_top.unsqueeze(-2)).any(-1).float().mean(-1)
+
+
 @torch.no_grad()
 def batch_sums(student_logits, teacher_logits, targets, mask) -> dict:
-    """Sums over the masked tokens of one batch.
+    """Sums over the masked tokens of one batch, plus each token's KL and position.
 
-    Shapes: student_logits (B, T, V), teacher_logits (B, T, V'), targets (B, T), mask (B, T) -> dict of floats
+    Shapes: student_logits (B, T, V), teacher_logits (B, T, V'), targets (B, T), mask (B, T)
+        -> dict of floats, and kl_tokens (N,), positions (N,) with N = mask.sum()
     """
     v = min(student_logits.shape[-1], teacher_logits.shape[-1])
     s, t = student_logits[..., :v].float(), teacher_logits[..., :v].float()
+    mask = mask.bool()
     kl = forward_kl(s, t, temperature=1.0)
+    js = jsd(s, t, temperature=1.0, beta=0.5)
     nll_s = torch.nn.functional.cross_entropy(s.transpose(1, 2), targets, reduction="none")
     nll_t = torch.nn.functional.cross_entropy(t.transpose(1, 2), targets, reduction="none")
     agree = s.argmax(-1) == t.argmax(-1)
-    return {"kl": kl[mask].sum().item(), "agree": agree[mask].sum().item(),
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return {"kl": kl[mask].sum().item(), "js": js[mask].sum().item(), "agree": agree[mask].sum().item(),
+            "agree10": topk_agreement(s, t)[mask].sum().item(),
             "nll_student": nll_s[mask].sum().item(), "nll_teacher": nll_t[mask].sum().item(),
-            "tokens": int(mask.sum())}
+            "tokens": int(mask.sum()), "kl_tokens": kl[mask].cpu(), "positions": positions[mask].cpu()}
+
+
+def kl_distribution(kl_tokens, positions) -> dict:
+    """Per-position mean KL and quantiles of the per-token KL.
+
+    Shapes: kl_tokens (N,), positions (N,) -> kl_by_position list (max position + 1), kl_quantiles dict
+    """
+    if kl_tokens.numel() == 0:
+        return {"kl_by_position": [], "kl_quantiles": {k: 0.0 for k in QUANTILES}}
+    kl_tokens = kl_tokens.double()
+    sums = torch.bincount(positions, weights=kl_tokens)
+    counts = torch.bincount(positions).clamp(min=1)
+    q = torch.quantile(kl_tokens, torch.tensor(list(QUANTILES.values()), dtype=torch.float64))
+    return {"kl_by_position": (sums / counts).tolist(),
+            "kl_quantiles": {k: float(v) for k, v in zip(QUANTILES, q)}}
+
+
+def summarize(totals: dict, kl_tokens, positions) -> dict:
+    """Turn summed batch values into per-token metrics (0 tokens give 0 and perplexity 1)."""
+    n = max(1, totals.get("tokens", 0))
+    return {"kl": totals.get("kl", 0.0) / n, "js": totals.get("js", 0.0) / n,
+            "top1_agreement": totals.get("agree", 0.0) / n, "top10_agreement": totals.get("agree10", 0.0) / n,
+            "ppl_student": math.exp(min(50.0, totals.get("nll_student", 0.0) / n)),
+            "ppl_teacher": math.exp(min(50.0, totals.get("nll_teacher", 0.0) / n)),
+            "tokens": int(totals.get("tokens", 0)), **kl_distribution(kl_tokens, positions)}
 
 
 @torch.no_grad()
 def heldout_metrics(student, teacher, batches, device, teacher_logits_cache=None) -> dict:
-    """KL, top-1 agreement and perplexities on held-out batches.
+    """KL, JS, top-1/top-10 agreement, perplexities and the KL distribution on held-out batches.
 
     `teacher_logits_cache` (a list, filled on first use) avoids running the teacher again at each eval.
     """
     totals: dict[str, float] = {}
+    kl_parts, pos_parts = [], []
     for i, batch in enumerate(batches):
         batch = {k: v.to(device) for k, v in batch.items()}
         if teacher_logits_cache is not None and i < len(teacher_logits_cache):
@@ -49,11 +106,13 @@ def heldout_metrics(student, teacher, batches, device, teacher_logits_cache=None
             t_logits = _logits(teacher, batch)
             if teacher_logits_cache is not None:
                 teacher_logits_cache.append(t_logits)
-        sums = batch_sums(_logits(student, batch), t_logits, batch["targets"], batch["mask"])
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + v
-    n = max(1, totals.get("tokens", 0))
-    return {"kl": totals.get("kl", 0.0) / n, "top1_agreement": totals.get("agree", 0.0) / n,
-            "ppl_student": math.exp(min(50.0, totals.get("nll_student", 0.0) / n)),
-            "ppl_teacher": math.exp(min(50.0, totals.get("nll_teacher", 0.0) / n)),
-            "tokens": int(totals.get("tokens", 0))}
+        s_logits = _logits(student, batch)
+        for r in range(s_logits.shape[0]):  # one sequence at a time: JS and top-k make (T, V) temporaries
+            sums = batch_sums(s_logits[r:r + 1], t_logits[r:r + 1], batch["targets"][r:r + 1], batch["mask"][r:r + 1])
+            kl_parts.append(sums.pop("kl_tokens"))
+            pos_parts.append(sums.pop("positions"))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + v
+    kl_tokens = torch.cat(kl_parts) if kl_parts else torch.zeros(0)
+    positions = torch.cat(pos_parts) if pos_parts else torch.zeros(0, dtype=torch.long)
+    return summarize(totals, kl_tokens, positions)

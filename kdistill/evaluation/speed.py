@@ -1,8 +1,13 @@
 """Measured efficiency of one model: generation tokens/s, time to first token, peak memory.
 
 Each model is measured in its own subprocess (`python -m kdistill.evaluation.speed DIR`), so its peak
-resident memory (max RSS) is its own and not the evaluating process's. Greedy decoding of
-`max_new_tokens` tokens from each prompt, batch 1, after one warm-up generation.
+resident memory (max RSS) is its own and not the evaluating process's. Greedy decoding of exactly
+`max_new_tokens` tokens from each prompt, batch 1, fp32, after one warm-up generation:
+
+- tokens_per_s: generated tokens / seconds spent in generate, over all prompts
+- ttft_ms: mean time of a one-token generate (prompt forward + first token)
+- peak_rss_mb: the process's peak resident memory; model_rss_mb: its growth after the imports
+  (model load + generation); peak_gpu_mb: torch's peak allocated CUDA memory (on a GPU only)
 """
 from __future__ import annotations
 
@@ -23,7 +28,14 @@ def folder_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix in (".safetensors", ".gguf", ".bin"))
 
 
-def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: int) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: int, device: str = "cpu") -> dict:
     import resource
 
     import torch
@@ -34,29 +46,36 @@ def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: in
     torch.set_num_threads(threads)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     gen = dict(do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     with torch.no_grad():
-        model.generate(**tok(prompts[0], return_tensors="pt"), max_new_tokens=4, **gen)
+        model.generate(**tok(prompts[0], return_tensors="pt").to(device), max_new_tokens=4, **gen)
         ttft, tokens, seconds = [], 0, 0.0
         for p in prompts:
-            enc = tok(p, return_tensors="pt")
+            enc = tok(p, return_tensors="pt").to(device)
             t0 = time.perf_counter()
             model.generate(**enc, max_new_tokens=1, min_new_tokens=1, **gen)
+            _sync(device)
             ttft.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             out = model.generate(**enc, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **gen)
+            _sync(device)
             seconds += time.perf_counter() - t0
             tokens += out.shape[1] - enc["input_ids"].shape[1]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"tokens_per_s": tokens / seconds, "ttft_ms": 1000 * sum(ttft) / len(ttft),
-            "peak_rss_mb": peak / 1024, "baseline_rss_mb": rss0 / 1024, "threads": threads}
+    result = {"tokens_per_s": tokens / seconds, "ttft_ms": 1000 * sum(ttft) / len(ttft), "generated_tokens": tokens,
+              "peak_rss_mb": peak / 1024, "model_rss_mb": (peak - rss0) / 1024, "baseline_rss_mb": rss0 / 1024,
+              "threads": threads, "device": device}
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
 
 
 def measure_in_subprocess(model_dir: str, prompts: list[str], max_new_tokens: int = 32,
-                          threads: int = 1) -> dict:
+                          threads: int = 1, device: str = "cpu") -> dict:
+    """`measure` in a fresh Python process; {"error": last stderr line} if that process fails."""
     cmd = [sys.executable, "-m", "kdistill.evaluation.speed", str(model_dir), "--max-new-tokens",
-           str(max_new_tokens), "--threads", str(threads), "--prompts-json", json.dumps(prompts)]
+           str(max_new_tokens), "--threads", str(threads), "--device", device, "--prompts-json", json.dumps(prompts)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -69,9 +88,11 @@ def main(argv=None) -> int:
     p.add_argument("model_dir")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--prompts-json", default='["Once upon a time"]')
     args = p.parse_args(argv)
-    print(json.dumps(measure(args.model_dir, json.loads(args.prompts_json), args.max_new_tokens, args.threads)))
+    prompts = json.loads(args.prompts_json)
+    print(json.dumps(measure(args.model_dir, prompts, args.max_new_tokens, args.threads, args.device)))
     return 0
 
 

@@ -35,11 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("--model", required=True, help="student folder (HF LlamaForCausalLM + tokenizer)")
     parser.add_argument("--format", required=True, choices=("gguf", *SCHEMES), help="output format")
-    parser.add_argument("--type", default="F16", choices=QTYPES, help="GGUF tensor type (default F16)")
+    parser.add_argument("--type", choices=QTYPES, help="GGUF tensor type (default F16)")
     parser.add_argument("--out", help="output .gguf file or folder (default: beside --model, named by type)")
     parser.add_argument("--group-size", type=int, default=32, help="int4 group length (default 32)")
     parser.add_argument("--keep-embeddings", action="store_true",
-                        help="int8/int4: keep the token embedding and output head in float")
+                        help="int8/int4: keep the token embedding and output head in float (default int8)")
     parser.add_argument("--data", help="held-out UTF-8 text for the KL measurement")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per measured sequence (default 128)")
     parser.add_argument("--max-tokens", type=int, default=2048, help="held-out tokens measured (default 2048)")
@@ -83,6 +83,10 @@ def main(args) -> int:
 
     hf_logging.disable_progress_bar()  # a command prints its table, not per-tensor progress bars
     logging.getLogger("gguf").setLevel(logging.WARNING)
+    if args.type and args.format != "gguf":
+        raise KdistillError(f"--type {args.type} is a GGUF tensor type; with --format {args.format} leave it out "
+                            f"(or use --format gguf --type {args.type})")
+    args.type = args.type or "F16"
     model_dir = Path(args.model)
     out = Path(args.out) if args.out else default_out(model_dir, args)
     text = read_heldout(args.data) if args.data else HELD_OUT_TEXT
@@ -95,7 +99,8 @@ def main(args) -> int:
     else:
         quantized = quantize_model(model, args.format, args.group_size, embeddings=not args.keep_embeddings)
         save_quantized(quantized, out, tokenizer)
-        label = args.format + (f" (group {args.group_size})" if args.format == "int4" else " (per channel)")
+        label = args.format + (f" (group {args.group_size}" if args.format == "int4" else " (per channel")
+        label += ", vocab float)" if args.keep_embeddings else ", vocab int8)"
         report = None if args.no_eval else quant_report(model, quantized, batches)
     print(format_table(out, label, report))
     return 0

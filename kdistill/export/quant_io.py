@@ -48,8 +48,9 @@ def describe(model: nn.Module) -> dict:
             aliases[name] = owner[id(module)]
             continue
         owner[id(module)] = name
-        layers[name] = {"in_features": module.in_features, "out_features": module.out_features,
-                        "bias": module.bias is not None, "dtype": str(module.compute_dtype).split(".")[-1]}
+        layers[name] = {"scheme": module.scheme, "in_features": module.in_features,
+                        "out_features": module.out_features, "bias": module.bias is not None,
+                        "dtype": str(module.compute_dtype).split(".")[-1]}
     return {"format": FORMAT, "version": 1, **model.kdistill_quantization, "weights": WEIGHTS,
             "layers": layers, "embedding_modules": embeddings, "aliases": aliases}
 
@@ -90,7 +91,7 @@ def rebuild(model: nn.Module, qc: dict) -> nn.Module:
     """Swap in empty quantised modules of the recorded shapes (the weights are loaded next)."""
     def layer(name):
         spec = qc["layers"][name]
-        return QuantLinear(spec["in_features"], spec["out_features"], qc["scheme"], qc["group_size"],
+        return QuantLinear(spec["in_features"], spec["out_features"], spec["scheme"], qc["group_size"],
                            spec["bias"], DTYPES[spec["dtype"]])
 
     tables = {f"{name}.table" for name in qc["embedding_modules"]}

@@ -16,16 +16,20 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-# fp32 (rows x V) tensors alive at the peak of one chunk's forward + backward, per kind of term; measured
-# on CPU with `kdistill bench loss` (base: student logits, their grad, teacher logits, autograd temporaries).
-LIVE_TENSORS_BASE = 4
-LIVE_TENSORS_PER_TERM = {"ce": 2, "selective": 8, "default": 6}
+# fp32 (rows x V) tensors alive at the peak of one chunk's forward + backward: the student's logits, their
+# gradient and the teacher's logits, plus what each term's autograd graph keeps; measured as the slope of
+# peak RSS over chunk rows with `kdistill bench loss`-style runs on CPU (V = 49152), rounded up.
+LIVE_TENSORS_BASE = 3
+LIVE_TENSORS = {"ce": 3, "forward_kl": 6, "reverse_kl": 6, "tvd": 6, "selective": 6, "bidirectional_kl": 7,
+                "skew_forward_kl": 8, "skew_reverse_kl": 8, "jsd": 10, "entropy_temperature": 2}
 
 
 def auto_chunk_size(vocab_size: int, memory_budget_mb: float, kinds: list[str]) -> int:
-    """Rows per chunk so that one chunk's (rows x V) fp32 working set fits in the memory budget."""
-    live = LIVE_TENSORS_BASE + sum(LIVE_TENSORS_PER_TERM.get(k, LIVE_TENSORS_PER_TERM["default"])
-                                   for k in kinds)
+    """Rows per chunk so that one chunk's (rows x V) fp32 working set fits in the memory budget.
+
+    `kinds`: each term's kind, plus "entropy_temperature" for each term with that temperature.
+    """
+    live = LIVE_TENSORS_BASE + sum(LIVE_TENSORS.get(k, max(LIVE_TENSORS.values())) for k in kinds)
     rows = int(memory_budget_mb * 2**20 // (live * vocab_size * 4))
     return max(8, rows // 8 * 8) if rows >= 8 else max(1, rows)
 
@@ -34,36 +38,41 @@ class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, chunk_loss, chunk_size):
         needs_hidden, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        matmul_dtype = torch.promote_types(hidden.dtype, weight.dtype)  # bf16 hidden (autocast) + fp32 head
+        dtype = torch.promote_types(matmul_dtype, torch.float32)
+        w = weight.to(matmul_dtype)
         grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_weight else None
         total = torch.zeros((), dtype=dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            h = hidden[rows]
-            logits = (h @ weight.T).to(dtype).requires_grad_(needs_hidden or needs_weight)
+            h = hidden[rows].to(matmul_dtype)
+            logits = (h @ w.T).to(dtype).requires_grad_(needs_hidden or needs_weight)
             with torch.enable_grad():
                 loss = chunk_loss(logits, rows)
             total += loss.detach()
             if not (needs_hidden or needs_weight):
                 continue
             (grad_logits,) = torch.autograd.grad(loss, logits)
-            grad_logits = grad_logits.to(h.dtype)
             if needs_hidden:
-                grad_hidden[rows] = grad_logits @ weight
+                grad_hidden[rows] = grad_logits.to(matmul_dtype) @ w
             if needs_weight:
-                grad_weight.addmm_(grad_logits.T.to(dtype), h.to(dtype))
-        if needs_weight:
-            grad_weight = grad_weight.to(weight.dtype)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                grad_weight.addmm_(grad_logits.T, h.to(dtype))
+        ctx.grads = (grad_hidden, grad_weight.to(weight.dtype) if needs_weight else None)
+        ctx.versions = None
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = grad_hidden * grad_output if grad_hidden is not None else None
-        grad_weight = grad_weight * grad_output if grad_weight is not None else None
-        return grad_hidden, grad_weight, None, None
+        grads = [g for g in ctx.grads if g is not None]
+        if ctx.versions is not None and ctx.versions != [g._version for g in grads]:
+            raise RuntimeError("the fused loss's gradients were handed to .grad and changed since (backward "
+                               "with retain_graph); compute the loss again instead of a further backward")
+        if grad_output.item() != 1.0 or ctx.versions is not None:  # a loss scaler, a second backward
+            return *(g * grad_output if g is not None else None for g in ctx.grads), None, None
+        # first plain backward(): hand over views, which autograd keeps as .grad without a (V, D) copy
+        ctx.versions = [g._version for g in grads]
+        return *(g.detach() if g is not None else None for g in ctx.grads), None, None
 
 
 def fused_linear_loss(hidden: Tensor, weight: Tensor, chunk_loss: Callable[[Tensor, slice], Tensor],

@@ -18,7 +18,7 @@ A term is a dict, e.g. `{"kind": "jsd", "weight": 1.0, "temperature": 2.0, "beta
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kdistill.errors import ConfigError
 from kdistill.losses.divergences import DIVERGENCES
@@ -130,32 +130,43 @@ def _divergence_params(spec: dict, divergence: str, key: str) -> dict:
     return params
 
 
+def _kind(spec: dict, key: str) -> tuple[str, str]:
+    """The term's kind and the divergence it computes (selective's choice, "" for ce)."""
+    kind = spec.get("kind")
+    if kind is None:
+        raise ConfigError(f"{key}.kind: missing; expected one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise ConfigError(f"{key}.kind: unknown divergence {kind!r}{_suggest(kind, KINDS)}")
+    if kind != "selective":
+        return kind, "" if kind == "ce" else kind
+    divergence = spec.get("divergence", "forward_kl")
+    if divergence not in DIVERGENCES:
+        raise ConfigError(f"{key}.divergence: unknown divergence {divergence!r}{_suggest(divergence, DIVERGENCES)}")
+    return kind, divergence
+
+
+def _valid_keys(kind: str, divergence: str) -> tuple[str, ...]:
+    if kind == "ce":
+        return (*COMMON_KEYS, "label_smoothing")
+    own = SELECTIVE_KEYS if kind == "selective" else ("missing_mass",)
+    return (*COMMON_KEYS, *own, *DIVERGENCES[divergence][1])
+
+
 def parse_term(spec, key: str) -> Term:
     """One term dict (kind, weight, temperature, per-kind keys) as a Term; ConfigError names the key."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{key}: expected a mapping with a 'kind', got {spec!r}")
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        what = "missing 'kind'" if kind is None else f"unknown divergence {kind!r}"
-        raise ConfigError(f"{key}.kind: {what}{_suggest(kind, KINDS) if kind is not None else ''}"
-                          + ("" if kind is not None else f" (valid: {', '.join(KINDS)})"))
-    divergence = "" if kind == "ce" else str(spec.get("divergence", "forward_kl")) if kind == "selective" else kind
-    if kind == "selective" and divergence not in DIVERGENCES:
-        raise ConfigError(f"{key}.divergence: unknown divergence {divergence!r}{_suggest(divergence, DIVERGENCES)}")
-    extra = ("label_smoothing",) if kind == "ce" else (
-        *(SELECTIVE_KEYS if kind == "selective" else ("missing_mass",)), *DIVERGENCES[divergence][1])
-    _check_keys(spec, (*COMMON_KEYS, *extra), key)
+    kind, divergence = _kind(spec, key)
+    _check_keys(spec, _valid_keys(kind, divergence), key)
     missing_mass = spec.get("missing_mass", "renormalize")
     if missing_mass not in MISSING_MASS:
         raise ConfigError(f"{key}.missing_mass: unknown policy {missing_mass!r}{_suggest(missing_mass, MISSING_MASS)}")
     return Term(
-        name=str(spec.get("name", kind)), kind=kind,
+        name=str(spec.get("name", kind)), kind=kind, divergence=divergence, missing_mass=missing_mass,
         weight=parse_schedule(spec.get("weight", 1.0), f"{key}.weight", positive=False),
         temperature=parse_schedule(spec.get("temperature", 1.0), f"{key}.temperature", positive=True,
                                    allow_entropy=kind != "ce"),
-        divergence=divergence,
-        params={} if kind == "ce" else _divergence_params(spec, divergence, key),
-        missing_mass=missing_mass,
+        params=_divergence_params(spec, divergence, key) if divergence else {},
         label_smoothing=number(spec.get("label_smoothing", 0.0), f"{key}.label_smoothing", 0.0, 1.0,
                                high_open=True),
         top_k=_top_k(spec.get("top_k", 100), f"{key}.top_k"),
@@ -182,5 +193,5 @@ def parse_terms(specs, key: str = "loss") -> list[Term]:
             name = f"{term.kind}_{i}"
         if name in [t.name for t in renamed]:
             raise ConfigError(f"{key}.terms[{i}].name: {name!r} is used by another term")
-        renamed.append(Term(**{**term.__dict__, "name": name}))
+        renamed.append(replace(term, name=name))
     return renamed

@@ -72,7 +72,9 @@ class Objective:
 
     def chunk_size_for(self, vocab_size: int) -> int:
         """Rows per chunk: the override, or the most that fit the memory budget for this vocabulary."""
-        return self.chunk_size or auto_chunk_size(vocab_size, self.memory_budget_mb, list(self.kinds))
+        costs = [*self.kinds, *("entropy_temperature" for t in self.terms
+                                if isinstance(t.temperature, EntropyTemperature))]
+        return self.chunk_size or auto_chunk_size(vocab_size, self.memory_budget_mb, costs)
 
     def schedule_values(self, progress: float = 0.0) -> dict[str, float]:
         """Current weight and temperature of each term, for logging (entropy temperatures are per token)."""
@@ -114,6 +116,7 @@ class Objective:
         Shapes: hidden (B, T, D), head_weight (V, D), teacher over (B, T), targets (B, T), mask (B, T) -> ()
         """
         self._check(head_weight.shape[0], teacher, targets)
+        teacher = teacher if self.needs_teacher else None
         rows = mask.reshape(-1).nonzero().squeeze(-1)
         student_rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
         flat_targets = None if targets is None else targets.reshape(-1)

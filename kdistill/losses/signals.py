@@ -11,9 +11,12 @@ with each signal. Missing-mass policy for sparse signals (the `missing_mass` opt
 
 - "renormalize": the support is the K ids. The teacher's K probabilities are renormalised to sum to 1,
   the student's logits at the K ids are softmaxed over the K. Nothing is assumed about other ids.
+  At temperature T the teacher is softmax(logprobs / T) over the K: exactly the tempered full
+  distribution restricted to the K ids.
 - "residual": the support is the K ids plus one bucket "every other id". The teacher's bucket holds
-  1 - sum(p_k) (clamped at 0); the student's holds its exact probability of all ids not among the K.
-  Temperature is applied to the K+1 bucket log-probabilities of both sides.
+  1 - sum(p_k) (clamped at 0); the student's holds its exact probability of all ids not among the K
+  (if the K ids cover the vocabulary, the bucket is dropped). Temperature divides the K + 1 bucket
+  log-probabilities of both sides (a sparse signal cannot tell how the tempered mass outside the K splits).
 
 Both policies equal the dense computation when K = V, and coincide when the K probabilities sum to 1
 (sampled signals). Ids must be distinct among slots with a finite log-probability; slots padded with a
@@ -70,7 +73,7 @@ class DenseSignal:
             return DenseSignal(logits=flat.index_select(0, rows).detach())
         with torch.no_grad():
             h = self.hidden.reshape(-1, self.hidden.shape[-1]).index_select(0, rows)
-            return DenseSignal(logits=h @ self.weight.T)
+            return DenseSignal(logits=h.to(self.weight.dtype) @ self.weight.T)
 
 
 @dataclass(frozen=True)

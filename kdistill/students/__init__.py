@@ -1,39 +1,95 @@
-"""Students: the LLaMA-style student (`llama.py`, sized by `presets.py`, initialised by `init.py`)."""
+"""Students, one builder per `student.kind`: `llama` (sized by `presets.py`/`design.py`, initialised from
+the teacher by `init.py` and `prune.py`), `fractal` (`fractal.py`) and `pretrained` (`pretrained.py`)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import fsutil
 from .init import init_from_teacher, select_layers
-from .llama import build_llama, count_parameters, resolve_sizes
+from .llama import build_llama, count_parameters, resolve_sizes, teacher_sizes
+from .presets import SIZE_KEYS
+from .prune import prune_into
 
 log = logging.getLogger("kdistill")
 
 
-def build_student(cfg, teacher, vocab_size: int, calib_batch=None):
-    """Build the configured student and initialise it. Returns (model, report dict)."""
-    kind = cfg.student.kind
-    if kind == "llama":
-        return _llama_student(cfg, teacher, vocab_size, calib_batch)
-    raise NotImplementedError(kind)
+def choose_layers(cfg, teacher, n: int, calib_batch) -> list[int]:
+    strategy = cfg.student.layer_selection
+    n_rounds = len(teacher.model.layers) - n if strategy == "importance" else 0
+    with tqdm(total=n_rounds, desc="choosing teacher layers", unit="layer", disable=not n_rounds,
+              dynamic_ncols=True) as bar:
+        return select_layers(strategy, teacher, n, cfg.student.layers, calib_batch, bar)
 
 
-def _llama_student(cfg, teacher, vocab_size: int, calib_batch):
+def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
+    """LLaMA student; with init=teacher: chosen teacher layers, cut to the student's width if narrower."""
     sizes = resolve_sizes(cfg.student, teacher.config)
     student = build_llama(sizes, teacher.config, vocab_size)
     report = {"kind": "llama", "sizes": sizes}
     if cfg.student.init == "teacher":
-        layers = None
-        same = sizes["hidden_size"] == teacher.config.hidden_size
-        if same:
-            strategy = cfg.student.layer_selection
-            n_rounds = len(teacher.model.layers) - sizes["num_layers"] if strategy == "importance" else 0
-            with tqdm(total=n_rounds, desc="choosing teacher layers", unit="round", disable=not n_rounds,
-                      dynamic_ncols=True) as bar:
-                layers = select_layers(strategy, teacher, sizes["num_layers"], cfg.student.layers,
-                                       calib_batch, bar)
-            report["layer_selection"] = strategy
-        report.update(init_from_teacher(student, teacher, layers))
+        base = teacher_sizes(teacher.config)
+        if all(sizes[k] <= base[k] for k in SIZE_KEYS):
+            layers = choose_layers(cfg, teacher, sizes["num_layers"], calib_batch)
+            report["layer_selection"] = cfg.student.layer_selection
+            same_width = all(sizes[k] == base[k] for k in SIZE_KEYS if k != "num_layers")
+            report.update(init_from_teacher(student, teacher, layers) if same_width
+                          else prune_into(student, teacher, layers, calib_batch))
+        else:  # wider or deeper than the teacher in some size: nothing to slice, project the embeddings
+            report.update(init_from_teacher(student, teacher, None))
     report["parameters"] = count_parameters(student)
     return student, report
+
+
+def fractal_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None):
+    """The weight-shared complex student of seed 000, on the teacher's vocabulary."""
+    from ..errors import ConfigError
+    from .fractal import FractalConfig, FractalForCausalLM, core_parameter_count, init_embeddings_from_teacher
+
+    s, t = cfg.student, teacher.config
+    hidden, heads = s.hidden_size or 256, s.num_heads or 4
+    ffn = s.intermediate_size or 2 * hidden
+    if hidden % (2 * heads) or ffn % 2:
+        raise ConfigError(f"student.hidden_size={hidden} must be a multiple of 2 x student.num_heads={heads} and "
+                          f"student.intermediate_size={ffn} even (complex units are [Re | Im] pairs)")
+    config = FractalConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=ffn, num_heads=heads,
+                           num_steps=s.fractal_steps, alpha=s.fractal_alpha,
+                           max_position_embeddings=getattr(t, "max_position_embeddings", 2048),
+                           bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
+    model = FractalForCausalLM(config)
+    report = {"kind": "fractal", "hidden_size": hidden, "intermediate_size": ffn, "num_heads": heads,
+              "steps": s.fractal_steps, "alpha": s.fractal_alpha, "embeddings": "random"}
+    if s.init == "teacher":
+        init_embeddings_from_teacher(model, teacher.get_input_embeddings().weight)
+        report["embeddings"] = "teacher's, on their top principal directions"
+    report.update(core_parameters=core_parameter_count(model), parameters=count_parameters(model))
+    return model, report
+
+
+def pretrained_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None):
+    from .pretrained import build_pretrained
+
+    return build_pretrained(cfg, teacher, tokenizer)
+
+
+BUILDERS = {"llama": llama_student, "fractal": fractal_student, "pretrained": pretrained_student}
+
+
+def build_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None):
+    """Build the configured student and initialise it. Returns (model, report dict)."""
+    return BUILDERS[cfg.student.kind](cfg, teacher, vocab_size, calib_batch, tokenizer)
+
+
+def save_student(student, tokenizer, output_dir: Path):
+    """Write OUTPUT_DIR/student (a plain model folder); a LoRA student also as OUTPUT_DIR/adapter.
+    Returns the model to evaluate (a LoRA student merged into its base)."""
+    from .pretrained import is_peft, save_adapter_and_merged
+
+    if is_peft(student):
+        return save_adapter_and_merged(student, tokenizer, Path(output_dir), fsutil.atomic_dir)
+    with fsutil.atomic_dir(Path(output_dir) / "student") as tmp:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return student

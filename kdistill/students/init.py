@@ -56,25 +56,78 @@ def _kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
 
 @torch.no_grad()
 def layers_kl(teacher, layers: list[int], batch: dict, teacher_logprobs: torch.Tensor) -> float:
+    """KL(teacher || teacher with only `layers`) on `batch`. Shapes: teacher_logprobs (B, T, V) -> float"""
     with _only_layers(teacher, layers):
         logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          use_cache=False).logits
     return _kl(teacher_logprobs, logits, batch["mask"])
 
 
+def calibration_subset(batch: dict, max_tokens: int) -> dict:
+    """The first rows of `batch` holding at least `max_tokens` counted tokens (whole rows: long contexts)."""
+    counts = batch["mask"].sum(1).cumsum(0)
+    rows = int((counts < max_tokens).sum()) + 1
+    return {k: v[:rows] for k, v in batch.items()}
+
+
+class TeacherTargets:
+    """The teacher's next-token distributions on calibration rows, arranged so that the KL of any other
+    final hidden state costs one product with the head and a logsumexp:
+    KL(p || softmax(h W^T)) = sum_v p_v log p_v - h . (p W) + logsumexp(h W^T).
+    Shapes: teacher_logprobs (N, V), head weight W (V, D)."""
+
+    def __init__(self, teacher_logprobs: torch.Tensor, head_weight: torch.Tensor):
+        probs = teacher_logprobs.exp()
+        self.weight = head_weight
+        self.negentropy = (probs * teacher_logprobs).nan_to_num().sum(-1)  # (N,), 0 log 0 = 0
+        self.mean_row = probs.to(head_weight.dtype) @ head_weight  # (N, D): p W
+
+    def kl(self, hidden: torch.Tensor) -> float:
+        """Mean KL over rows. Shapes: hidden (N, D) -> float"""
+        lse = (hidden @ self.weight.T).float().logsumexp(-1)
+        return (self.negentropy - (hidden * self.mean_row).sum(-1).float() + lse).mean().item()
+
+
 @torch.no_grad()
-def importance_layers(teacher, n: int, batch: dict, progress=None) -> list[int]:
-    """Greedy removal by measured KL on `batch` (input_ids, attention_mask, mask)."""
+def removal_scores(teacher, current: list[int], batch: dict, targets: TeacherTargets) -> list[float]:
+    """KL of the stack `current` with each one of its layers removed, computed from cached prefixes.
+
+    One forward of `current` gives the hidden state entering each position k; removing the layer at k
+    leaves that prefix unchanged, so only layers current[k+1:] are run again, from that state
+    (about half the work of running every pruned stack from the start). Returns one KL per position."""
+    am, mask = batch["attention_mask"], batch["mask"]
+    with _only_layers(teacher, current):
+        states = teacher.model(input_ids=batch["input_ids"], attention_mask=am, use_cache=False,
+                               output_hidden_states=True).hidden_states
+    scores = []
+    for k in range(len(current)):
+        with _only_layers(teacher, current[k + 1:]):
+            out = teacher.model(inputs_embeds=states[k], attention_mask=am, use_cache=False).last_hidden_state
+        scores.append(targets.kl(out[mask]))
+    return scores
+
+
+@torch.no_grad()
+def importance_layers(teacher, n: int, batch: dict, progress=None, max_tokens: int = 128,
+                      halving: bool = True) -> list[int]:
+    """Greedy removal by measured KL(teacher || pruned teacher) on `batch` (input_ids, attention_mask, mask).
+
+    Each round scores every remaining layer by the KL of the stack without it (`removal_scores`) and
+    removes the lowest-scoring ones: one per round when `halving` is false (plain greedy, ~L²/2 layer
+    passes per round), half of those still to go when it is true (30 -> 8 layers in 5 rounds instead
+    of 22; on SmolLM2-135M the two choose stacks of nearly the same KL, see README). Only the first
+    rows of the batch holding `max_tokens` tokens are used."""
+    batch = calibration_subset(batch, max_tokens)
     logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    teacher_logprobs = logits.float().log_softmax(-1)
+    targets = TeacherTargets(logits[batch["mask"]].float().log_softmax(-1), teacher.get_output_embeddings().weight)
     current = list(range(len(teacher.model.layers)))
     while len(current) > n:
-        scores = [(layers_kl(teacher, [x for x in current if x != r], batch, teacher_logprobs), r)
-                  for r in current]
-        _, drop = min(scores)
-        current.remove(drop)
+        scores = removal_scores(teacher, current, batch, targets)
+        count = (len(current) - n + 1) // 2 if halving else 1
+        drop = {current[k] for k in sorted(range(len(current)), key=scores.__getitem__)[:count]}
+        current = [x for x in current if x not in drop]
         if progress is not None:
-            progress.update(1)
+            progress.update(len(drop))
     return current
 
 
@@ -97,13 +150,14 @@ def select_layers(strategy: str, teacher, n: int, explicit=None, batch=None, pro
 
 
 def project_embeddings(weight: torch.Tensor, dim: int) -> torch.Tensor:
-    """Teacher embeddings onto their top-`dim` principal directions, scaled to the same RMS.
+    """Teacher embeddings onto their top-`dim` principal directions (zero-padded when `dim` is wider),
+    scaled to the same RMS.
 
     Shapes: weight (V, Dt) -> (V, dim)
     """
     w = weight.float()
     _, _, v = torch.linalg.svd(w - w.mean(0), full_matrices=False)
-    out = w @ v[:dim].T
+    out = torch.nn.functional.pad(w @ v[:dim].T, (0, max(0, dim - w.shape[1])))  # wider: zero extra columns
     return out * (w.pow(2).mean().sqrt() / out.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
@@ -112,7 +166,8 @@ def init_from_teacher(student, teacher, layers: list[int] | None) -> dict:
     """Copy what fits; returns a report of what was copied."""
     s_emb, t_emb = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
     same_width = s_emb.shape[1] == t_emb.shape[1]
-    s_emb.copy_(t_emb.to(s_emb.dtype) if same_width else project_embeddings(t_emb, s_emb.shape[1]))
+    rows = min(s_emb.shape[0], t_emb.shape[0])  # padded vocabularies: extra rows stay as initialised
+    s_emb[:rows].copy_(t_emb[:rows].to(s_emb.dtype) if same_width else project_embeddings(t_emb[:rows], s_emb.shape[1]))
     report = {"embeddings": "copied" if same_width else "projected (SVD)", "layers": []}
     if same_width:
         student.model.norm.load_state_dict(teacher.model.norm.state_dict())

@@ -4,7 +4,7 @@ import argparse
 import pytest
 from gguf import GGUFReader
 
-from kdistill.errors import DataError, ModelError
+from kdistill.errors import DataError, KdistillError, ModelError
 from kdistill.export import cli, load_quantized
 
 
@@ -35,7 +35,7 @@ def test_int4_export_with_held_out_file(student_dir, tmp_path, capsys):
     data.write_text("The fox ran over the hill and the king opened the gates of the castle. " * 5)
     out = tmp_path / "s-int4"
     assert run(["--model", str(student_dir), "--format", "int4", "--out", str(out), "--data", str(data)]) == 0
-    assert "int4 (group 32)" in capsys.readouterr().out
+    assert "int4 (group 32, vocab int8)" in capsys.readouterr().out
     assert load_quantized(out).kdistill_quantization["scheme"] == "int4"
 
 
@@ -50,3 +50,5 @@ def test_bad_inputs_raise_user_errors(student_dir, tmp_path):
         run(["--model", str(student_dir), "--format", "int8", "--data", str(tmp_path / "missing.txt")])
     with pytest.raises(ModelError, match="no config.json"):
         run(["--model", str(tmp_path), "--format", "int8"])
+    with pytest.raises(KdistillError, match="--type Q4_0 is a GGUF tensor type"):
+        run(["--model", str(student_dir), "--format", "int4", "--type", "Q4_0"])

@@ -103,6 +103,7 @@ def test_tied_vocabulary_stays_tied(student):
     quant = quantize_model(student, "int4")
     embed, head = quant.get_input_embeddings(), quant.lm_head
     assert isinstance(embed, QuantEmbedding) and embed.table is head
+    assert head.scheme == "int8" and quant.model.layers[0].mlp.up_proj.scheme == "int4"  # vocab kept at 8 bits
     ids = torch.tensor([[4, 9, 300]])
     torch.testing.assert_close(embed(ids)[0], head.rows()[ids[0]])
 

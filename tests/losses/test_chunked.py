@@ -129,7 +129,34 @@ def test_no_grad_inputs_skip_backward_work():
 
 def test_auto_chunk_size_fits_budget_and_override_wins():
     rows = auto_chunk_size(49152, 256.0, ["forward_kl"])
-    assert 8 <= rows and rows * 49152 * 4 * 10 <= 256 * 2**20
+    assert 8 <= rows and rows * 49152 * 4 * 9 <= 256 * 2**20
     assert auto_chunk_size(1000, 256.0, ["forward_kl", "ce"]) > rows
     assert auto_chunk_size(10**7, 1.0, ["forward_kl"]) == 1
     assert build_objective([{"kind": "ce"}], chunk_size=3).chunk_size_for(49152) == 3
+
+
+def test_mixed_dtypes_autocast_hidden_with_fp32_head():
+    hidden, weight, th, tw, targets, mask = inputs()
+    objective = build_objective([{"kind": "reverse_kl"}], chunk_size=4)
+    teacher = DenseSignal.from_hidden(th.bfloat16(), tw)
+    out, g_hidden, g_weight = run(objective, hidden.bfloat16(), weight, teacher, targets, mask)
+    ref = run(objective, hidden.bfloat16().float(), weight, teacher, targets, mask)
+    assert g_hidden.dtype == torch.bfloat16 and g_weight.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref[0].loss)
+    torch.testing.assert_close(g_weight, ref[2])
+
+
+def test_scaled_and_repeated_backward():
+    hidden, weight, th, tw, targets, mask = inputs()
+    objective = build_objective([{"kind": "forward_kl"}], chunk_size=4)
+    teacher = DenseSignal(logits=th @ tw.T)
+    _, g_hidden, g_weight = run(objective, hidden, weight, teacher, targets, mask)
+    for first_scale in (3.0, 1.0):  # a loss scaler hands nothing over; a plain backward hands over .grad
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = objective(h, w, teacher, targets, mask, int(mask.sum()))
+        (first_scale * out.loss).backward(retain_graph=True)
+        out.loss.backward(retain_graph=True)
+        torch.testing.assert_close(w.grad, (first_scale + 1) * g_weight)
+        torch.testing.assert_close(h.grad, (first_scale + 1) * g_hidden)
+    with pytest.raises(RuntimeError, match="compute the loss again"):
+        out.loss.backward()  # w.grad is the handed-over tensor, changed by the second backward

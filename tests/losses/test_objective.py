@@ -29,7 +29,7 @@ def batch(seed=0, V=23):
     ([{"kind": "selective", "divergence": "tvdd"}], "loss.terms[0].divergence: unknown divergence 'tvdd'"),
     ([{"kind": "selective", "top_k": 0}], "loss.terms[0].top_k: expected a whole number >= 1"),
     ([{"kind": "ce", "label_smoothing": 1.0}], "loss.terms[0].label_smoothing"),
-    ([{"weight": 1.0}], "loss.terms[0].kind: missing 'kind'"),
+    ([{"weight": 1.0}], "loss.terms[0].kind: missing; expected one of forward_kl, "),
     ([{"kind": "ce", "name": "x"}, {"kind": "tvd", "name": "x"}], "loss.terms[1].name: 'x' is used"),
     ([], "loss.terms: expected a non-empty list"),
     (["ce"], "loss.terms[0]: expected a mapping"),

@@ -1,4 +1,6 @@
 """Selective distillation against the guide's formula, made per token."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ from kdistill.losses import DenseSignal, SparseSignal
 from kdistill.losses import divergences as D
 from kdistill.losses.selective import selective
 
-from .test_divergences import logits
+from .references import logits
 
 
 def guide_per_token(student_logits, teacher_logits, temperature, top_k, threshold):
@@ -54,3 +56,13 @@ def test_sparse_teacher_and_neg_inf_are_safe():
         assert torch.isfinite(value).all() and torch.isfinite(torch.autograd.grad(value.sum(), s)[0]).all()
     torch.testing.assert_close(selective(s, SparseSignal.from_logits(t, 19), 2.0, top_k=6, entropy_threshold=0.0),
                                selective(s, t, 2.0, top_k=6, entropy_threshold=0.0))
+
+
+def test_golden_value():
+    """Teacher [.7, .2, .1], student [.2, .5, .3], top-2 renormalised: p' = [7/9, 2/9], q' = [2/7, 5/7]."""
+    p = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    q = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    value = selective(q.log(), p.log(), top_k=2, entropy_threshold=0.5).item()  # H(p) = 0.80 nats > 0.5
+    assert value == pytest.approx(7 / 9 * math.log(49 / 18) + 2 / 9 * math.log(14 / 45), rel=1e-12)
+    assert value == pytest.approx(0.5194366067990124, rel=1e-12)
+    assert selective(q.log(), p.log(), top_k=2, entropy_threshold=0.81).item() == 0.0

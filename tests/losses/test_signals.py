@@ -6,7 +6,7 @@ from kdistill.losses import DenseSignal, SparseSignal
 from kdistill.losses import divergences as D
 from kdistill.losses.signals import entropy, pair_logprobs, teacher_logprobs
 
-from .test_divergences import NAMES, PARAMS, logits, reference
+from .references import NAMES, PARAMS, logits, reference
 
 
 @pytest.mark.parametrize("missing", ["renormalize", "residual"])

@@ -1,0 +1,92 @@
+"""Read `kdistill distill` output folders: config.yaml, metrics.jsonl and eval.json.
+
+A run that is still training (or was killed) has no eval.json yet; its curves are still reported. A
+last metrics line cut short by a kill is skipped; a broken line elsewhere is an error naming the line.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import DataError
+
+# metrics.jsonl keys that are not loss terms
+META = {"step", "loss", "tokens", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "time"}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):  # the row being written when the run was killed
+                continue
+            raise DataError(f"{path}, line {i}: not valid JSON; fix or delete that line") from None
+    return sorted(rows, key=lambda r: r.get("step", 0))
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); rerun "
+                        f"`kdistill eval --run {path.parent}` to rewrite it") from None
+
+
+def load_run(path: str | Path) -> dict:
+    """{"name", "path", "config" (plain dict), "metrics" (rows by step), "eval" (dict or None)}."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such folder; give the output_dir of `kdistill distill`")
+    metrics, result = read_metrics(path / "metrics.jsonl"), read_json(path / "eval.json")
+    if not metrics and result is None:
+        raise DataError(f"{path}: neither metrics.jsonl nor eval.json is there; give the output_dir of "
+                        "`kdistill distill` (or run `kdistill eval --run` on it)")
+    config = {}
+    if (path / "config.yaml").is_file():
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    return {"name": path.resolve().name, "path": str(path), "config": config, "metrics": metrics, "eval": result}
+
+
+def load_runs(paths: list) -> list[dict]:
+    """Every run; names made unique with their parent folder where two runs share a name."""
+    runs = [load_run(p) for p in paths]
+    names = [r["name"] for r in runs]
+    for r in runs:
+        if names.count(r["name"]) > 1:
+            r["name"] = f"{Path(r['path']).resolve().parent.name}/{r['name']}"
+    return runs
+
+
+def term_keys(rows: list[dict]) -> list[str]:
+    """The loss-term names logged in metrics rows (e.g. forward_kl, ce), in first-seen order."""
+    keys: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in META and not k.startswith("eval_") and isinstance(v, (int, float)) and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def kl_key(rows: list[dict]) -> str | None:
+    """The training KL term to plot: forward_kl if logged, else the first term with 'kl' in its name."""
+    terms = term_keys(rows)
+    if "forward_kl" in terms:
+        return "forward_kl"
+    return next((t for t in terms if "kl" in t), None)
+
+
+def series(rows: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of the rows where `key` holds a number."""
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "step" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]

@@ -1,0 +1,27 @@
+"""`kdistill bench loss` on a tiny shape: both methods run, agree on the value, and the ratios print."""
+import argparse
+
+from kdistill.losses import bench
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_bench_prints_both_methods_and_ratios(capsys, monkeypatch):
+    args = parse("--tokens", 64, "--vocab", 300, "--hidden", 16, "--repeat", 1, "--chunk-size", 16)
+    monkeypatch.setattr(bench, "_spawn", lambda method, argv: bench.worker(method, args))  # no subprocess
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("reference ", "ours "))}
+    assert rows["reference"][3] == rows["ours"][3]  # same forward KL value (6 decimals)
+    assert "ratio ours/reference: time" in out and "peak memory" in out and "16 rows/chunk (given)" in out
+
+
+def test_worker_runs_in_a_fresh_process():
+    args = parse("--tokens", 32, "--vocab", 50, "--hidden", 8, "--repeat", 2, "--teacher", "logits",
+                 "--divergence", "jsd")
+    result = bench._spawn("ours", bench._argv(args))
+    assert len(result["times"]) == 2 and result["peak_extra_mib"] >= 0 and result["loss"] > 0

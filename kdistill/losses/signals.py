@@ -39,6 +39,14 @@ NEG = -1e30  # log-value of an id outside the teacher's support; exp(NEG) == 0 i
 MISSING_MASS = ("renormalize", "residual")
 
 
+def take_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """Rows of x's positions flattened in row-major order, without copying a non-contiguous x whole.
+
+    Shapes: x (B, T, C), rows (R,) -> (R, C)
+    """
+    return x[torch.unravel_index(rows, x.shape[:-1])]
+
+
 @dataclass(frozen=True)
 class DenseSignal:
     """Teacher logits over the full vocabulary, or the hidden states and output weight that make them.
@@ -69,11 +77,9 @@ class DenseSignal:
         Shapes: rows (R,) -> logits (R, V)
         """
         if self.logits is not None:
-            flat = self.logits.reshape(-1, self.logits.shape[-1])
-            return DenseSignal(logits=flat.index_select(0, rows).detach())
+            return DenseSignal(logits=take_rows(self.logits, rows).detach())
         with torch.no_grad():
-            h = self.hidden.reshape(-1, self.hidden.shape[-1]).index_select(0, rows)
-            return DenseSignal(logits=h.to(self.weight.dtype) @ self.weight.T)
+            return DenseSignal(logits=take_rows(self.hidden, rows).to(self.weight.dtype) @ self.weight.T)
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,7 @@ class SparseSignal:
 
     def take(self, rows: Tensor) -> "SparseSignal":
         """The signal at `rows` of the flattened positions. Shapes: rows (R,) -> ids, logprobs (R, K)"""
-        return SparseSignal(ids=self.ids.reshape(-1, self.k).index_select(0, rows),
-                            logprobs=self.logprobs.reshape(-1, self.k).index_select(0, rows).detach())
+        return SparseSignal(ids=take_rows(self.ids, rows), logprobs=take_rows(self.logprobs, rows).detach())
 
 
 def fp32(x: Tensor) -> Tensor:

@@ -107,3 +107,29 @@ def test_sparse_teacher_through_the_objective():
         student, signal, targets, mask, 7)
     expected = D.divergence("skew_reverse_kl", student, signal, 1.0, "residual", alpha=0.3)[mask].sum() / 7
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_tiny_llama_student_with_tied_head_matches_full_logits():
+    from helpers import tiny_llama
+
+    student, teacher = tiny_llama(67, seed=0), tiny_llama(67, seed=1)
+    ids = torch.randint(0, 67, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        t_hidden = teacher.model(input_ids=ids).last_hidden_state[:, :-1]
+    signal = DenseSignal.from_hidden(t_hidden, teacher.lm_head.weight)
+    objective = build_objective([{"kind": "forward_kl", "temperature": 2.0}, {"kind": "ce", "weight": 0.5}],
+                                chunk_size=5)
+    grads = []
+    for fused in (True, False):
+        student.zero_grad()
+        hidden = student.model(input_ids=ids).last_hidden_state[:, :-1]
+        if fused:
+            out = objective(hidden, student.lm_head.weight, signal, ids[:, 1:], mask, int(mask.sum()))
+        else:
+            out = objective.from_logits(student.lm_head(hidden), signal, ids[:, 1:], mask, int(mask.sum()))
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in student.parameters()])
+    for fused_grad, plain_grad in zip(*grads):
+        torch.testing.assert_close(fused_grad, plain_grad, atol=1e-5, rtol=1e-4)

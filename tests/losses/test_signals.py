@@ -91,3 +91,10 @@ def test_teacher_entropy_and_pair_shapes():
     assert entropy(teacher_logprobs(DenseSignal(logits=t))).item() == pytest.approx(torch.log(torch.tensor(3.)))
     s_lp, t_lp = pair_logprobs(torch.zeros(1, 4), SparseSignal.from_logits(t, 2), missing="residual")
     assert s_lp.shape == t_lp.shape == (1, 3)
+
+
+def test_take_rows_of_a_non_contiguous_view():
+    full = logits(2, 5, 7)
+    view = full[:, :-1]  # (2, 4, 7), not contiguous
+    rows = torch.tensor([7, 0, 3, 4])
+    torch.testing.assert_close(DenseSignal(logits=view).take(rows).logits, view.reshape(8, 7)[rows])

@@ -140,3 +140,17 @@ def test_cli_prints_errors_without_traceback(teacher_dir, tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2
     assert "bad.jsonl, line 2" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("term", [
+    "{kind: forward_kl, temperature: 2.0}", "{kind: reverse_kl}", "{kind: bidirectional_kl}",
+    "{kind: jsd, beta: 0.3}", "{kind: skew_forward_kl, alpha: 0.2}", "{kind: skew_reverse_kl}", "{kind: tvd}",
+    "{kind: selective, top_k: 8, entropy_threshold: 0.1}",
+    "{kind: forward_kl, temperature: {schedule: entropy, confident: 2.0, uncertain: 1.0}}",
+    "{kind: ce, label_smoothing: 0.1, weight: {schedule: cosine, start: 1.0, end: 0.1}}",
+])
+def test_every_loss_kind_runs_from_config(teacher_dir, tmp_path, term):
+    out = tmp_path / "run"
+    distill(_cfg(teacher_dir, out, "train.max_steps=2", f"loss.terms=[{term}]", "eval.max_batches=1"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] is None or r["loss"] == r["loss"] for r in rows) and rows[-1]["step"] == 2

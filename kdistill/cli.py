@@ -1,4 +1,4 @@
-"""The `kdistill` command line: distill, generate, eval, report, bench, design, export.
+"""The `kdistill` command line: distill, cache, generate, eval, report, bench, design, export.
 
 Each subcommand's --help ends with an example. A user error (KdistillError) prints one clear message
 and exits 2, without a traceback.
@@ -24,6 +24,9 @@ EXAMPLES = {
     "bench": "example:\n  kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576",
     "design": "examples:\n  kdistill design --teacher default --compression 4\n"
               "  kdistill design --teacher default --params 30M --out configs/student_30m.yaml",
+    "cache": "examples:\n  kdistill cache --config configs/demo.yaml cache.out=runs/cache cache.k=50\n"
+             "  kdistill cache --inspect runs/cache\n"
+             "  kdistill distill --config configs/demo.yaml teacher.cache=runs/cache",
     "export": "example:\n  kdistill export --model runs/demo/student --format gguf --type Q8_0 --out student.gguf",
 }
 
@@ -44,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+
+    from .cache import command as cache_command
+
+    p = _sub(subs, "cache", "Run the teacher once over the data and write a compact teacher cache (or --inspect one).")
+    cache_command.add_arguments(p)
 
     p = _sub(subs, "generate", "Generate text with a model folder.")
     p.add_argument("--model", required=True)
@@ -103,6 +111,12 @@ def _distill(args) -> int:
     return 0
 
 
+def _cache(args) -> int:
+    from .cache import command as cache_command
+
+    return cache_command.main(args)
+
+
 def _generate(args) -> int:
     from .generate import generate_text
 
@@ -141,8 +155,8 @@ def _export(args) -> int:
     return export_cli.main(args)
 
 
-COMMANDS = {"distill": _distill, "generate": _generate, "eval": _eval, "report": _report, "bench": _bench,
-            "design": _design, "export": _export}
+COMMANDS = {"distill": _distill, "cache": _cache, "generate": _generate, "eval": _eval, "report": _report,
+            "bench": _bench, "design": _design, "export": _export}
 
 
 def main(argv=None) -> int:

@@ -137,6 +137,27 @@ class EvalConfig:
 
 
 @dataclass
+class CacheConfig:
+    """`kdistill cache`: the teacher's signal over the data, written once (see kdistill/cache)."""
+
+    out: str = "runs/teacher-cache"
+    """The cache folder to write; train from it with teacher.cache=FOLDER."""
+    mode: str = "topk"
+    """topk (the k most likely ids and the mass outside them) or sampled (ids drawn from the teacher)."""
+    k: int = 50
+    samples: int = 32
+    """For mode=sampled: draws per position; the stored ids and counts are unbiased for the teacher."""
+    temperature: float = 1.0
+    """The teacher's distribution is stored as softmax(logits / temperature)."""
+    value_bits: int = 6
+    """Top-k probabilities are quantised as round(sqrt(p) * 2^value_bits)."""
+    shard_tokens: int = 8192
+    """Teacher positions per shard; a stopped run resumes after its last complete shard."""
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
 class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -144,6 +165,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     output_dir: str = "runs/demo"
 
 
@@ -304,6 +326,13 @@ def validate(cfg: Config) -> None:
         ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
          "must be importance, even, first_last or explicit"),
         ("output_dir", bool(cfg.output_dir), "must be set"),
+        ("cache.mode", cfg.cache.mode in ("topk", "sampled"), "must be topk or sampled"),
+        ("cache.k", cfg.cache.k >= 1, "must be at least 1"),
+        ("cache.samples", 1 <= cfg.cache.samples <= 65535, "must be between 1 and 65535"),
+        ("cache.temperature", cfg.cache.temperature > 0, "must be positive"),
+        ("cache.value_bits", 2 <= cfg.cache.value_bits <= 16, "must be between 2 and 16"),
+        ("cache.shard_tokens", cfg.cache.shard_tokens >= 1, "must be at least 1"),
+        ("cache.batch_size", cfg.cache.batch_size >= 1, "must be at least 1"),
     ]
     for key, ok, why in checks:
         if not ok:

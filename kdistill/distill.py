@@ -16,6 +16,7 @@ import torch
 
 from . import fsutil
 from .config import Config, dump
+from .cache import training as cache_training
 from .data import batches as batching
 from .data.files import read_records
 from .data.generate import examples_from_generated, generate_records
@@ -95,9 +96,13 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     log.info("device %s, teacher dtype %s, %d threads", device, dtype, threads)
 
     t0 = time.time()
-    log.info("loading teacher %s", cfg.teacher.model)
-    teacher, tokenizer, teacher_dir = load_teacher(cfg.teacher.model, device, dtype, cfg.teacher.trust_remote_code,
-                                                   cfg.teacher.load_in)
+    cached = cache_training.open_for_training(cfg) if cfg.teacher.cache else None  # checked before any model
+    log.info("loading teacher %s%s", cfg.teacher.model, " (to initialise the student only)" if cached else "")
+    if cached is None:
+        teacher, tokenizer, teacher_dir = load_teacher(cfg.teacher.model, device, dtype,
+                                                       cfg.teacher.trust_remote_code, cfg.teacher.load_in)
+    else:
+        teacher, tokenizer, teacher_dir = cache_training.init_teacher(cached, cfg, device, dtype)
     log.info("teacher loaded in %.1fs: %s parameters", time.time() - t0, f"{count_parameters(teacher):,}")
     memory = teacher_memory(teacher, dtype)
     if cfg.teacher.load_in != "full":
@@ -107,12 +112,13 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    examples = load_examples(cfg, teacher, tokenizer, teacher_dir, device)
+    examples = cached.examples if cached else load_examples(cfg, teacher, tokenizer, teacher_dir, device)
     train, held = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
     log.info("data: %d training and %d held-out examples of up to %d tokens", len(train), len(held),
              cfg.train.seq_len)
     pad = tokenizer.pad_token_id
-    heldout = batching.heldout_batches(held, cfg.train.batch_size, pad, cfg.eval.max_batches)
+    heldout = (cache_training.heldout_batches if cached else batching.heldout_batches)(
+        held, cfg.train.batch_size, pad, cfg.eval.max_batches)
     calib = batching.collate(train[:4], pad)
 
     torch.manual_seed(cfg.train.seed)
@@ -126,11 +132,14 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
                                 memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
 
+    if cached is not None:
+        teacher = None  # the teacher only initialised the student: freed, and never in the training loop
     teacher_cache: list = []
 
     def evaluate(step: int) -> dict:
         student.eval()
-        m = heldout_metrics(student, teacher, heldout, device, teacher_cache)
+        m = cache_training.heldout_metrics(student, heldout, device) if cached else \
+            heldout_metrics(student, teacher, heldout, device, teacher_cache)
         return {"eval_kl": m["kl"], "eval_js": m["js"], "eval_top1": m["top1_agreement"],
                 "eval_top10": m["top10_agreement"], "eval_ppl": m["ppl_student"]}
 
@@ -141,17 +150,21 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     else:
         fsutil.append_jsonl(output_dir / "metrics.jsonl", {"step": 0, "loss": None, **start, "time": time.time()})
 
-    stream = batching.BatchStream(train, cfg.train.batch_size, cfg.train.seed, pad)
+    stream = batching.BatchStream(train, cfg.train.batch_size, cfg.train.seed, pad,
+                                  collate_fn=cached.collate_fn(pad) if cached else None)
     run_training(cfg, student, teacher, tokenizer, objective, stream, evaluate, device, output_dir, resume_from)
 
     student_dir = output_dir / "student"
     student = save_student(student, tokenizer, output_dir)  # a LoRA student: also adapter/, then merged
     log.info("student saved to %s; evaluating against the teacher", student_dir)
-    result = compare(student, teacher, tokenizer, heldout, device, student_dir, teacher_dir,
-                     cfg.eval.prompts, cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None)
+    if cached is None:
+        result = compare(student, teacher, tokenizer, heldout, device, student_dir, teacher_dir,
+                         cfg.eval.prompts, cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None)
+    else:
+        result = cache_training.final_comparison(cached, cfg, student, tokenizer, heldout, device, dtype, student_dir)
     result["heldout_start"] = {"kl": start["eval_kl"], "top1_agreement": start["eval_top1"]}
     result["student_init"] = report
     result["teacher_memory"] = {"load_in": cfg.teacher.load_in, **memory}
     fsutil.write_json(output_dir / "eval.json", result)
-    print(format_table(result), flush=True)
+    print(cache_training.format_result(result) if cached else format_table(result), flush=True)
     return result

@@ -148,7 +148,10 @@ def load_teacher_config(spec: str):
     from ..errors import ModelError
     from ..teacher import convert_gguf, resolve
 
-    folder, gguf = resolve(spec)
+    try:
+        folder, gguf = resolve(spec)
+    except ModelError as e:
+        raise ModelError(str(e).replace("teacher.model:", "--teacher:", 1)) from None
     if gguf:
         folder = str(convert_gguf(folder, gguf))
     try:

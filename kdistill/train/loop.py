@@ -8,6 +8,7 @@ the weights, keeping the last good checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -67,13 +68,25 @@ def teacher_signal(teacher, batch, vocab_size: int) -> DenseSignal:
     return DenseSignal(logits=torch.cat([logits, pad], dim=-1))
 
 
+def to_device(batch: dict, device) -> dict:
+    """Tensors and teacher signals (a cached batch's "signal") onto `device`."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if dataclasses.is_dataclass(v):
+            return dataclasses.replace(v, **{f.name: move(getattr(v, f.name)) for f in dataclasses.fields(v)})
+        return v
+
+    return {k: move(v) for k, v in batch.items()}
+
+
 def train_step(student, teacher, objective, micro_batches, device, progress: float) -> dict:
     """Forward/backward over the micro-batches of one optimizer step. Returns summed loss and terms."""
     num_tokens = sum(int(b["mask"].sum()) for b in micro_batches)
     vocab = head_weight(student).shape[0]
     total, terms = 0.0, {}
     for batch in micro_batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         signal = teacher_signal(teacher, batch, vocab) if teacher is not None else batch["signal"]
         with autocast(device):
             hidden = final_hidden(student, batch["input_ids"], batch["attention_mask"])

@@ -1,0 +1,121 @@
+"""The cache's manifest: what was cached, from what, how it is encoded, and how to check it.
+
+`manifest.json` (format_version 1) holds: the teacher's identity and a sha256 of its weight files, the
+tokenizer's fingerprint, the vocabulary size, the data's fingerprint and source, the signal settings
+(mode, k or samples, temperature, value_bits, id_bits), seq_len, counts, and per shard its file name,
+example range, positions, bytes and sha256. `complete` is false while a `kdistill cache` run writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import fsutil
+from ..errors import KdistillError
+
+FORMAT = "kdistill-teacher-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+TEACHER_CONFIG = "teacher_config.json"
+
+
+class CacheError(KdistillError):
+    """A teacher cache is unusable: missing, corrupted, truncated, of an unknown format version."""
+
+
+class CacheMismatch(CacheError):
+    """A valid cache that does not fit this run (another tokenizer, other data, another seq_len)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what maps text to ids: the vocabulary with added tokens, and for fast tokenizers the
+    normalizer, pre-tokenizer and model (merges). Pad-token choices and chat templates do not count."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        blob = {k: spec.get(k) for k in ("normalizer", "pre_tokenizer", "model", "added_tokens")}
+    else:
+        blob = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def weights_fingerprint(folder: str | None, model) -> str:
+    """sha256 over the teacher's weight files (dtype-independent), or over its tensors if it has none."""
+    files = sorted(p for ext in ("*.safetensors", "*.bin", "*.gguf") for p in Path(folder or "").glob(ext)) \
+        if folder and Path(folder).is_dir() else []
+    h = hashlib.sha256()
+    if files:
+        for p in files:
+            h.update(p.name.encode() + sha256_file(p).encode())
+        return h.hexdigest()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(examples: list[dict]) -> str:
+    """sha256 of every example's token ids and loss mask, in order."""
+    h = hashlib.sha256()
+    for e in examples:
+        ids = np.asarray(e["ids"], np.int64)
+        h.update(np.int64(len(ids)).tobytes() + ids.tobytes() + np.asarray(e["mask"], np.bool_).tobytes())
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    fsutil.write_json(folder / MANIFEST, manifest)
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a cache folder, its format and version checked; CacheError says what is wrong."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise CacheError(f"teacher cache {folder} does not exist; write one with `kdistill cache cache.out={folder}`")
+    if not path.is_file():
+        raise CacheError(f"{folder} is not a teacher cache (no {MANIFEST}); write one with `kdistill cache`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: not valid JSON ({e}); the cache is damaged, rewrite it with `kdistill cache`")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CacheError(f"{path}: not a kdistill teacher cache manifest (format {manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CacheError(f"{path}: cache format version {version!r}, but this kdistill reads version "
+                         f"{FORMAT_VERSION}; rewrite the cache with this kdistill (`kdistill cache`) or use "
+                         "the kdistill version that wrote it")
+    return manifest
+
+
+def check_complete(folder: Path, manifest: dict) -> None:
+    if not manifest.get("complete"):
+        done = len(manifest.get("shards", []))
+        raise CacheError(f"{folder}: the cache is incomplete ({done} shards written; the `kdistill cache` run "
+                         "was stopped). Run the same `kdistill cache` command again to finish it")
+
+
+def verify_shard(folder: Path, shard: dict) -> None:
+    """Size and sha256 of one shard file against the manifest."""
+    path = folder / shard["file"]
+    if not path.is_file():
+        raise CacheError(f"{path}: shard missing (listed in {MANIFEST}); rewrite the cache with `kdistill cache`")
+    size = path.stat().st_size
+    if size != shard["bytes"]:
+        raise CacheError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced); "
+                         "delete it and run `kdistill cache` again to rewrite it")
+    if sha256_file(path) != shard["sha256"]:
+        raise CacheError(f"{path}: checksum mismatch (corrupted); delete it and run `kdistill cache` again to "
+                         "rewrite it")

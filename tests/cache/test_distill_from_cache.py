@@ -1,0 +1,62 @@
+"""`kdistill distill` with teacher.cache: the teacher never runs in the loop, the loss is the online loss
+when the cache holds the whole distribution, and a run without any teacher still trains and reports."""
+import json
+
+import pytest
+
+from kdistill.cache.writer import write_cache
+from kdistill.config import load_config
+from kdistill.distill import distill
+from kdistill.train import loop
+
+from .conftest import FAST
+
+
+@pytest.fixture(autouse=True)
+def _no_speed_measurement(monkeypatch):
+    from kdistill.evaluation import compare
+
+    monkeypatch.setattr(compare, "measure_in_subprocess", lambda *a, **kw: {})  # 10 s per model, not tested here
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cfg(teacher_dir, out, *extra):
+    return load_config(None, [f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, "train.max_steps=2",
+                              "train.eval_every=1", "eval.prompts=[Once upon]", *extra])
+
+
+def test_cache_with_the_whole_distribution_gives_the_online_loss(teacher_dir, tmp_path, monkeypatch):
+    write_cache(load_config(None, [f"teacher.model={teacher_dir}", f"cache.out={tmp_path / 'c'}", *FAST,
+                                   "cache.k=320", "cache.value_bits=16"]))  # k = V: the cache is the teacher
+    terms = "loss.terms=[{kind: forward_kl, missing_mass: residual}, {kind: ce, weight: 0.1}]"
+    distill(_cfg(teacher_dir, tmp_path / "online", terms))
+
+    def no_teacher(*args, **kw):
+        raise AssertionError("the teacher ran in a cache run")
+
+    monkeypatch.setattr(loop, "teacher_signal", no_teacher)
+    result = distill(_cfg(teacher_dir, tmp_path / "cached", terms, f"teacher.cache={tmp_path / 'c'}"))
+    online, cached = _rows(tmp_path / "online"), _rows(tmp_path / "cached")
+    for a, b in zip(online[1:], cached[1:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3) and b["forward_kl"] == pytest.approx(a["forward_kl"],
+                                                                                                    rel=1e-3)
+        assert b["eval_kl"] == pytest.approx(a["eval_kl"], rel=1e-2, abs=1e-4)  # vs the cached distribution
+    assert result["heldout_source"] == "teacher"  # the final comparison still uses the real teacher
+    assert result["heldout"]["kl"] == pytest.approx(json.loads((tmp_path / "online" / "eval.json").read_text())
+                                                    ["heldout"]["kl"], rel=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["topk", "sampled"])
+def test_training_without_any_teacher(teacher_dir, tmp_path, mode):
+    write_cache(load_config(None, [f"teacher.model={teacher_dir}", f"cache.out={tmp_path / 'c'}", *FAST,
+                                   f"cache.mode={mode}"]))
+    out = tmp_path / "run"
+    result = distill(_cfg("/no/such/teacher", out, "student.init=random", f"teacher.cache={tmp_path / 'c'}"))
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["eval_kl"] >= 0 for r in rows)
+    assert result["heldout_source"] == "cache" and (out / "student" / "config.json").is_file()
+    with pytest.raises(Exception, match="does not exist.*student.init=random"):
+        distill(_cfg("/no/such/teacher", tmp_path / "r2", f"teacher.cache={tmp_path / 'c'}"))

@@ -24,7 +24,7 @@ demo: setup
 	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite
 
 test: setup chromium
-	OMP_NUM_THREADS=1 KDISTILL_THREADS=1 $(PY) -m pytest
+	OMP_NUM_THREADS=1 KDISTILL_THREADS=1 $(PY) -m pytest -q
 
 # The report test renders the page in headless Chromium (Debian's package).
 chromium:

@@ -131,6 +131,8 @@ class EvalConfig:
     max_batches: int = 8
     prompts: list[str] = field(default_factory=lambda: list(SEED_PROMPTS))
     max_new_tokens: int = 32
+    measure_speed: bool = True
+    """Measure generation tokens/s, time to first token and peak memory of both models (subprocesses)."""
     tasks: list[str] = field(default_factory=list)
     """Benchmark JSONL files (multiple-choice or generative, see kdistill/evaluation/tasks.py) run on
     teacher and student after training."""

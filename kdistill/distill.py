@@ -159,7 +159,8 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     log.info("student saved to %s; evaluating against the teacher", student_dir)
     if cached is None:
         result = compare(student, teacher, tokenizer, heldout, device, student_dir, teacher_dir,
-                         cfg.eval.prompts, cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None)
+                         cfg.eval.prompts, cfg.eval.max_new_tokens, measure_speed=cfg.eval.measure_speed,
+                         tasks=cfg.eval.tasks or None)
     else:
         result = cache_training.final_comparison(cached, cfg, student, tokenizer, heldout, device, dtype, student_dir)
     result["heldout_start"] = {"kl": start["eval_kl"], "top1_agreement": start["eval_top1"]}

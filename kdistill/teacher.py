@@ -121,8 +121,8 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
 
 def quantization_config(load_in: str, dtype: torch.dtype):
-    """bitsandbytes settings for teacher.load_in (None for full): 8-bit LLM.int8, or 4-bit NF4 with
-    double quantisation computing in `dtype`. Raises ModelError when bitsandbytes is missing."""
+    """bitsandbytes settings for teacher.load_in (None for full): 8-bit LLM.int8 (fp16 activations), or
+    4-bit NF4 with double quantisation computing in `dtype`. Raises ModelError when bitsandbytes is missing."""
     if load_in == "full":
         return None
     try:
@@ -133,6 +133,8 @@ def quantization_config(load_in: str, dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if load_in == "8bit":
+        # LLM.int8 casts fp32 inputs to fp16 and says so on every matmul; once is in this docstring.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=dtype)
@@ -169,8 +171,11 @@ def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remo
         if "trust_remote_code" in str(e):
             raise ModelError(f"teacher {spec!r} needs custom code: set teacher.trust_remote_code=true "
                              "if you trust it") from e
+        if quant is not None:
+            raise ModelError(f"teacher.load_in={load_in}: cannot load {spec!r} quantised ({e}); "
+                             "set teacher.load_in=full") from e
         raise ModelError(f"cannot load teacher {spec!r}: {e}") from e
-    except RuntimeError as e:
+    except (RuntimeError, ImportError) as e:
         if quant is None:
             raise
         raise ModelError(f"teacher.load_in={load_in}: bitsandbytes cannot quantise {spec!r} on {device} ({e}); "

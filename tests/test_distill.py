@@ -19,7 +19,8 @@ from kdistill.errors import ConfigError, KdistillError
 
 ROOT = Path(__file__).parents[1]
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
-        "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4"]
+        "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4",
+        "eval.measure_speed=false"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def _cfg(teacher_dir, out, *extra):
 def test_distill_writes_a_loadable_student_and_numbers(teacher_dir, tmp_path):
     out = tmp_path / "run"
     result = distill(_cfg(teacher_dir, out, "train.max_steps=4", "train.checkpoint_every=2",
-                          "train.keep_checkpoints=1", "train.eval_every=2"))
+                          "train.keep_checkpoints=1", "train.eval_every=2", "eval.measure_speed=true"))
     model = AutoModelForCausalLM.from_pretrained(out / "student")
     tok = AutoTokenizer.from_pretrained(out / "student")
     assert model.__class__.__name__ == "LlamaForCausalLM" and model.config.tie_word_embeddings
@@ -52,6 +53,7 @@ def test_distill_writes_a_loadable_student_and_numbers(teacher_dir, tmp_path):
     for key in ("kl", "top1_agreement", "ppl_student", "ppl_teacher"):
         assert key in saved["heldout"]
     assert saved["student"]["parameters"] < saved["teacher"]["parameters"]
+    assert saved["student"]["tokens_per_s"] > 0 and saved["teacher"]["peak_rss_mb"] > 0
     assert len(saved["completions"]["student"]) == 3 and result["compression"] > 1
     assert load_config(out / "config.yaml").train.max_steps == 4
 

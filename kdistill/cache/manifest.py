@@ -109,13 +109,11 @@ def check_complete(folder: Path, manifest: dict) -> None:
 
 def verify_shard(folder: Path, shard: dict) -> None:
     """Size and sha256 of one shard file against the manifest."""
-    path = folder / shard["file"]
+    path, fix = folder / shard["file"], "run the same `kdistill cache` command again to rewrite it"
     if not path.is_file():
-        raise CacheError(f"{path}: shard missing (listed in {MANIFEST}); rewrite the cache with `kdistill cache`")
+        raise CacheError(f"{path}: shard missing (listed in {MANIFEST}); {fix}")
     size = path.stat().st_size
     if size != shard["bytes"]:
-        raise CacheError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced); "
-                         "delete it and run `kdistill cache` again to rewrite it")
+        raise CacheError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced); {fix}")
     if sha256_file(path) != shard["sha256"]:
-        raise CacheError(f"{path}: checksum mismatch (corrupted); delete it and run `kdistill cache` again to "
-                         "rewrite it")
+        raise CacheError(f"{path}: checksum mismatch (corrupted); {fix}")

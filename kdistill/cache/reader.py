@@ -6,7 +6,7 @@
 
 Examples carry `signal_ids` (n, S) and `signal_logprobs` (n, S) for their n loss positions; `collate`
 places them at those positions of a (B, T, S) SparseSignal (top-k: S = k; sampled: the most distinct ids
-of the batch, padded with -inf). Decoded, a position takes S * 12 bytes of memory.
+of the batch, padded with -inf). Decoded, a position takes S * 8 bytes of memory.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def read_shard(folder: Path, shard: dict, manifest: dict) -> list[dict]:
     try:
         examples = S.decode(load_file(str(path)), manifest["signal"], manifest["vocab_size"])
     except (SafetensorError, ValueError, KeyError) as e:
-        raise M.CacheError(f"{path}: cannot decode ({type(e).__name__}: {e}); the shard is damaged, delete it and "
-                           "run `kdistill cache` again to rewrite it") from e
+        raise M.CacheError(f"{path}: cannot decode ({type(e).__name__}: {e}); the shard is damaged, delete it "
+                           "and run the same `kdistill cache` command again to rewrite it") from e
     start, end = shard["examples"]
     rows = sum(len(e["signal_ids"]) for e in examples)
     if len(examples) != end - start or rows != shard["positions"]:

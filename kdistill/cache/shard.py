@@ -40,7 +40,7 @@ def encode_sampled(ids: np.ndarray, counts: np.ndarray, samples: int) -> dict:
 
 
 def decode(tensors: dict, signal: dict, vocab_size: int) -> list[dict]:
-    """Examples with their signal: ids, mask, signal_ids (n, S) int64, signal_logprobs (n, S) float32."""
+    """Examples with their signal: ids, mask, signal_ids (n, S) int32, signal_logprobs (n, S) float32."""
     lengths = tensors["lengths"].astype(np.int64)
     total = int(lengths.sum())
     tokens = B.unpack_fixed(tensors["tokens"], signal["id_bits"], total)
@@ -59,7 +59,7 @@ def decode(tensors: dict, signal: dict, vocab_size: int) -> list[dict]:
     for a, b in zip(bounds[:-1], bounds[1:]):
         n = int(np.count_nonzero(mask[a + 1:b]))
         out.append({"ids": tokens[a:b].tolist(), "mask": mask[a:b].tolist(),
-                    "signal_ids": sig_ids[row:row + n], "signal_logprobs": logprobs[row:row + n]})
+                    "signal_ids": sig_ids[row:row + n].astype(np.int32), "signal_logprobs": logprobs[row:row + n]})
         row += n
     return out
 

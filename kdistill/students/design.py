@@ -126,8 +126,9 @@ def table(found: list[dict], teacher: dict, chosen: int, context: int) -> str:
 def student_yaml(c: dict, teacher_spec: str, teacher: dict, command: str) -> str:
     keys = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size")
     data = {"teacher": {"model": teacher_spec}, "student": {"kind": "llama", **{k: c[k] for k in keys}}}
-    note = (f"# Written by `{command}`.\n# {c['parameters']:,} parameters ({teacher['parameters'] / c['parameters']:.2f}x "
-            f"fewer than the teacher's {teacher['parameters']:,}), expected speed-up {c['speedup']:.2f}x.\n")
+    ratio = teacher["parameters"] / c["parameters"]
+    note = (f"# Written by `{command}`.\n# {c['parameters']:,} parameters ({ratio:.2f}x fewer than the teacher's "
+            f"{teacher['parameters']:,}), expected speed-up {c['speedup']:.2f}x.\n")
     return note + yaml.safe_dump(data, sort_keys=False)
 
 

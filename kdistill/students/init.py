@@ -1,16 +1,19 @@
-"""Initialise a LLaMA student from its teacher: embeddings, final norm and a choice of teacher layers.
+"""Initialise a LLaMA student from its teacher: embeddings, final norm and a choice of teacher layers
+(a narrower student is then cut from them by `prune.py`).
 
 Layer selection strategies (student.layer_selection):
 - even: evenly spaced teacher layers, first and last included.
 - first_last: the first half and the last half of the student's layers from the teacher's two ends.
 - explicit: the indices in `student.layers`.
-- importance: greedy removal measured on calibration data. Starting from all teacher layers, remove at
-  each round the layer whose removal raises KL(teacher || pruned teacher) on the calibration batch least,
-  until the student's depth remains. The pruned model at each round is the teacher with layers dropped,
-  so the score is the held-out KL the student starts from.
+- importance (default): removal measured on calibration data. Starting from all teacher layers, each
+  round scores every remaining layer by KL(teacher || teacher without it) on 256 calibration tokens and
+  removes the lowest-scoring half of those still to go, until the student's depth remains. The pruned
+  model is the teacher with layers dropped, so the score is the KL the student starts from.
 
-Measured on SmolLM2-135M (30 layers) with 8 layers kept, on teacher-generated text (KL at step 0):
-see README "Student initialisation".
+Measured on SmolLM2-135M, 30 -> 8 layers, demo data (held-out KL at step 0 / after 20 steps, nats):
+even 14.56 / 4.55, first_last 9.86 / 4.06, importance 5.91 / 3.09 (about 46 CPU-seconds to choose).
+Plain greedy (one layer per round, 22 rounds, ~20x the work) chose a stack of held-out KL 6.72; with
+128 calibration tokens the choice is worse (8.94), with 512 no better (6.06).
 """
 from __future__ import annotations
 
@@ -88,36 +91,23 @@ class TeacherTargets:
         return (self.negentropy - (hidden * self.mean_row).sum(-1).float() + lse).mean().item()
 
 
-def _run_layer(layer, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
-    """One decoder layer under a plain causal mask. Shapes: (B, T, D) -> (B, T, D)"""
-    out = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, use_cache=False)
-    return out[0] if isinstance(out, tuple) else out
-
-
 @torch.no_grad()
 def removal_scores(teacher, current: list[int], batch: dict, targets: TeacherTargets) -> list[float]:
-    """KL of the stack `current` with each one of its layers removed, all candidates in one pass.
+    """KL of the stack `current` with each one of its layers removed, computed from cached prefixes.
 
-    One forward of `current` gives the hidden state entering each position k. Removing the layer at k
-    leaves that prefix unchanged, so candidate k starts from it and runs only layers current[k+1:]; the
-    candidates run side by side as one batch, layer by layer (the work of ~L²/2 layers in L calls).
-    The batch must be right-padded (as `batches.collate` makes it): under a plain causal mask its real
-    tokens then never see padding, so their values are exact. Returns one KL per position."""
+    One forward of `current` gives the hidden state entering each position k; removing the layer at k
+    leaves that prefix unchanged, so only layers current[k+1:] are run again, from that state
+    (about half the work of running every pruned stack from the start). Returns one KL per position."""
     am, mask = batch["attention_mask"], batch["mask"]
-    if not bool((am.cummin(-1).values == am).all()):
-        raise ValueError("removal_scores needs a right-padded calibration batch")
     with _only_layers(teacher, current):
         states = teacher.model(input_ids=batch["input_ids"], attention_mask=am, use_cache=False,
                                output_hidden_states=True).hidden_states
-    positions = torch.arange(am.shape[1], device=am.device).unsqueeze(0)
-    rope = teacher.model.rotary_emb(states[0], position_ids=positions)
-    running = states[0][:0]  # (k·B, T, D): candidates 0..k-1, each past the layers after its removed one
-    for j, index in enumerate(current):
-        if len(running):
-            running = _run_layer(teacher.model.layers[index], running, rope)
-        running = torch.cat([running, states[j]])
-    final = teacher.model.norm(running).view(len(current), *states[0].shape)
-    return [targets.kl(h[mask]) for h in final]
+    scores = []
+    for k in range(len(current)):
+        with _only_layers(teacher, current[k + 1:]):
+            out = teacher.model(inputs_embeds=states[k], attention_mask=am, use_cache=False).last_hidden_state
+        scores.append(targets.kl(out[mask]))
+    return scores
 
 
 @torch.no_grad()
@@ -128,8 +118,8 @@ def importance_layers(teacher, n: int, batch: dict, progress=None, max_tokens: i
     Each round scores every remaining layer by the KL of the stack without it (`removal_scores`) and
     removes the lowest-scoring ones: one per round when `halving` is false (plain greedy, ~L²/2 layer
     passes per round), half of those still to go when it is true (30 -> 8 layers in 5 rounds instead
-    of 22; on SmolLM2-135M the two choose stacks of nearly the same KL, see README). Only the first
-    rows of the batch holding `max_tokens` tokens are used."""
+    of 22; on SmolLM2-135M it also generalised better, see the module docstring). Only the first rows of
+    the batch holding `max_tokens` tokens are used."""
     batch = calibration_subset(batch, max_tokens)
     logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     targets = TeacherTargets(logits[batch["mask"]].float().log_softmax(-1), teacher.get_output_embeddings().weight)

@@ -85,7 +85,8 @@ def add_lora(model, s):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise ModelError("student.lora_rank > 0 needs peft: `pip install peft` (or `pip install -e '.[lora]'`)") from None
+        raise ModelError("student.lora_rank > 0 needs peft: `pip install peft` (or `pip install -e '.[lora]'`)"
+                         ) from None
     names = linear_names(model)
     missing = [t for t in s.lora_targets if t not in names]
     if missing:

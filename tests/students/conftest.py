@@ -4,8 +4,6 @@ import pytest
 
 from helpers import save_tiny_teacher
 
-from tests.students.settings import FAST  # noqa: F401  (re-exported for the tests)
-
 
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory):

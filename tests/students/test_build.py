@@ -38,7 +38,8 @@ def test_fractal_default_width_is_the_seeds_and_bad_widths_name_the_keys():
 
 def test_narrow_llama_student_is_pruned_and_wider_one_projected():
     g = torch.Generator().manual_seed(0)
-    calib = {"input_ids": torch.randint(3, 90, (2, 8), generator=g), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    calib = {"input_ids": torch.randint(3, 90, (2, 8), generator=g),
+             "attention_mask": torch.ones(2, 8, dtype=torch.long)}
     calib["mask"] = calib["attention_mask"].bool()
     _, report = build("student.num_layers=1", "student.intermediate_size=32", "student.layer_selection=first_last",
                       calib=calib)  # teacher rows 90, student 96: the extra rows stay as initialised

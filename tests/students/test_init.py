@@ -59,7 +59,8 @@ def test_calibration_subset_keeps_whole_rows():
 
 def test_fixed_strategies_and_errors():
     teacher = tiny_llama(60, num_hidden_layers=6)
-    assert even_layers(30, 8) == [0, 4, 8, 12, 17, 21, 25, 29] and first_last_layers(30, 8) == [0, 1, 2, 3, 26, 27, 28, 29]
+    assert even_layers(30, 8) == [0, 4, 8, 12, 17, 21, 25, 29]
+    assert first_last_layers(30, 8) == [0, 1, 2, 3, 26, 27, 28, 29]
     assert select_layers("explicit", teacher, 2, [5, 1]) == [5, 1]
     with pytest.raises(ConfigError, match="student.layers must list 2"):
         select_layers("explicit", teacher, 2, [1, 9])

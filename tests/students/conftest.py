@@ -19,7 +19,5 @@ def _cache(tmp_path_factory, monkeypatch):
 def quick_distill(monkeypatch):
     """`distill(cfg)` without measuring generation speed in subprocesses."""
     from kdistill import distill as module
-    from kdistill.evaluation.compare import compare
 
-    monkeypatch.setattr(module, "compare", lambda *a, **kw: compare(*a, **kw, measure_speed=False))
     return module.distill

@@ -44,7 +44,6 @@ def lora_run(teacher_dir, tmp_path_factory):
         seen["model"], seen["report"] = model, report
         return model, report
 
-    mp.setattr(module, "compare", lambda *a, **kw: compare(*a, **kw, measure_speed=False))
     mp.setattr(module, "build_student", build)
     mp.setattr(torch.optim, "AdamW", recording_adamw)
     mp.setenv("KDISTILL_CACHE", str(tmp_path_factory.getbasetemp() / "kdcache"))
@@ -82,11 +81,6 @@ def test_adapter_and_merged_model_are_saved_and_only_adapters_moved(lora_run, te
     assert result["student_init"]["lora"]["rank"] == 4
 
 
-def test_resume_of_a_lora_run_is_refused_clearly(teacher_dir, tmp_path, quick_distill):
-    with pytest.raises(ConfigError, match="--resume: a LoRA student"):
-        quick_distill(cfg(teacher_dir, tmp_path / "r", "train.max_steps=1"), resume=True)
-
-
 def save_model(path, tokenizer, vocab):
     tiny_llama(vocab).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -114,3 +108,22 @@ def test_a_run_folder_works_and_bad_targets_name_the_key(teacher_dir, tmp_path, 
     assert result["student_init"]["trainable_parameters"] == result["student_init"]["parameters"]
     with pytest.raises(ConfigError, match=r"student.lora_targets: \['qkv'\].*q_proj"):
         quick_distill(cfg(teacher_dir, tmp_path / "r2", "train.max_steps=1", "student.lora_targets=[qkv]"))
+
+
+def test_a_lora_run_resumes_its_adapter(teacher_dir, tmp_path, monkeypatch):
+    """Redo the last steps from a checkpoint: the adapter ends where the uninterrupted run ended."""
+    import shutil
+
+    from kdistill.distill import distill
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "kdcache"))
+    out = tmp_path / "run"
+    extra = ["train.max_steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.lr=1e-2"]
+    distill(cfg(teacher_dir, out, *extra))
+    first = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    shutil.rmtree(out / "checkpoints" / "step-000004")
+    distill(cfg(teacher_dir, out, *extra), resume=True)
+    again = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert first.keys() == again.keys()
+    for k in first:
+        torch.testing.assert_close(first[k], again[k], rtol=0, atol=1e-6)

@@ -123,7 +123,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str = "auto"
     threads: int = 0
-    """Torch threads; 0 = all cores (or $KDISTILL_THREADS)."""
+    """Torch threads; 0 = $KDISTILL_THREADS, else the cores not already busy (load average)."""
 
 
 @dataclass

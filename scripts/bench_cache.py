@@ -1,6 +1,6 @@
 """Offline (teacher cache) vs online distillation on the default demo workload, in one run.
 
-    python scripts/bench_cache.py                      # 30 steps each, batch 8, seq_len 128
+    python scripts/bench_cache.py                      # 20 steps each, batch 8, seq_len 128
     python scripts/bench_cache.py --steps 150 --set student.layer_selection=importance
 
 1. Loads the embedded teacher (teacher.model=default) and the demo data (teacher-generated, reused from
@@ -15,7 +15,7 @@
    only the teacher signal's type differs. Tokens/s count steps 2..N (step 1 of each warms up).
 4. Prints tokens/s of each, the ratio, and each student's held-out KL against the real teacher.
 
-Smaller than the demo (say so when quoting): --steps (default 30, demo 150) and layer_selection=first_last
+Smaller than the demo (say so when quoting): --steps (default 20, demo 150) and layer_selection=first_last
 (the demo's importance selection costs minutes of teacher passes; both students start from the same copy).
 Tokens/s are wall-clock; the CPU-time ratio is printed too (it is steadier on a shared machine).
 """
@@ -109,7 +109,7 @@ class Run:
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default="runs/bench_cache", help="folder for the cache and bench.json")
     p.add_argument("--missing-mass", default="residual", choices=["residual", "renormalize"],

@@ -3,7 +3,9 @@
 `manifest.json` (format_version 1) holds: the teacher's identity and a sha256 of its weight files, the
 tokenizer's fingerprint, the vocabulary size, the data's fingerprint and source, the signal settings
 (mode, k or samples, temperature, value_bits, id_bits), seq_len, counts, and per shard its file name,
-example range, positions, bytes and sha256. `complete` is false while a `kdistill cache` run writes.
+example range, positions, bytes, sha256 and `stats` (error sums over its positions, measured against the
+exact teacher while writing; the top-level `stats` are their means per position, and bytes_per_token).
+`complete` is false while a `kdistill cache` run writes.
 """
 from __future__ import annotations
 

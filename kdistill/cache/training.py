@@ -43,6 +43,9 @@ def open_for_training(cfg) -> TeacherCache:
                               "data.* as when the cache was written, or rewrite the cache for this data")
     if cfg.data.path:
         check_data_file(cfg, cache)
+    if m["signal"]["temperature"] != 1.0:
+        log.warning("%s stores the teacher at temperature %s; each loss term's temperature applies on top of it",
+                    where, m["signal"]["temperature"])
     return cache
 
 
@@ -158,7 +161,8 @@ def final_comparison(cache: TeacherCache, cfg, student, tokenizer, heldout: list
                 "student": {"parameters": count_parameters(student)},
                 "teacher": {"parameters": cache.manifest["teacher"]["parameters"]}}
     result = compare(student, teacher, tokenizer, without_signal(heldout), device, student_dir, folder,
-                     cfg.eval.prompts, cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None)
+                     cfg.eval.prompts, cfg.eval.max_new_tokens, measure_speed=cfg.eval.measure_speed,
+                     tasks=cfg.eval.tasks or None)
     return {**result, "heldout_source": "teacher"}
 
 

@@ -12,20 +12,13 @@ from kdistill.train import loop
 from .conftest import FAST
 
 
-@pytest.fixture(autouse=True)
-def _no_speed_measurement(monkeypatch):
-    from kdistill.evaluation import compare
-
-    monkeypatch.setattr(compare, "measure_in_subprocess", lambda *a, **kw: {})  # 10 s per model, not tested here
-
-
 def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _cfg(teacher_dir, out, *extra):
     return load_config(None, [f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, "train.max_steps=2",
-                              "train.eval_every=1", "eval.prompts=[Once upon]", *extra])
+                              "train.eval_every=1", "eval.prompts=[Once upon]", "eval.measure_speed=false", *extra])
 
 
 def test_cache_with_the_whole_distribution_gives_the_online_loss(teacher_dir, tmp_path, monkeypatch):

@@ -35,8 +35,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: int, device: str = "cpu") -> dict:
+def peak_rss_kb() -> int:
+    """This process's peak resident memory in KiB.
+
+    VmHWM from /proc belongs to the process image, so a fresh subprocess starts from zero; ru_maxrss
+    (the fallback off Linux) is inherited across exec on Linux and would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: int, device: str = "cpu") -> dict:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,7 +60,7 @@ def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: in
     import kdistill  # noqa: F401  (registers kdistill's own model classes)
 
     torch.set_num_threads(threads)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = peak_rss_kb()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     gen = dict(do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
@@ -62,7 +78,7 @@ def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: in
             _sync(device)
             seconds += time.perf_counter() - t0
             tokens += out.shape[1] - enc["input_ids"].shape[1]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     result = {"tokens_per_s": tokens / seconds, "ttft_ms": 1000 * sum(ttft) / len(ttft), "generated_tokens": tokens,
               "peak_rss_mb": peak / 1024, "model_rss_mb": (peak - rss0) / 1024, "baseline_rss_mb": rss0 / 1024,
               "threads": threads, "device": device}

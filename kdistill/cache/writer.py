@@ -11,13 +11,10 @@ the last good one. Settings that differ from the stopped run's are refused (or r
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -131,21 +128,6 @@ def prepare_folder(out: Path, fresh: dict, overwrite: bool) -> dict:
     return fresh
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name in the same folder, fsync, rename into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def shard_signal(teacher, examples: list[dict], manifest: dict, cfg: Config, index: int, device) -> tuple[dict, dict]:
     """Encoded tensors and error sums of one shard's examples."""
     sig, vocab, pad = manifest["signal"], manifest["vocab_size"], 0
@@ -214,7 +196,7 @@ def write_cache(cfg: Config, overwrite: bool = False, loaded=None) -> dict:
         # one metadata key: safetensors writes several in a per-process random order (bytes would differ)
         data = save_tensors(tensors, metadata={"kdistill": json.dumps({"format_version": M.FORMAT_VERSION,
                                                                        "mode": manifest["signal"]["mode"]})})
-        write_bytes(out / name, data)
+        fsutil.write_bytes(out / name, data)
         manifest["shards"].append({"file": name, "examples": [start, end], "positions": stats["positions"],
                                    "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "stats": stats})
         M.write_manifest(out, manifest)

@@ -10,3 +10,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    """A tiny LLaMA teacher folder with its tokenizer, built in code once per session (read-only)."""
+    from helpers import save_tiny_teacher
+
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _kdistill_cache(tmp_path_factory, monkeypatch):
+    """A private kdistill cache for the session, never the user's ~/.cache/kdistill."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path_factory.getbasetemp() / "kdcache"))

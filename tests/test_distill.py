@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import save_tiny_teacher
 from kdistill.config import load_config
 from kdistill.distill import distill
 from kdistill.errors import ConfigError, KdistillError
@@ -21,16 +20,6 @@ ROOT = Path(__file__).parents[1]
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
         "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4",
         "eval.measure_speed=false"]
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "t", seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path_factory.getbasetemp() / "kdcache"))
 
 
 def _cfg(teacher_dir, out, *extra):

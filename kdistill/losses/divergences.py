@@ -101,15 +101,16 @@ DIVERGENCES = {
 
 
 def divergence(name: str, student_logits: Tensor, teacher, temperature: float | Tensor = 1.0,
-               missing: str = "renormalize", **params) -> Tensor:
+               missing: str = "renormalize", lse: Tensor | None = None, **params) -> Tensor:
     """Divergence `name` between student logits and a teacher (logits tensor or signal), per token.
 
+    `lse`: logsumexp(student_logits, -1, keepdim) if the caller has it already (shared between terms).
     Shapes: student_logits (..., V), teacher (..., V) logits or a signal over (...) -> (...)
     """
     if isinstance(teacher, Tensor):
         teacher = DenseSignal(logits=teacher)
     fn, defaults = DIVERGENCES[name]
-    student_logprobs, teacher_logprobs = pair_logprobs(student_logits, teacher, temperature, missing)
+    student_logprobs, teacher_logprobs = pair_logprobs(student_logits, teacher, temperature, missing, lse)
     return fn(student_logprobs, teacher_logprobs, **{**defaults, **params})
 
 
@@ -154,15 +155,24 @@ def tvd(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Ten
 
 
 def cross_entropy(student_logits: Tensor, targets: Tensor, temperature: float | Tensor = 1.0,
-                  label_smoothing: float = 0.0) -> Tensor:
+                  label_smoothing: float = 0.0, lse: Tensor | None = None) -> Tensor:
     """Cross-entropy with the next-token ids, as F.cross_entropy(label_smoothing=ε) but per token.
 
+    -log q[y] = lse - logits[y] and -mean_v log q_v = lse - mean_v logits_v, with lse the logsumexp of
+    the tempered logits: no (..., V) log-probabilities are made. `lse` (..., 1) may be passed in when the
+    caller has it for these tempered logits already.
     Shapes: student_logits (..., V), targets (...) long -> (...)
     """
     if isinstance(temperature, Tensor):
         temperature = temperature.unsqueeze(-1)
-    logprobs = (fp32(student_logits) / temperature).log_softmax(-1)
-    nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logits = fp32(student_logits) / temperature if not _is_one(temperature) else fp32(student_logits)
+    if lse is None:
+        lse = logits.logsumexp(-1, keepdim=True)
+    nll = (lse - logits.gather(-1, targets.unsqueeze(-1))).squeeze(-1)
     if label_smoothing == 0.0:
         return nll
-    return (1 - label_smoothing) * nll - label_smoothing * logprobs.mean(-1)
+    return (1 - label_smoothing) * nll + label_smoothing * (lse.squeeze(-1) - logits.mean(-1))
+
+
+def _is_one(temperature: float | Tensor) -> bool:
+    return not isinstance(temperature, Tensor) and temperature == 1.0

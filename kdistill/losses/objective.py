@@ -24,6 +24,7 @@ from kdistill.losses.divergences import cross_entropy, divergence
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.selective import selective
+from kdistill.losses.signals import SparseSignal, fp32
 
 
 @dataclass
@@ -34,19 +35,44 @@ class LossOutput:
     terms: dict[str, float]
 
 
+class StudentNormaliser:
+    """logsumexp of one chunk's student logits at a fixed temperature, computed once and shared by terms.
+
+    CE at temperature T and the residual sparse KD term both need the student's log-normaliser; computing
+    it once saves a full-vocabulary pass forward and backward (autograd sums both terms' gradients).
+    """
+
+    def __init__(self, student_logits: Tensor):
+        self.logits, self.cache = student_logits, {}
+
+    def __call__(self, temperature: float | Tensor) -> Tensor | None:
+        """lse of logits / temperature (..., 1) for a scalar temperature; None for per-token ones."""
+        if isinstance(temperature, Tensor):
+            return None
+        key = float(temperature)
+        if key not in self.cache:
+            logits = fp32(self.logits)
+            self.cache[key] = (logits if key == 1.0 else logits / key).logsumexp(-1, keepdim=True)
+        return self.cache[key]
+
+
 def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | None,
-                progress: float) -> tuple[Tensor, float | Tensor]:
+                progress: float, normaliser: StudentNormaliser | None = None) -> tuple[Tensor, float | Tensor]:
     """One term's per-token value and the temperature it used. Shapes: student_logits (N, V) -> (N,), () or (N,)"""
+    normaliser = normaliser or StudentNormaliser(student_logits)
     if isinstance(term.temperature, EntropyTemperature):
         temperature = term.temperature(teacher, term.missing_mass)
     else:
         temperature = term.temperature(progress)
     if term.kind == "ce":
-        return cross_entropy(student_logits, targets, temperature, term.label_smoothing), temperature
+        return cross_entropy(student_logits, targets, temperature, term.label_smoothing,
+                             normaliser(temperature)), temperature
     if term.kind == "selective":
         return selective(student_logits, teacher, temperature, term.divergence, term.top_k,
                          term.entropy_threshold, term.missing_mass, **term.params), temperature
-    return divergence(term.divergence, student_logits, teacher, temperature, term.missing_mass,
+    # the residual policy's bucket log-probabilities are formed at T = 1, then tempered (see signals)
+    lse = normaliser(1.0) if isinstance(teacher, SparseSignal) and term.missing_mass == "residual" else None
+    return divergence(term.divergence, student_logits, teacher, temperature, term.missing_mass, lse,
                       **term.params), temperature
 
 
@@ -89,9 +115,9 @@ class Objective:
 
         Shapes: student_logits (N, V), teacher over (N,), targets (N,) -> ()
         """
-        total = 0.0
+        total, normaliser = 0.0, StudentNormaliser(student_logits)
         for term in self.terms:
-            values, temperature = term_values(term, student_logits, teacher, targets, progress)
+            values, temperature = term_values(term, student_logits, teacher, targets, progress, normaliser)
             logs[term.name] = logs[term.name] + reduce_tokens(values.detach(), None, num_tokens)
             scale = temperature ** 2 if self.t2_scale and term.kind != "ce" else 1.0
             total = total + term.weight(progress) * scale * values

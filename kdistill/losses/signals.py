@@ -30,6 +30,7 @@ NaN gradients.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -137,20 +138,52 @@ def _residual_logprob(teacher_logprobs: Tensor) -> Tensor:
     return rest.clamp(min=0).log()
 
 
-def _student_rest(student_logprobs: Tensor, ids: Tensor, teacher_logprobs: Tensor) -> Tensor:
-    """Student log-probability of every id outside the K (exact, no 1 - sum cancellation).
+# rows whose student mass outside the K is below this get it exactly (scatter + logsumexp): log1mexp of a
+# rounded log-sum of the K probabilities loses relative precision as the rest mass goes to 0
+EXACT_REST_BELOW = 2.0 ** -10
 
-    Padded slots (-inf teacher) point at slot 0's id so they do not remove a real id's mass.
-    Shapes: student_logprobs (..., V), ids and teacher_logprobs (..., K) -> (..., 1)
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012). Shapes: any -> same"""
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _student_rest_exact(logits: Tensor, ids: Tensor, lse: Tensor) -> Tensor:
+    """log of the softmax mass of every id not among ids, by masking. Shapes: (M, V), (M, K), (M, 1) -> (M, 1)"""
+    return logits.scatter(-1, ids, NEG).logsumexp(-1, keepdim=True) - lse
+
+
+def student_sparse_logprobs(logits: Tensor, ids: Tensor, teacher_logprobs: Tensor,
+                            lse: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Student log-probabilities at the K ids and of all other ids together, from one log-normaliser.
+
+    log q_k = logits[ids] - lse; the rest is log(1 - sum q_k) over the slots with a finite teacher value,
+    recomputed exactly (masked logsumexp) only on rows whose rest mass is below EXACT_REST_BELOW. So the
+    full-vocabulary work is one logsumexp, which other terms can share through `lse`.
+    Shapes: logits (..., V), ids and teacher_logprobs (..., K), lse (..., 1) -> (..., K), (..., 1)
     """
-    ids = torch.where(torch.isfinite(teacher_logprobs), ids, ids[..., :1])
-    return student_logprobs.scatter(-1, ids, NEG).logsumexp(-1, keepdim=True)
+    if lse is None:
+        lse = logits.logsumexp(-1, keepdim=True)
+    at_ids = logits.gather(-1, ids) - lse
+    captured = at_ids.masked_fill(~torch.isfinite(teacher_logprobs), NEG).logsumexp(-1, keepdim=True)
+    limit = math.log1p(-EXACT_REST_BELOW)
+    rest = log1mexp(captured.clamp(max=limit))
+    tight = (captured > limit).reshape(-1).nonzero().squeeze(-1)
+    if tight.numel():
+        # padded slots (-inf teacher) point at slot 0's id so they do not remove a real id's mass
+        real = torch.where(torch.isfinite(teacher_logprobs), ids, ids[..., :1]).reshape(-1, ids.shape[-1])
+        exact = _student_rest_exact(logits.reshape(-1, logits.shape[-1])[tight], real[tight],
+                                    lse.reshape(-1, 1)[tight])
+        rest = rest.reshape(-1, 1).index_put((tight,), exact).reshape(rest.shape)
+    return at_ids, rest
 
 
-def support_values(student_logits: Tensor, teacher, missing: str = "renormalize") -> tuple[Tensor, Tensor]:
+def support_values(student_logits: Tensor, teacher, missing: str = "renormalize",
+                   lse: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Unnormalised student and teacher log-values on the common support (see the module docstring).
 
-    Shapes: student_logits (..., V), teacher rows (...) -> (..., S), (..., S); S = V, K or K + 1
+    `lse`: the student logits' logsumexp if already computed (only the residual policy uses it).
+    Shapes: student_logits (..., V), teacher rows (...), lse (..., 1) -> (..., S), (..., S); S = V, K or K + 1
     """
     if isinstance(teacher, DenseSignal):
         return student_logits, fp32(teacher.logits)
@@ -159,11 +192,10 @@ def support_values(student_logits: Tensor, teacher, missing: str = "renormalize"
     teacher_lp = fp32(teacher.logprobs)
     if missing == "renormalize":
         return student_logits.gather(-1, teacher.ids), teacher_lp
-    student_lp = student_logits.log_softmax(-1)
-    student_rest = _student_rest(student_lp, teacher.ids, teacher_lp)
+    student_at_ids, student_rest = student_sparse_logprobs(student_logits, teacher.ids, teacher_lp, lse)
     # when the K ids cover the vocabulary the bucket is empty; the teacher's 1 - sum(p) is rounding noise
     teacher_rest = _residual_logprob(teacher_lp).masked_fill(student_rest < NEG / 2, float("-inf"))
-    student = torch.cat([student_lp.gather(-1, teacher.ids), student_rest], dim=-1)
+    student = torch.cat([student_at_ids, student_rest], dim=-1)
     return student, torch.cat([teacher_lp, teacher_rest], dim=-1)
 
 
@@ -181,13 +213,14 @@ def normalise_pair(student: Tensor, teacher: Tensor, temperature: float | Tensor
 
 
 def pair_logprobs(student_logits: Tensor, teacher, temperature: float | Tensor = 1.0,
-                  missing: str = "renormalize") -> tuple[Tensor, Tensor]:
+                  missing: str = "renormalize", lse: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities on one support, tempered, in fp32 (fp64 stays fp64).
 
     `teacher` is a DenseSignal or SparseSignal whose positions match the student's.
+    `lse`: logsumexp(student_logits) (..., 1) when the caller already has it (see `support_values`).
     Shapes: student_logits (..., V), teacher (...), temperature scalar or (...) -> (..., S), (..., S)
     """
-    student, teacher_values = support_values(fp32(student_logits), teacher, missing)
+    student, teacher_values = support_values(fp32(student_logits), teacher, missing, lse)
     return normalise_pair(student, teacher_values.to(student.dtype), temperature)
 
 

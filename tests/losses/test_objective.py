@@ -133,3 +133,24 @@ def test_tiny_llama_student_with_tied_head_matches_full_logits():
         grads.append([p.grad.clone() for p in student.parameters()])
     for fused_grad, plain_grad in zip(*grads):
         torch.testing.assert_close(fused_grad, plain_grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ce_temperature", [1.0, 2.0])
+def test_terms_sharing_the_student_normaliser_equal_each_term_alone(ce_temperature):
+    """CE and a residual sparse KD term share one logsumexp per chunk; the sum is still each term's own."""
+    student, teacher, targets, mask = batch(4, V=41)
+    signal = SparseSignal.from_logits(teacher, 6)
+    kd = {"kind": "forward_kl", "weight": 1.0, "temperature": 1.5, "missing_mass": "residual"}
+    ce = {"kind": "ce", "weight": 0.3, "label_smoothing": 0.1, "temperature": ce_temperature}
+    n = int(mask.sum())
+
+    def loss_and_grad(terms):
+        logits = student.clone().requires_grad_()
+        out = build_objective(terms).from_logits(logits, signal, targets, mask, n)
+        return out, torch.autograd.grad(out.loss, logits)[0]
+
+    both, grad_both = loss_and_grad([kd, ce])
+    (kd_alone, grad_kd), (ce_alone, grad_ce) = loss_and_grad([kd]), loss_and_grad([ce])
+    torch.testing.assert_close(both.loss, kd_alone.loss + ce_alone.loss)
+    torch.testing.assert_close(grad_both, grad_kd + grad_ce)
+    assert both.terms == pytest.approx({**kd_alone.terms, **ce_alone.terms})

@@ -1,4 +1,6 @@
 """Sparse teacher signals: k = V equals dense, both missing-mass policies against plain formulas."""
+import itertools
+
 import pytest
 import torch
 
@@ -98,3 +100,55 @@ def test_take_rows_of_a_non_contiguous_view():
     view = full[:, :-1]  # (2, 4, 7), not contiguous
     rows = torch.tensor([7, 0, 3, 4])
     torch.testing.assert_close(DenseSignal(logits=view).take(rows).logits, view.reshape(8, 7)[rows])
+
+
+def _masked_rest(logits, ids, teacher_lp):
+    """Reference: the student's log-mass outside the finite-teacher ids, by masking probabilities."""
+    probs = logits.softmax(-1)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    for idx in itertools.product(*map(range, ids.shape[:-1])):
+        for slot in range(ids.shape[-1]):
+            if torch.isfinite(teacher_lp[idx + (slot,)]):
+                keep[idx + (ids[idx + (slot,)],)] = False
+    return torch.where(keep, probs, 0.0).sum(-1, keepdim=True).log()
+
+
+@pytest.mark.parametrize("peak", [0.0, 12.0, 40.0])  # 12, 40: some rows' rest mass < 2^-10 (exact branch)
+def test_student_sparse_logprobs_equal_masking_in_values_and_gradients(peak):
+    from kdistill.losses.signals import EXACT_REST_BELOW, student_sparse_logprobs
+
+    g = torch.Generator().manual_seed(3)
+    V, K = 37, 5
+    logits = torch.randn(2, 3, V, generator=g, dtype=torch.float64)
+    ids = torch.stack([torch.randperm(V, generator=g)[:K] for _ in range(6)]).reshape(2, 3, K)
+    teacher_lp = torch.randn(2, 3, K, generator=g, dtype=torch.float64) - 3
+    teacher_lp[0, 1, -2:] = float("-inf")  # padded slots: their ids must not count
+    ids[0, 1, -1] = ids[0, 1, 0]
+    rise = torch.linspace(0, peak, 6, dtype=torch.float64).reshape(2, 3, 1).expand(2, 3, 2)  # peak grows by row
+    logits = logits.scatter_add(-1, ids[..., :2], rise)
+    logits.requires_grad_()
+    at_ids, rest = student_sparse_logprobs(logits, ids, teacher_lp)
+    want_rest = _masked_rest(logits, ids, teacher_lp)
+    want_at = logits.log_softmax(-1).gather(-1, ids)
+    if peak > 0:
+        assert (want_rest.exp() < EXACT_REST_BELOW).any() and (want_rest.exp() > EXACT_REST_BELOW).any()
+    torch.testing.assert_close(at_ids, want_at)
+    torch.testing.assert_close(rest, want_rest)
+    w = torch.randn(2, 3, K + 1, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((torch.cat([at_ids, rest], -1) * w).sum(), logits)[0]
+    want = torch.autograd.grad((torch.cat([want_at, want_rest], -1) * w).sum(), logits)[0]
+    torch.testing.assert_close(got, want)
+
+
+def test_student_rest_in_fp32_is_finite_and_close_when_the_student_is_certain():
+    from kdistill.losses.signals import student_sparse_logprobs
+
+    logits = torch.zeros(4, 1000)
+    ids = torch.arange(8).expand(4, 8).contiguous()
+    logits[:, 0] = torch.tensor([5.0, 15.0, 25.0, 40.0])  # rest mass from ~0.87 down to ~4e-15
+    teacher_lp = torch.full((4, 8), -3.0)
+    at_ids, rest = student_sparse_logprobs(logits.requires_grad_(), ids, teacher_lp)
+    want = _masked_rest(logits.double(), ids, teacher_lp.double())
+    torch.testing.assert_close(rest.double(), want, rtol=0, atol=1e-5)
+    (grad,) = torch.autograd.grad(rest.sum() + at_ids.sum(), logits)
+    assert torch.isfinite(grad).all()

@@ -30,7 +30,7 @@ from .students import build_student, save_student
 from .students.llama import count_parameters
 from .teacher import load_teacher, teacher_memory
 from .train import checkpoint
-from .train.loop import run_training
+from .train.loop import run_training, to_device
 
 log = logging.getLogger("kdistill")
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "adapter", "eval.json")
@@ -116,7 +116,7 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     pad = tokenizer.pad_token_id
     heldout = (cache_training.heldout_batches if cached else batching.heldout_batches)(
         held, cfg.train.batch_size, pad, cfg.eval.max_batches)
-    calib = batching.collate(train[:4], pad)
+    calib = to_device(batching.collate(train[:4], pad), device)  # teacher passes that choose/prune layers
 
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, teacher.get_input_embeddings().weight.shape[0], calib, tokenizer)

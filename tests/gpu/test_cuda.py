@@ -98,7 +98,7 @@ def test_cache_written_on_cuda_agrees_with_cpu(teacher_dir, tmp_path):
     write_cache(load_config(None, [*common, f"cache.out={tmp_path / 'cpu'}", "train.device=cpu",
                                    "teacher.dtype=float32"]))
     gpu, cpu = open_cache(tmp_path / "gpu"), open_cache(tmp_path / "cpu")
-    assert [e["input_ids"].tolist() for e in gpu.examples] == [e["input_ids"].tolist() for e in cpu.examples]
+    assert [e["ids"] for e in gpu.examples] == [e["ids"] for e in cpu.examples]
     p_gpu = np.exp(np.concatenate([e["signal_logprobs"] for e in gpu.examples]).astype(np.float64))
     p_cpu = np.exp(np.concatenate([e["signal_logprobs"] for e in cpu.examples]).astype(np.float64))
     ids_gpu = np.concatenate([e["signal_ids"] for e in gpu.examples])
@@ -114,9 +114,10 @@ def test_distill_on_cuda_end_to_end_and_resume(teacher_dir, tmp_path):
             "train.checkpoint_every=6", "train.eval_every=6", "train.lr=3e-3"]
     result = distill(load_config(None, args))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
-    evals = [r["eval_kl"] for r in rows if "eval_kl" in r]
-    assert evals[-1] < evals[0], evals  # learning on the GPU
+    losses = [r["loss"] for r in rows if r["loss"] is not None]  # step 0 holds only the held-out eval
+    assert len(losses) == 12 and np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses  # learning on the GPU
+    assert all(np.isfinite(r["eval_kl"]) for r in rows if "eval_kl" in r)
     saved = json.loads((out / "eval.json").read_text())
     assert np.isfinite(saved["heldout"]["kl"]) and result["compression"] > 1
     # resume from a copy of the step-6 checkpoint (CUDA RNG state restored): the same final weights

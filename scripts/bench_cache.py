@@ -44,7 +44,7 @@ from kdistill.losses import build_objective  # noqa: E402
 from kdistill.students import build_student  # noqa: E402
 from kdistill.teacher import load_teacher  # noqa: E402
 from kdistill.train.loop import train_step  # noqa: E402
-from kdistill.train.schedule import warmup_cosine  # noqa: E402
+from kdistill.train.schedule import make_optimizer, warmup_cosine  # noqa: E402
 
 # the demo's default loss terms, with the sparse signal's missing-mass policy stated (dense signals ignore it)
 LOSS = "[{{kind: forward_kl, weight: 1.0, temperature: 1.0, missing_mass: {}}}, {{kind: ce, weight: 0.1}}]"
@@ -82,7 +82,7 @@ class Run:
         tc = cfg.train
         self.cfg, self.student, self.teacher, self.stream = cfg, student, teacher, stream
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
+        self.opt = make_optimizer(self.params, tc)
         self.sched = warmup_cosine(self.opt, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
         self.seconds, self.cpu_seconds, self.tokens, self.step, self.loss = 0.0, 0.0, 0, 0, float("nan")
 

@@ -96,10 +96,14 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(t.kind != "ce" for t in self.terms)
 
-    def chunk_size_for(self, vocab_size: int) -> int:
-        """Rows per chunk: the override, or the most that fit the memory budget for this vocabulary."""
-        costs = [*self.kinds, *("entropy_temperature" for t in self.terms
-                                if isinstance(t.temperature, EntropyTemperature))]
+    def chunk_size_for(self, vocab_size: int, sparse: bool = False) -> int:
+        """Rows per chunk: the override, or the most that fit the memory budget for this vocabulary.
+
+        sparse: the teacher signal is a SparseSignal (its terms keep no teacher (rows x V) logits).
+        """
+        kinds = [k if k == "ce" or not sparse else "sparse" for k in self.kinds]
+        costs = [*kinds, *("entropy_temperature" for t in self.terms
+                           if isinstance(t.temperature, EntropyTemperature))]
         return self.chunk_size or auto_chunk_size(vocab_size, self.memory_budget_mb, costs)
 
     def schedule_values(self, progress: float = 0.0) -> dict[str, float]:
@@ -153,7 +157,7 @@ class Objective:
             return self.rows_loss(logits, None if teacher is None else teacher.take(r),
                                   None if flat_targets is None else flat_targets[r], num_tokens, progress, logs)
 
-        chunk_size = self.chunk_size_for(head_weight.shape[0])
+        chunk_size = self.chunk_size_for(head_weight.shape[0], isinstance(teacher, SparseSignal))
         loss = fused_linear_loss(student_rows, head_weight, chunk_loss, chunk_size)
         return LossOutput(loss, {name: float(v) for name, v in logs.items()})
 

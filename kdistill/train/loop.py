@@ -107,8 +107,9 @@ def run_training(cfg, student, teacher, tokenizer, objective, stream, evaluate, 
     """Train to cfg.train.max_steps; `evaluate(step)` returns a dict of held-out metrics."""
     tc = cfg.train
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
-    from .schedule import warmup_cosine
+    from .schedule import make_optimizer, warmup_cosine
+
+    optimizer = make_optimizer(params, tc)
 
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
     state = RunState()

@@ -133,6 +133,10 @@ def test_auto_chunk_size_fits_budget_and_override_wins():
     assert auto_chunk_size(1000, 256.0, ["forward_kl", "ce"]) > rows
     assert auto_chunk_size(10**7, 1.0, ["forward_kl"]) == 1
     assert build_objective([{"kind": "ce"}], chunk_size=3).chunk_size_for(49152) == 3
+    kd_ce = build_objective([{"kind": "jsd"}, {"kind": "ce"}])
+    assert kd_ce.chunk_size_for(49152, sparse=True) > kd_ce.chunk_size_for(49152)  # no teacher (rows x V) logits
+    ce = build_objective([{"kind": "ce"}])
+    assert ce.chunk_size_for(49152, sparse=True) == ce.chunk_size_for(49152)
 
 
 def test_mixed_dtypes_autocast_hidden_with_fp32_head():

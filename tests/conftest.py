@@ -26,3 +26,12 @@ def teacher_dir(tmp_path_factory):
 def _kdistill_cache(tmp_path_factory, monkeypatch):
     """A private kdistill cache for the session, never the user's ~/.cache/kdistill."""
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path_factory.getbasetemp() / "kdcache"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_path_outside_tests_gpu(request, monkeypatch):
+    """The suite checks the CPU path (CI has no GPU; its bf16-free numbers are what tests compare), and
+    tests/gpu checks CUDA. On a machine with a GPU, hide it from every other test and its subprocesses."""
+    if request.node.path.parent.name != "gpu":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

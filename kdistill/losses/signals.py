@@ -14,7 +14,7 @@ with each signal. Missing-mass policy for sparse signals (the `missing_mass` opt
   At temperature T the teacher is softmax(logprobs / T) over the K: exactly the tempered full
   distribution restricted to the K ids.
 - "residual": the support is the K ids plus one bucket "every other id". The teacher's bucket holds
-  1 - sum(p_k) (clamped at 0); the student's holds its exact probability of all ids not among the K
+  1 - sum(p_k) (empty when within rounding, 8·K·eps, of 0); the student's holds its exact probability of all ids not among the K
   (if the K ids cover the vocabulary, the bucket is dropped). Temperature divides the K + 1 bucket
   log-probabilities of both sides (a sparse signal cannot tell how the tempered mass outside the K splits).
 
@@ -133,9 +133,14 @@ def _as_column(temperature: float | Tensor) -> float | Tensor:
 
 
 def _residual_logprob(teacher_logprobs: Tensor) -> Tensor:
-    """log(1 - sum(p_k)), clamped at 0 probability (-inf). Shapes: (..., K) -> (..., 1)"""
+    """log(1 - sum(p_k)); -inf (an empty bucket) when that is within rounding of 0. Shapes: (..., K) -> (..., 1)
+
+    K probabilities that sum to 1 (a sampled signal) must leave no bucket whatever the rounding: a
+    bucket of 1e-16 would keep the student's own rest mass in the support and change its normalisation.
+    """
     rest = -torch.expm1(teacher_logprobs.logsumexp(-1, keepdim=True))
-    return rest.clamp(min=0).log()
+    rounding = 8 * teacher_logprobs.shape[-1] * torch.finfo(rest.dtype).eps
+    return torch.where(rest > rounding, rest, 0.0).log()
 
 
 # rows whose student mass outside the K is below this get it exactly (scatter + logsumexp): log1mexp of a

@@ -59,6 +59,24 @@ def test_sampled_counts_are_the_empirical_distribution_under_both_policies():
     torch.testing.assert_close(a, (p * (p.log() - q)).sum(-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_k_probabilities_summing_to_one_up_to_rounding_leave_no_bucket(dtype):
+    """Rounding must not decide the residual policy: both policies agree for every nearby sum."""
+    s = logits(1, 3, 20)
+    ids = torch.tensor([[[3, 7, 11], [5, 2, 9], [1, 4, 6]]])
+    probs = torch.tensor([[[.5, .3, .2], [.7, .2, .1], [.6, .3, .1]]], dtype=dtype)
+    eps = torch.finfo(dtype).eps
+    for nudge in (-2 * eps, 0.0, 2 * eps):  # sums a few ulps either side of 1
+        signal = SparseSignal(ids=ids, logprobs=(probs * (1 + nudge)).log())
+        a = D.divergence("forward_kl", s, signal, missing="renormalize")
+        b = D.divergence("forward_kl", s, signal, missing="residual")
+        torch.testing.assert_close(b.to(a.dtype), a)
+    # a real rest mass stays a bucket
+    signal = SparseSignal(ids=ids, logprobs=(probs * 0.9).log())
+    assert not torch.allclose(D.divergence("forward_kl", s, signal, missing="residual"),
+                              D.divergence("forward_kl", s, signal, missing="renormalize"))
+
+
 def test_padded_slots_with_repeated_ids_are_ignored():
     s, t = logits(2, 3, 30).requires_grad_(), logits(2, 3, 30, seed=1)
     signal = SparseSignal.from_logits(t, 5)

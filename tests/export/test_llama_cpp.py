@@ -35,3 +35,42 @@ def test_llama_cpp_runs_the_export(student_dir, tmp_path, qtype, kl_bound, backe
     print(qtype, backend, report)
     assert report["tokens_match"], report
     assert report["kl_mean"] <= kl_bound, report
+
+
+FAKE_BINARY = '''#!{python}
+"""Stands in for llama_cpp_logits: the HF student's own tokens and logits, in the binary's file format."""
+import sys
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model_dir = {model_dir!r}
+_, gguf, text_file, ids_file, out = sys.argv
+ids = np.fromfile(ids_file, np.int32)
+tok = AutoTokenizer.from_pretrained(model_dir)
+text = open(text_file, encoding="utf-8").read()
+np.asarray(tok(text, add_special_tokens=False)["input_ids"], np.int32).tofile(out + "/ids.i32")
+with torch.no_grad():
+    logits = AutoModelForCausalLM.from_pretrained(model_dir)(torch.tensor([ids.tolist()])).logits[0]
+logits.float().numpy().tofile(out + "/logits.f32")
+'''
+
+
+def test_native_check_reads_the_binary_files_and_reports_its_errors(student_dir, tmp_path):
+    """The --native plumbing, with a stand-in binary: identical model -> tokens match, KL 0; a failing one -> error."""
+    import stat
+    import sys
+
+    from kdistill.errors import ModelError
+
+    fake = tmp_path / "fake_llama_cpp_logits"
+    fake.write_text(FAKE_BINARY.format(python=sys.executable, model_dir=str(student_dir)))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    report = llama_cpp_report(student_dir, tmp_path / "unused.gguf", text=" ".join(SENTENCES), max_tokens=40,
+                              native=fake)
+    assert report["tokens_match"] and report["tokens"] == 40
+    assert report["kl_mean"] < 1e-6 and report["top1_agreement"] == 1.0
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\necho 'cannot load model' >&2\nexit 1\n")
+    broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(ModelError, match="broken could not run .*cannot load model"):
+        llama_cpp_report(student_dir, tmp_path / "x.gguf", native=broken)

@@ -17,7 +17,7 @@ from .quantize import SCHEMES, quantize_model
 
 EPILOG = """\
 examples:
-  # GGUF for llama.cpp / llama-cpp-python (F32, F16, Q8_0 or Q4_0)
+  # GGUF for llama.cpp / llama-cpp-python (F32, F16, Q8_0, Q5_0 or Q4_0)
   kdistill export --model runs/student/final --format gguf --type Q4_0 --out student-q4_0.gguf
   # int4 (group 32) safetensors folder, KL measured on your own held-out text
   kdistill export --model runs/student/final --format int4 --out student-int4 --data heldout.txt

@@ -2,10 +2,11 @@
 
 Logit bounds on the tiny student (random weights, the worst case for quantisation; logits up to ~3.5):
 F32 equal within 1e-5; F16 max |error| <= 2e-3 x max |logit| (f16 has an 11-bit mantissa);
-Q8_0 <= 5e-2 x max |logit| and mean KL <= 1e-3; Q4_0 <= 0.5 x max |logit| and mean KL <= 0.05.
+Q8_0 <= 5e-2 x max |logit| and mean KL <= 1e-3; Q5_0 <= 0.2 x max |logit| and mean KL <= 0.01;
+Q4_0 <= 0.5 x max |logit| and mean KL <= 0.05.
 Per weight (test_tensor_reconstruction): Q8_0 within 0.6 of a step d = absmax/127 of its block of 32
-(half a step, plus the f16 rounding of d); Q4_0 within 1.1 steps of d = absmax/8 (ggml maps the signed
-extreme to -8, so the opposite extreme clamps at +7, a whole step).
+(half a step, plus the f16 rounding of d); Q5_0 and Q4_0 within 1.1 steps of d = absmax/16 and absmax/8
+(ggml maps the signed extreme to -16 or -8, so the opposite extreme clamps at +15 or +7, a whole step).
 """
 import gguf
 import numpy as np
@@ -21,7 +22,7 @@ from kdistill.export.measure import load_gguf
 
 from .export_fixtures import save_student
 
-BOUNDS = {"F16": (2e-3, 1e-5), "Q8_0": (5e-2, 1e-3), "Q4_0": (0.5, 0.05)}  # (relative max error, mean KL)
+BOUNDS = {"F16": (2e-3, 1e-5), "Q8_0": (5e-2, 1e-3), "Q5_0": (0.2, 0.01), "Q4_0": (0.5, 0.05)}  # (relative max error, mean KL)
 
 
 def source(model_dir):
@@ -44,7 +45,7 @@ def test_f32_round_trip_is_exact(student_dir, tmp_path, input_ids):
     assert loaded.config.num_key_value_heads == 2 and loaded.config.head_dim == 16
 
 
-@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q5_0", "Q4_0"])
 def test_quantised_round_trip_within_bounds(student_dir, tmp_path, input_ids, qtype):
     src = source(student_dir)
     path = export_gguf(student_dir, tmp_path / f"s-{qtype}.gguf", qtype)
@@ -74,16 +75,16 @@ def test_tied_model_has_no_output_tensor(student_dir, tmp_path):
     assert len(names) == 2 + 9 * 2  # embedding, output norm, 9 tensors per block
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0", "Q4_0"])
 def test_tensor_types_and_hyperparameters(student_dir, tmp_path, qtype):
     path = export_gguf(student_dir, tmp_path / "h.gguf", qtype)
     types = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
     assert types["blk.0.attn_norm.weight"] == "F32" and types["output_norm.weight"] == "F32"
     assert types["blk.1.ffn_down.weight"] == qtype and types["blk.0.attn_q.weight"] == qtype
-    assert types["token_embd.weight"] == "Q8_0"  # kept at 8 bits for Q4_0 too
+    assert types["token_embd.weight"] == "Q8_0"  # kept at 8 bits for Q5_0 and Q4_0 too
     meta = fields(path)
     assert meta["general.architecture"] == "llama"
-    assert meta["general.file_type"] == {"Q8_0": 7, "Q4_0": 2}[qtype]
+    assert meta["general.file_type"] == {"Q8_0": 7, "Q5_0": 8, "Q4_0": 2}[qtype]
     expected = {"context_length": 128, "embedding_length": 64, "block_count": 2, "feed_forward_length": 128,
                 "attention.head_count": 4, "attention.head_count_kv": 2, "rope.dimension_count": 16,
                 "vocab_size": 320}
@@ -92,7 +93,7 @@ def test_tensor_types_and_hyperparameters(student_dir, tmp_path, qtype):
     assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
 
 
-@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_0"])
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q5_0", "Q4_0"])
 def test_tensor_reconstruction(student_dir, tmp_path, qtype):
     """Every stored matrix, dequantised and un-permuted, is within the type's per-weight bound."""
     path = export_gguf(student_dir, tmp_path / "r.gguf", qtype)
@@ -116,7 +117,7 @@ def test_tensor_reconstruction(student_dir, tmp_path, qtype):
         elif kind == "Q8_0":
             assert np.all(err <= 0.6 * blocks / 127)
         else:
-            assert kind == "Q4_0" and np.all(err <= 1.1 * blocks / 8)
+            assert kind == qtype and np.all(err <= 1.1 * blocks / {"Q5_0": 16, "Q4_0": 8}[kind])
 
 
 def test_rows_not_a_multiple_of_the_block_stay_f16(tmp_path, input_ids):
@@ -146,7 +147,7 @@ def test_llama_with_biases_is_refused(tmp_path):
 def test_missing_folder_and_unknown_type(tmp_path, student_dir):
     with pytest.raises(ModelError, match="no config.json"):
         export_gguf(tmp_path / "nothing", tmp_path / "x.gguf")
-    with pytest.raises(ModelError, match="Q4_K.*F32, F16, Q8_0, Q4_0"):
+    with pytest.raises(ModelError, match="Q4_K.*F32, F16, Q8_0, Q5_0, Q4_0"):
         export_gguf(student_dir, tmp_path / "x.gguf", "Q4_K")
 
 

@@ -27,7 +27,8 @@ def _backend(name):
 
 
 @pytest.mark.parametrize("backend", ["native", "python"])
-@pytest.mark.parametrize("qtype,kl_bound", [("F32", 1e-4), ("F16", 1e-3), ("Q8_0", 2e-3), ("Q4_0", 5e-2)])
+@pytest.mark.parametrize("qtype,kl_bound", [("F32", 1e-4), ("F16", 1e-3), ("Q8_0", 2e-3), ("Q5_0", 1e-2),
+                                             ("Q4_0", 5e-2)])
 def test_llama_cpp_runs_the_export(student_dir, tmp_path, qtype, kl_bound, backend):
     native = _backend(backend)
     path = export_gguf(student_dir, tmp_path / f"s-{qtype}.gguf", qtype)

@@ -13,7 +13,7 @@ Tensor types, per `qtype`:
 - Q5_0, Q4_0: the blk.* matrices in blocks of 32 5-bit (4-bit) ints with one f16 scale (5.5 and 4.5
   bits a weight); the token embedding and output matrix stay Q8_0, as `llama-quantize` keeps the output
   at higher precision, because low-bit logits cost far more quality than low-bit hidden layers. On the
-  demo student Q5_0 is 7% larger than Q4_0 with a 5x smaller KL (see README.md).
+  demo student Q5_0 is 7% larger than Q4_0 with a 5x smaller KL (see README.md beside this file).
 A matrix whose row length is not a multiple of 32 cannot be blocked and is written F16 (as llama.cpp).
 """
 from __future__ import annotations

@@ -173,7 +173,7 @@ def write_gguf(model, tokenizer, out_path, qtype: str = "F16", name: str = "stud
     check_llama_config(model.config, where)
     if hasattr(model, "kdistill_quantization"):
         raise ModelError(f"{where}: this model is already int8/int4-quantised; export GGUF from the float "
-                         "student (GGUF's own Q8_0/Q4_0 types quantise it)")
+                         "student (GGUF's own Q8_0/Q5_0/Q4_0 types quantise it)")
     vocab = gguf_vocab(tokenizer, model.config.vocab_size, where)
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:

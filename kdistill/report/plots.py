@@ -26,6 +26,10 @@ def _figure(width: float, height: float, panels: int = 1):
 
 
 def _png(fig) -> bytes:
+    """Every panel gridded and with its legend, rendered to PNG bytes."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
@@ -70,9 +74,6 @@ def curves_png(runs: list[dict]) -> bytes | None:
                    label=f"{prefix}held-out KL")
     loss_ax.set(title="training loss and its terms", xlabel="step", ylabel="per token")
     kl_ax.set(title="KL(teacher ‖ student): training and held-out", xlabel="step", ylabel="nats per token")
-    for ax in (loss_ax, kl_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -92,9 +93,6 @@ def heldout_png(runs: list[dict]) -> bytes | None:
             ppl_ax.axhline(teacher_ppl, color=c, linestyle=":", label=f"{label} teacher")
     agree_ax.set(title="held-out agreement with the teacher", xlabel="step", ylabel="share of tokens", ylim=(0, 1.02))
     ppl_ax.set(title="held-out perplexity", xlabel="step", ylabel="perplexity")
-    for ax in (agree_ax, ppl_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -109,8 +107,6 @@ def position_png(runs: list[dict]) -> bytes | None:
         ax.plot(range(len(values)), values, color=color(i), label=r["name"], linewidth=1.2)
     ax.set(title="held-out KL(teacher ‖ student) by position", xlabel="position in sequence",
            ylabel="nats per token")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -135,6 +131,4 @@ def tradeoff_png(pts: list[dict], front: list[str], min_retention: float, source
         ax.set_xscale("log")
     ax.set(title="quality vs size", xlabel="compression (teacher / student parameters)",
            ylabel=f"retention: {source_label.split(' (')[0]}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     return _png(fig)

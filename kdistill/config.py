@@ -33,6 +33,13 @@ class TeacherConfig:
     """full, 8bit or 4bit (bitsandbytes, where installed): hold a big teacher in less memory."""
     cache: str | None = None
     """A teacher cache folder written by `kdistill cache`: train from it without loading the teacher."""
+    max_memory: str | None = None
+    """Most memory the teacher's weights may take on this device (e.g. `2GB`, `500MB`); the rest is
+    offloaded (CPU, then `offload_dir` on disk) with Accelerate's device map. Empty = all in memory."""
+    offload_dir: str | None = None
+    """Folder for the teacher layers that do not fit in `max_memory` (must be writable)."""
+    allow_pickle: bool = False
+    """Load a teacher whose weights exist only as pickled `pytorch_model.bin` (unpickling can run code)."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .evaluation.heldout import heldout_metrics
 from .hardware import pick_device, pick_dtype, set_threads
 from .losses import build_objective
 from .students import build_student, save_student
-from .students.llama import count_parameters
+from .modeling import count_parameters
 from .teacher import load_teacher, teacher_memory
 from .train import checkpoint
 from .train.loop import run_training, to_device

@@ -37,7 +37,7 @@ from kdistill.cache.reader import open_cache  # noqa: E402
 from kdistill.cache.writer import write_cache  # noqa: E402
 from kdistill.config import load_config  # noqa: E402
 from kdistill.data import batches as batching  # noqa: E402
-from kdistill.distill import load_examples  # noqa: E402
+from kdistill.data.load import load_examples  # noqa: E402
 from kdistill.evaluation.heldout import heldout_metrics  # noqa: E402
 from kdistill.hardware import pick_device, pick_dtype, set_threads  # noqa: E402
 from kdistill.losses import build_objective  # noqa: E402

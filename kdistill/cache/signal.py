@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..train.loop import final_hidden, head_weight
+from ..modeling import final_hidden, head_weight
 from . import codec
 
 

@@ -51,7 +51,7 @@ def open_for_training(cfg) -> TeacherCache:
 
 def check_data_file(cfg, cache: TeacherCache) -> None:
     """The run's data file, tokenised with the cache's tokenizer, must be the cached token ids."""
-    from ..distill import load_examples
+    from ..data.load import load_examples
 
     examples = load_examples(cfg, None, cache.load_tokenizer(), "", torch.device("cpu"))
     if M.data_fingerprint(examples) != cache.manifest["data"]["sha256"]:
@@ -148,7 +148,7 @@ def final_comparison(cache: TeacherCache, cfg, student, tokenizer, heldout: list
     """`compare` against the real teacher when teacher.model loads with the cache's tokenizer; else the
     held-out metrics against the cached distribution (`heldout_source` says which)."""
     from ..evaluation.compare import compare
-    from ..students.llama import count_parameters
+    from ..modeling import count_parameters
     from ..teacher import load_teacher
 
     try:

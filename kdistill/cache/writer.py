@@ -167,7 +167,7 @@ def summarize(shards: list[dict]) -> dict:
 
 def write_cache(cfg: Config, overwrite: bool = False, loaded=None) -> dict:
     """Write (or finish) the cache in cfg.cache.out; `loaded` = (teacher, tokenizer, folder) to reuse."""
-    from ..distill import load_examples
+    from ..data.load import load_examples
 
     set_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)

@@ -69,7 +69,7 @@ def write_result(path: Path, result: dict) -> None:
 def run_eval(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..distill import load_examples
+    from ..data.load import load_examples
 
     cfg, student_dir, teacher_spec, split = resolve_args(args)
     tasks = list(getattr(args, "tasks", None) or [])

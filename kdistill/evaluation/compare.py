@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..students.llama import count_parameters
+from ..modeling import count_parameters
 from .heldout import heldout_metrics
 from .speed import folder_bytes, measure_in_subprocess
 from .tasks import mean_retention, run_tasks

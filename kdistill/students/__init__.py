@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 
 from .. import fsutil
 from .init import init_from_teacher, select_layers
-from .llama import build_llama, count_parameters, resolve_sizes, teacher_sizes
+from ..modeling import count_parameters
+from .llama import build_llama, resolve_sizes, teacher_sizes
 from .presets import SIZE_KEYS
 from .prune import prune_into
 

@@ -137,7 +137,7 @@ def instantiated_parameters(config) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .llama import count_parameters
+    from ..modeling import count_parameters
 
     with torch.device("meta"):
         return count_parameters(AutoModelForCausalLM.from_config(config))

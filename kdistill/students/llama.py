@@ -63,13 +63,3 @@ def student_config(sizes: dict, teacher_config, vocab_size: int) -> LlamaConfig:
 
 def build_llama(sizes: dict, teacher_config, vocab_size: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(student_config(sizes, teacher_config, vocab_size))
-
-
-def count_parameters(model) -> int:
-    """Exact count of distinct parameters (tied embedding and head counted once; a 4-bit weight counts
-    its logical shape, not its packed storage)."""
-    def logical(p) -> int:
-        state = getattr(p, "quant_state", None)
-        return state.shape.numel() if state is not None and hasattr(state, "shape") else p.numel()
-
-    return sum(logical(p) for p in {id(p): p for p in model.parameters()}.values())

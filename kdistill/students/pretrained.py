@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from .llama import count_parameters
+from ..modeling import count_parameters
 
 log = logging.getLogger("kdistill")
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import save_tiny_teacher, tiny_llama, tiny_tokenizer
 from kdistill.evaluation import speed
 from kdistill.evaluation.compare import format_table, ratios
-from kdistill.students.llama import count_parameters
+from kdistill.modeling import count_parameters
 
 
 def llama_parameters(vocab: int, layers: int, d: int = 32, ffn: int = 64, kv: int = 16) -> int:

@@ -8,7 +8,8 @@ from kdistill.cli import main
 from kdistill.config import load_config
 from kdistill.errors import ConfigError
 from kdistill.students import design
-from kdistill.students.llama import count_parameters, student_config
+from kdistill.modeling import count_parameters
+from kdistill.students.llama import student_config
 
 SMOL = tiny_llama_config(49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64)

@@ -66,6 +66,14 @@ def plain_head(model) -> bool:
     return all(getattr(config, k, None) in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS)
 
 
+def logits_from_hidden_ok(model) -> bool:
+    """True when logits may be formed as final_hidden @ head_weight.T outside the forward: a plain head
+    whose weight is in memory (not offloaded by Accelerate, where it may sit on the meta device between
+    forwards, and not sharded)."""
+    head = unwrap(model).get_output_embeddings()
+    return plain_head(model) and not hasattr(head, "_hf_hook") and head.weight.device.type != "meta"
+
+
 def count_parameters(model) -> int:
     """Exact count of distinct parameters (tied embedding and head counted once; a 4-bit weight counts
     its logical shape, not its packed storage)."""

@@ -85,12 +85,24 @@ def test_kill_and_resume_gives_the_same_student(teacher_dir, tmp_path):
 def test_output_dir_with_a_run_is_refused(teacher_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "metrics.jsonl").write_text("{}\n")
+    (out / "eval.json").write_text("{}\n")  # a finished run: worth keeping
     with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite"):
         distill(_cfg(teacher_dir, out, "train.max_steps=1"))
-    assert (out / "metrics.jsonl").read_text() == "{}\n"
-    with pytest.raises(ConfigError, match="no complete checkpoint"):
-        distill(_cfg(teacher_dir, tmp_path / "fresh", "train.max_steps=1"), resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json"] and (out / "eval.json").read_text() == "{}\n"
+    with pytest.raises(ConfigError, match="no checkpoint that verifies"):
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"), resume=True)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("{}\n")  # what a run killed before step 1 leaves
+    (out / "metrics.jsonl").write_text('{"step": 0, "loss": null}\n')
+    distill(_cfg(teacher_dir, out, "train.max_steps=1"))
+    assert "stopped before its first checkpoint" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    distill(_cfg(teacher_dir, fresh, "train.max_steps=1"), resume=True)  # --resume with nothing yet: step 0
+    assert "no checkpoint yet" in capsys.readouterr().out and (fresh / "student").is_dir()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(teacher_dir, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from helpers import save_tiny_teacher, tiny_tokenizer
 from kdistill.errors import ModelError
 from kdistill.evaluation.command import check_same_tokenizer
 from kdistill.teacher import load_teacher, resolve
-from kdistill.train.loop import teacher_signal
+from kdistill.sources.model import teacher_signal
 
 CPU = torch.device("cpu")
 

@@ -9,6 +9,6 @@ encoded by `codec` with the bit streams of `bits`), the tokenizer (`tokenizer/`)
 config (`teacher_config.json`). Two modes: `topk` stores per position the k most likely ids with their
 probabilities and the mass outside them (missing_mass=residual uses exactly that mass); `sampled` stores
 ids drawn from the teacher with their counts (random-sampling KD: counts / samples is unbiased for the
-teacher's distribution). `writer` runs the teacher, `reader` verifies and decodes, `training` is what
-`kdistill distill` does with teacher.cache set, `inspect` prints a summary.
+teacher's distribution). `writer` runs the teacher, `reader` verifies and decodes, `inspect` prints a summary;
+`kdistill distill` trains from a cache through `kdistill.sources.cached.CacheSource`.
 """

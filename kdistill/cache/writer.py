@@ -175,8 +175,9 @@ def write_cache(cfg: Config, overwrite: bool = False, loaded=None) -> dict:
     if loaded is None:
         from ..teacher import load_teacher
 
-        loaded = load_teacher(cfg.teacher.model, device, pick_dtype(cfg.teacher.dtype, device),
-                              cfg.teacher.trust_remote_code, cfg.teacher.load_in)
+        t = cfg.teacher
+        loaded = load_teacher(t.model, device, pick_dtype(t.dtype, device), t.trust_remote_code, t.load_in,
+                              max_memory=t.max_memory, offload_dir=t.offload_dir, allow_pickle=t.allow_pickle)
     teacher, tokenizer, teacher_dir = loaded
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -73,3 +73,17 @@ class BatchStream:
 def heldout_batches(examples: list[dict], batch_size: int, pad_id: int, max_batches: int) -> list[dict]:
     return [collate(examples[i:i + batch_size], pad_id)
             for i in range(0, len(examples), batch_size)][:max_batches]
+
+
+def to_device(batch: dict, device) -> dict:
+    """Tensors and teacher signals (dataclasses of tensors, e.g. a cached batch's "signal") onto `device`."""
+    import dataclasses
+
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if dataclasses.is_dataclass(v):
+            return dataclasses.replace(v, **{f.name: move(getattr(v, f.name)) for f in dataclasses.fields(v)})
+        return v
+
+    return {k: move(v) for k, v in batch.items()}

@@ -20,6 +20,7 @@ from ..config import Config, load_config
 from ..data import batches as batching
 from ..errors import ConfigError, ModelError
 from ..hardware import pick_device, pick_dtype, set_threads
+from ..model_files import check_model_folder
 from ..teacher import load_teacher
 from .compare import compare, format_table
 from .lm_eval_tasks import lm_eval_command, write_task_yamls
@@ -70,6 +71,7 @@ def run_eval(args) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..data.load import load_examples
+    from ..sources.model import ModelSource
 
     cfg, student_dir, teacher_spec, split = resolve_args(args)
     tasks = list(getattr(args, "tasks", None) or [])
@@ -79,10 +81,15 @@ def run_eval(args) -> int:
     device = pick_device("auto")
     if not Path(student_dir).is_dir():
         raise ModelError(f"--student {student_dir}: no such folder")
+    use_safetensors = check_model_folder(student_dir, "--student")
+    t = cfg.teacher
     teacher, tokenizer, teacher_dir = load_teacher(teacher_spec, device, pick_dtype("auto", device),
-                                                   cfg.teacher.trust_remote_code)
-    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).to(device).eval()
-    check_same_tokenizer(AutoTokenizer.from_pretrained(student_dir), tokenizer, student_dir)
+                                                   t.trust_remote_code, max_memory=t.max_memory,
+                                                   offload_dir=t.offload_dir, allow_pickle=t.allow_pickle)
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, trust_remote_code=False,
+                                                   use_safetensors=use_safetensors).to(device).eval()
+    check_same_tokenizer(AutoTokenizer.from_pretrained(student_dir, trust_remote_code=False), tokenizer,
+                         student_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     examples = load_examples(cfg, teacher, tokenizer, teacher_dir, device)
@@ -90,8 +97,9 @@ def run_eval(args) -> int:
         _, examples = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
     batches = batching.heldout_batches(examples, cfg.train.batch_size, tokenizer.pad_token_id, args.batches)
     max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
-    result = compare(student, teacher, tokenizer, batches, device, student_dir, teacher_dir, cfg.eval.prompts,
-                     max_new, measure_speed=not getattr(args, "no_speed", False), tasks=tasks,
+    reference = ModelSource(teacher, tokenizer, teacher_dir, teacher_spec)
+    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
+                     measure_speed=not getattr(args, "no_speed", False), tasks=tasks,
                      task_limit=getattr(args, "limit", None))
     print(format_table(result))
     out = output_path(args)

@@ -3,7 +3,8 @@
 `compare(...)` returns the dict written as `eval.json`; `format_table(result)` is what is printed.
 
     {"heldout": {kl, js, top1_agreement, top10_agreement, ppl_student, ppl_teacher, tokens,
-                 kl_by_position, kl_quantiles},
+                 kl_by_position, kl_quantiles},        (against the real teacher; "heldout_cache" etc.
+                                                        hold the same against another source)
      "teacher": {parameters, size_on_disk_mb, tokens_per_s, ttft_ms, peak_rss_mb, model_rss_mb, ...},
      "student": {...same...},
      "compression": teacher / student parameters, "size_ratio": teacher / student bytes on disk,
@@ -48,11 +49,14 @@ def ratios(teacher: dict, student: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def compare(student, teacher, tokenizer, batches, device, student_dir, teacher_dir, prompts,
-            max_new_tokens: int = 32, measure_speed: bool = True, tasks=None, task_limit: int | None = None) -> dict:
-    """Every teacher-vs-student number; `tasks` are JSONL task files (see `tasks.py`)."""
-    held = heldout_metrics(student, teacher, batches, device)
-    models = {"teacher": (teacher, teacher_dir), "student": (student, student_dir)}
+def compare(student, reference, batches, device, student_dir, prompts, max_new_tokens: int = 32,
+            measure_speed: bool = True, tasks=None, task_limit: int | None = None, heldout: dict | None = None) -> dict:
+    """Every teacher-vs-student number against `reference`, a teacher source with a live model (`.model`,
+    `.folder`, `.tokenizer`); `heldout` reuses metrics already measured on `batches`; `tasks` are task
+    files (see `tasks.py`)."""
+    teacher, tokenizer = reference.model, reference.tokenizer
+    held = heldout if heldout is not None else heldout_metrics(student, reference, batches, device)
+    models = {"teacher": (teacher, reference.folder), "student": (student, student_dir)}
     result = {"heldout": held, "prompts": prompts, "completions": {}}
     for name, (model, folder) in models.items():
         info = {"parameters": count_parameters(model), "size_on_disk_mb": folder_bytes(folder) / 2**20
@@ -102,28 +106,41 @@ def benchmark_lines(benchmarks: dict) -> list[str]:
     return lines
 
 
+def heldout_lines(h: dict, against: str = "teacher") -> list[str]:
+    what = "KL(teacher||student), T=1" if against == "teacher" else \
+        f"KL({against}||student), T=1, against the {against}'s stored distribution (top-k + rest)"
+    lines = [f"{what}: {h['kl']:.3f} nats/token over {h['tokens']:,} held-out tokens"
+             + (f"   JS: {h['js']:.3f}" if "js" in h else ""),
+             f"top-1 agreement: {_pct(h['top1_agreement'])}"
+             + (f"   top-10 agreement: {_pct(h['top10_agreement'])}" if "top10_agreement" in h else "")]
+    if "kl_quantiles" in h:
+        lines.append("per-token KL: " + "  ".join(f"{k} {v:.3f}" for k, v in h["kl_quantiles"].items()))
+    return lines
+
+
 def format_table(result: dict) -> str:
-    h, t, s = result["heldout"], result["teacher"], result["student"]
-    lines = [f"{'':28s}{'teacher':>16s}{'student':>16s}",
-             f"{'perplexity (held-out)':28s}{_fmt(h['ppl_teacher']):>16s}{_fmt(h['ppl_student']):>16s}"]
+    """The printed comparison: efficiency rows, held-out metrics against each reference, completions."""
+    t, s = result.get("teacher", {}), result.get("student", {})
+    lines = [f"{'':28s}{'teacher':>16s}{'student':>16s}"]
+    if "heldout" in result:
+        h = result["heldout"]
+        lines.append(f"{'perplexity (held-out)':28s}{_fmt(h['ppl_teacher']):>16s}{_fmt(h['ppl_student']):>16s}")
     for label, key in EFFICIENCY_ROWS:
         if key in t or key in s:
             lines.append(f"{label:28s}{_fmt(t.get(key)):>16s}{_fmt(s.get(key)):>16s}")
     if "error" in t or "error" in s:
         lines.append(f"speed measurement failed: {t.get('error') or s.get('error')}")
-    lines += [f"KL(teacher||student), T=1: {h['kl']:.3f} nats/token over {h['tokens']:,} held-out tokens"
-              + (f"   JS: {h['js']:.3f}" if "js" in h else ""),
-              f"top-1 agreement: {_pct(h['top1_agreement'])}"
-              + (f"   top-10 agreement: {_pct(h['top10_agreement'])}" if "top10_agreement" in h else "")]
-    if "kl_quantiles" in h:
-        lines.append("per-token KL: " + "  ".join(f"{k} {v:.3f}" for k, v in h["kl_quantiles"].items()))
-    lines.append("   ".join(f"{label}: {result[key]:.2f}x" for key, label in RATIO_LABELS if key in result))
+    for key in sorted(k for k in result if k == "heldout" or k.startswith("heldout_") and not k.endswith("start")):
+        lines += heldout_lines(result[key], "teacher" if key == "heldout" else key[len("heldout_"):])
+    ratio_line = "   ".join(f"{label}: {result[key]:.2f}x" for key, label in RATIO_LABELS if key in result)
+    if ratio_line:
+        lines.append(ratio_line)
     if result.get("benchmarks"):
         lines += [""] + benchmark_lines(result["benchmarks"])
         if result.get("retention") is not None:
             lines.append(f"mean retention (student / teacher): {_pct(result['retention'])}")
     lines.append("")
-    for i, p in enumerate(result["prompts"]):
+    for i, p in enumerate(result.get("prompts", [])):
         lines.append(f"prompt: {p!r}")
         for name in ("teacher", "student"):
             text = result["completions"][name][i].replace("\n", " ")

@@ -22,7 +22,9 @@ import math
 
 import torch
 
-from ..losses.divergences import forward_kl, jsd
+from ..losses import SparseSignal
+from ..losses.divergences import divergence, forward_kl, jsd
+from ..data.batches import to_device
 
 TOP_K = 10
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
@@ -90,29 +92,98 @@ def summarize(totals: dict, kl_tokens, positions) -> dict:
             "tokens": int(totals.get("tokens", 0)), **kl_distribution(kl_tokens, positions)}
 
 
-@torch.no_grad()
-def heldout_metrics(student, teacher, batches, device, teacher_logits_cache=None) -> dict:
-    """KL, JS, top-1/top-10 agreement, perplexities and the KL distribution on held-out batches.
+def sparse_sums(logits, signal, targets) -> dict:
+    """Sums over rows of the held-out metrics against a sparse teacher signal (a cache): kl and js on the
+    stored support (the K ids and the rest bucket), top-1/top-10 against the stored ids ranked by
+    probability, a target outside the K ids gets its even share of the rest for the teacher's perplexity.
 
-    `teacher_logits_cache` (a list, filled on first use) avoids running the teacher again at each eval.
+    Shapes: logits (N, V), signal over (N,), targets (N,) -> dict of floats and kl_tokens (N,)
+    """
+    kl = divergence("forward_kl", logits, signal, 1.0, "residual")
+    js = divergence("jsd", logits, signal, 1.0, "residual", beta=0.5)
+    probs = signal.logprobs.exp()
+    ranked = signal.ids.gather(-1, signal.logprobs.argsort(-1, descending=True))
+    k = min(TOP_K, signal.k)
+    agree10 = (logits.topk(k, -1).indices[:, :, None] == ranked[:, None, :k]).any(-1).float().mean(-1)
+    hit = signal.ids == targets[:, None]
+    share = (1 - probs.sum(-1)).clamp(min=1e-12) / max(1, logits.shape[-1] - signal.k)
+    p_target = torch.where(hit.any(-1), (probs * hit).sum(-1), share)
+    return {"kl": kl.sum().item(), "js": js.sum().item(), "agree": (logits.argmax(-1) == ranked[:, 0]).sum().item(),
+            "agree10": agree10.sum().item(),
+            "nll_student": torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item(),
+            "nll_teacher": -p_target.clamp(min=1e-30).log().sum().item(), "tokens": len(targets),
+            "kl_tokens": kl.cpu()}
+
+
+def signal_sums(student_logits, signal, targets) -> dict:
+    """`batch_sums` for rows of any teacher signal. Shapes: (N, V), signal over (N,), (N,) -> dict"""
+    if isinstance(signal, SparseSignal):
+        return sparse_sums(student_logits.float(), signal, targets)
+    t = signal.take(torch.arange(len(targets), device=targets.device)).logits
+    mask = torch.ones(1, len(targets), dtype=torch.bool, device=targets.device)
+    sums = batch_sums(student_logits[None], t[None], targets[None], mask)
+    sums.pop("positions")
+    return sums
+
+
+@torch.no_grad()
+def heldout_metrics(student, source, batches, device, signals: dict | None = None) -> dict:
+    """KL, JS, top-1/top-10 agreement, perplexities and the KL distribution on held-out batches, against
+    any teacher source (`source.signal(batch, vocab)`). `signals` (a dict, filled on first use) keeps each
+    batch's signal so the teacher runs once however often the student is evaluated.
     """
     totals: dict[str, float] = {}
     kl_parts, pos_parts = [], []
     for i, batch in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if teacher_logits_cache is not None and i < len(teacher_logits_cache):
-            t_logits = teacher_logits_cache[i]
-        else:
-            t_logits = _logits(teacher, batch)
-            if teacher_logits_cache is not None:
-                teacher_logits_cache.append(t_logits)
+        batch = to_device(batch, device)
         s_logits = _logits(student, batch)
-        for r in range(s_logits.shape[0]):  # one sequence at a time: JS and top-k make (T, V) temporaries
-            sums = batch_sums(s_logits[r:r + 1], t_logits[r:r + 1], batch["targets"][r:r + 1], batch["mask"][r:r + 1])
+        if signals is not None and i in signals:
+            signal = signals[i]
+        else:
+            signal = source.signal(batch, s_logits.shape[-1])
+            if signals is not None:
+                signals[i] = signal
+        mask = batch["mask"].bool()
+        for r in range(mask.shape[0]):  # one sequence at a time: JS and top-k make (T, V) temporaries
+            rows = mask[r].nonzero().squeeze(-1)
+            flat = r * mask.shape[1] + rows
+            sums = signal_sums(s_logits[r, rows], signal.take(flat), batch["targets"][r, rows])
             kl_parts.append(sums.pop("kl_tokens"))
-            pos_parts.append(sums.pop("positions"))
+            pos_parts.append(rows.cpu())
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + v
     kl_tokens = torch.cat(kl_parts) if kl_parts else torch.zeros(0)
     positions = torch.cat(pos_parts) if pos_parts else torch.zeros(0, dtype=torch.long)
     return summarize(totals, kl_tokens, positions)
+
+
+class HeldoutEvaluator:
+    """The held-out metrics of a student against one source; each batch's signal is computed once.
+
+    `freeze()` computes every signal now and drops the source, so a teacher used only for the
+    student's initialisation can be freed and still be measured against."""
+
+    def __init__(self, source, batches: list[dict], device):
+        self.against, self.source, self.batches, self.device = source.against, source, batches, device
+        self.signals: dict = {}
+
+    def freeze(self, vocab_size: int) -> None:
+        for i, batch in enumerate(self.batches):
+            if i not in self.signals:
+                self.signals[i] = self.source.signal(to_device(batch, self.device), vocab_size)
+        self.source = None
+
+    def __call__(self, student) -> dict:
+        return heldout_metrics(student, self.source, self.batches, self.device, self.signals)
+
+
+def heldout_key(against: str) -> str:
+    """eval.json key of held-out metrics against a source: `heldout` (the teacher), `heldout_cache`, ..."""
+    return "heldout" if against == "teacher" else f"heldout_{against}"
+
+
+def eval_row(metrics: dict, against: str) -> dict:
+    """metrics.jsonl fields: `eval_kl` ... against the teacher, `eval_cache_kl` ... against a cache."""
+    prefix = "eval_" if against == "teacher" else f"eval_{against}_"
+    return {prefix + "kl": metrics["kl"], prefix + "js": metrics["js"], prefix + "top1": metrics["top1_agreement"],
+            prefix + "top10": metrics["top10_agreement"], prefix + "ppl": metrics["ppl_student"]}

@@ -7,6 +7,8 @@ import pytest
 from kdistill.cache.writer import write_cache
 from kdistill.config import load_config
 from kdistill.distill import distill
+import kdistill.distill as distill_module
+from kdistill.sources import model as model_source
 from kdistill.train import loop
 
 from .conftest import FAST
@@ -27,17 +29,27 @@ def test_cache_with_the_whole_distribution_gives_the_online_loss(teacher_dir, tm
     terms = "loss.terms=[{kind: forward_kl, missing_mass: residual}, {kind: ce, weight: 0.1}]"
     distill(_cfg(teacher_dir, tmp_path / "online", terms))
 
-    def no_teacher(*args, **kw):
-        raise AssertionError("the teacher ran in a cache run")
+    training, real_signal, run_training = [], model_source.ModelSource.signal, loop.run_training
 
-    monkeypatch.setattr(loop, "teacher_signal", no_teacher)
+    def no_teacher_in_the_loop(*args, **kw):  # once before step 0 (held-out reference), never after
+        assert not training, "the teacher ran in the training loop of a cache run"
+        return real_signal(*args, **kw)
+
+    def mark(*args, **kw):
+        training.append(True)
+        return run_training(*args, **kw)
+
+    monkeypatch.setattr(model_source.ModelSource, "signal", no_teacher_in_the_loop)
+    monkeypatch.setattr(distill_module, "run_training", mark)
     result = distill(_cfg(teacher_dir, tmp_path / "cached", terms, f"teacher.cache={tmp_path / 'c'}"))
     online, cached = _rows(tmp_path / "online"), _rows(tmp_path / "cached")
     for a, b in zip(online[1:], cached[1:]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3) and b["forward_kl"] == pytest.approx(a["forward_kl"],
                                                                                                     rel=1e-3)
-        assert b["eval_kl"] == pytest.approx(a["eval_kl"], rel=1e-2, abs=1e-4)  # vs the cached distribution
-    assert result["heldout_source"] == "teacher"  # the final comparison still uses the real teacher
+        assert b["eval_cache_kl"] == pytest.approx(a["eval_kl"], rel=1e-2, abs=1e-4)  # vs the cached distribution
+        assert b["eval_kl"] == pytest.approx(a["eval_kl"], rel=1e-2, abs=1e-4)  # vs the real teacher, too
+    assert result["teacher_source"]["kind"] == "cache" and "heldout_cache" in result
+    assert result["heldout_cache_start"]["kl"] == pytest.approx(result["heldout_start"]["kl"], rel=1e-2)
     assert result["heldout"]["kl"] == pytest.approx(json.loads((tmp_path / "online" / "eval.json").read_text())
                                                     ["heldout"]["kl"], rel=1e-2)
 
@@ -49,7 +61,9 @@ def test_training_without_any_teacher(teacher_dir, tmp_path, mode):
     out = tmp_path / "run"
     result = distill(_cfg("/no/such/teacher", out, "student.init=random", f"teacher.cache={tmp_path / 'c'}"))
     rows = _rows(out)
-    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["eval_kl"] >= 0 for r in rows)
-    assert result["heldout_source"] == "cache" and (out / "student" / "config.json").is_file()
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["eval_cache_kl"] >= 0 for r in rows)
+    assert not any("eval_kl" in r for r in rows)  # no teacher: nothing claims to be measured against it
+    assert "heldout" not in result and result["heldout_cache"]["kl"] >= 0
+    assert (out / "student" / "config.json").is_file()
     with pytest.raises(Exception, match="does not exist.*student.init=random"):
         distill(_cfg("/no/such/teacher", tmp_path / "r2", f"teacher.cache={tmp_path / 'c'}"))

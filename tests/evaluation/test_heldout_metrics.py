@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kdistill.evaluation.heldout import batch_sums, heldout_metrics, kl_distribution, topk_agreement
+from kdistill.losses import DenseSignal
 
 LN2 = math.log(2)
 P = [0.5, 0.25, 0.25]  # teacher
@@ -26,6 +27,18 @@ class FixedLogits:
         return SimpleNamespace(logits=self.table[int(input_ids[0, 0])])
 
 
+class FixedSource:
+    """A teacher source whose signal is the logits stored for a batch (see FixedLogits)."""
+
+    against = "teacher"
+
+    def __init__(self, table):
+        self.table = table
+
+    def signal(self, batch, vocab_size):
+        return DenseSignal(logits=self.table[int(batch["input_ids"][0, 0])])
+
+
 def _logits(*rows):
     """Log-probabilities as logits, one row per position. -> (1, T, 3)"""
     return torch.tensor([[math.log(x) for x in row] for row in rows]).unsqueeze(0)
@@ -40,7 +53,7 @@ def test_every_metric_matches_the_hand_computed_example():
     # batch 1: position 0 counts (teacher P, student Q, next token 0); position 1 is masked out
     # batch 2: position 0 is masked out; position 1 counts (both P, next token 2)
     batches = [_batch(7, [0, 1], [True, False]), _batch(8, [1, 2], [False, True])]
-    teacher = FixedLogits({7: _logits(P, Q), 8: _logits(Q, P)})
+    teacher = FixedSource({7: _logits(P, Q), 8: _logits(Q, P)})
     student = FixedLogits({7: _logits(Q, Q), 8: _logits(P, P)})
     m = heldout_metrics(student, teacher, batches, "cpu")
     assert m["tokens"] == 2
@@ -60,8 +73,8 @@ def test_every_metric_matches_the_hand_computed_example():
 
 def test_teacher_cache_is_filled_once_and_reused():
     batches = [_batch(7, [0, 1], [True, True])]
-    teacher = FixedLogits({7: _logits(P, P)})
-    cache = []
+    teacher = FixedSource({7: _logits(P, P)})
+    cache = {}
     first = heldout_metrics(FixedLogits({7: _logits(Q, P)}), teacher, batches, "cpu", cache)
     assert len(cache) == 1
     teacher.table = {}  # a second call must not run the teacher

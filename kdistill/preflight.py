@@ -1,0 +1,94 @@
+"""Check a whole run configuration before any folder is touched, any model loads or any data is made.
+
+`check(cfg)` runs every check that needs no model: the loss terms, the task files, the student's
+options, the data files (read whole, so an unreadable or malformed file fails now, not after the teacher
+has loaded), the teacher's path and loading options, the cache's manifest, the device and dtype. Checks
+that need a model (a preset against the teacher's width, vocabulary and positions) run when it loads.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def check_loss(cfg) -> None:
+    from .losses import build_objective
+
+    build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
+                    memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
+    if cfg.loss.chunk_size is not None and cfg.loss.chunk_size < 1:
+        raise ConfigError("loss.chunk_size must be at least 1 (or empty to choose it from loss.memory_budget_mb)")
+
+
+def check_tasks(cfg) -> None:
+    from .evaluation.tasks import read_task
+
+    for path in cfg.eval.tasks:
+        read_task(path)
+
+
+def check_student(cfg) -> None:
+    from .students.presets import PRESETS
+
+    s = cfg.student
+    if s.kind == "llama" and s.preset not in PRESETS:
+        near = difflib.get_close_matches(s.preset, PRESETS, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"choose one of {', '.join(PRESETS)}"
+        raise ConfigError(f"student.preset: unknown preset '{s.preset}'; {hint}")
+    for key in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size"):
+        value = getattr(s, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"student.{key}={value} must be at least 1 (or empty to take it from the preset)")
+    if s.kind == "pretrained" and s.model != "teacher":
+        from .students.pretrained import student_folder
+
+        student_folder(s.model, None)
+    if s.kind == "fractal" and s.fractal_steps < 1:
+        raise ConfigError(f"student.fractal_steps={s.fractal_steps} must be at least 1")
+
+
+def check_data(cfg) -> None:
+    """A local data file (or folder) is read whole now; a hub dataset name is checked when it loads."""
+    if not cfg.data.path:
+        return
+    path = Path(cfg.data.path).expanduser()
+    if path.exists() or cfg.data.path.startswith((".", "/", "~")):
+        from .data.files import read_records
+
+        read_records(cfg.data.path, cfg.data.split, cfg.data.max_records)
+
+
+def check_teacher(cfg) -> None:
+    from .hardware import pick_device, pick_dtype
+
+    device = pick_device(cfg.train.device)
+    pick_dtype(cfg.teacher.dtype, device)
+    if cfg.teacher.cache:
+        from .cache import manifest as M
+
+        M.check_complete(Path(cfg.teacher.cache), M.read_manifest(Path(cfg.teacher.cache)))
+        if cfg.student.init != "teacher":
+            return  # the teacher is not needed at all
+    from .errors import KdistillError
+    from .teacher import resolve
+
+    try:
+        resolve(cfg.teacher.model)
+    except KdistillError as e:
+        if not cfg.teacher.cache:
+            raise
+        raise type(e)(f"{e} (with teacher.cache, teacher.model is loaded only to initialise the student; "
+                      "set student.init=random to train without it)") from None
+    if cfg.teacher.max_memory and not cfg.teacher.offload_dir:
+        raise ConfigError("teacher.max_memory needs teacher.offload_dir: a folder for the layers that do not fit")
+
+
+CHECKS = (check_loss, check_tasks, check_student, check_teacher, check_data)
+
+
+def check(cfg) -> None:
+    """Every check that needs no model; raises the first KdistillError found."""
+    for run in CHECKS:
+        run(cfg)

@@ -1,0 +1,35 @@
+"""Teacher sources: what a run talks to when it needs the teacher, whatever the teacher is.
+
+The kind of teacher is decided once, here (`open_source`); the training loop, held-out evaluation and the
+final comparison only use the interface below and never ask which kind they have. A new kind of teacher
+(an EMA of the student, several teachers, a teacher server) is a new class, not a new branch.
+
+| member                        | meaning                                                              |
+|-------------------------------|----------------------------------------------------------------------|
+| against                       | what metrics measured with it are against: "teacher", "cache", ...  |
+| tokenizer, vocab_size         | the teacher's tokenizer and output rows (a padded vocabulary counts) |
+| can_score_new_text            | False for a cache: it holds signals for its own tokens only          |
+| provides_activations          | True when intermediate activations can be asked for                  |
+| init_model                    | the model that initialises the student (None: shapes only)           |
+| load_examples(cfg, device)    | the run's token examples (a cache holds its own)                     |
+| collate(examples, pad_id)     | a batch: input_ids, attention_mask, targets, mask (+ what it needs)  |
+| signal(batch, vocab_size)     | DenseSignal or SparseSignal at every position, on the student's vocab |
+| references()                  | sources to evaluate against during training (self, maybe the teacher) |
+| final_reference(cfg, ...)     | a model source for the final comparison, or None                     |
+| identity()                    | JSON-able name and fingerprint, recorded in checkpoints              |
+| state_dict() / load_state_dict| its own state for checkpoints (JSON-able)                            |
+| after_step(student, step)     | called after each optimizer step                                     |
+| release_init()                | free what only the student's initialisation needed                   |
+"""
+from __future__ import annotations
+
+
+def open_source(cfg, device, dtype):
+    """The run's teacher source: a cache when `teacher.cache` is set, else the live model."""
+    if cfg.teacher.cache:
+        from .cached import CacheSource
+
+        return CacheSource.open(cfg, device, dtype)
+    from .model import ModelSource
+
+    return ModelSource.load(cfg, device, dtype)

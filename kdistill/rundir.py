@@ -35,7 +35,8 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "adapte
 PRECIOUS = ("checkpoints", "student", "adapter", "eval.json")  # what a run made that is worth keeping
 ASIDE = ".replaced"
 SAFE_TO_CHANGE = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-                  "train.threads", "eval.", "cache.", "output_dir")
+                  "train.threads", "eval.", "cache.")
+IGNORED = ("output_dir",)  # a run folder that was moved is the same run
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -49,7 +50,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(keys whose change would make another run, keys that are safe to change), each 'key: old -> new'."""
     a, b = _flat(saved), _flat(current)
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in IGNORED]
     lines = {k: f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed}
     safe = [k for k in changed if any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAFE_TO_CHANGE)]
     return [lines[k] for k in changed if k not in safe], [lines[k] for k in safe]

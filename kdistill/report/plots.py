@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 
 from ..errors import KdistillError
-from .runs import kl_key, series, term_keys
+from .runs import heldout_kl_keys, kl_key, series, term_keys
 
 DPI = 100
 
@@ -69,9 +69,9 @@ def curves_png(runs: list[dict]) -> bytes | None:
         key = kl_key(rows)
         if key:
             _line(kl_ax, *series(rows, key), c, f"{prefix}train {key}")
-        steps, values = series(rows, "eval_kl")
-        kl_ax.plot(steps, values, "o", color=c, markersize=5, markeredgecolor="black",
-                   label=f"{prefix}held-out KL")
+        for (held, against), marker in zip(heldout_kl_keys(rows), "osD^"):
+            kl_ax.plot(*series(rows, held), marker, color=c, markersize=5, markeredgecolor="black",
+                       label=f"{prefix}held-out KL to the {against}")
     loss_ax.set(title="training loss and its terms", xlabel="step", ylabel="per token")
     kl_ax.set(title="KL(teacher ‖ student): training and held-out", xlabel="step", ylabel="nats per token")
     return _png(fig)

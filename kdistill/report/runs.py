@@ -86,6 +86,13 @@ def kl_key(rows: list[dict]) -> str | None:
     return next((t for t in terms if "kl" in t), None)
 
 
+def heldout_kl_keys(rows: list[dict]) -> list[tuple[str, str]]:
+    """(metrics key, what it is measured against) of every held-out KL series: `eval_kl` is against the
+    teacher, `eval_<source>_kl` against another source (a cache's stored distribution)."""
+    keys = sorted({k for r in rows for k in r if k.startswith("eval_") and k.endswith("_kl") or k == "eval_kl"})
+    return [(k, "teacher" if k == "eval_kl" else k[len("eval_"):-len("_kl")]) for k in keys]
+
+
 def series(rows: list[dict], key: str) -> tuple[list, list]:
     """(steps, values) of the rows where `key` holds a number."""
     pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "step" in r]

@@ -25,7 +25,7 @@ def times(v) -> str:
 
 def kl_start(run: dict):
     e = run["eval"] or {}
-    if (e.get("heldout_start") or {}).get("kl") is not None:
+    if (e.get("heldout_start") or {}).get("kl") is not None:  # against the teacher (not a cache)
         return e["heldout_start"]["kl"]
     steps, values = series(run["metrics"], "eval_kl")
     return values[0] if steps and steps[0] == 0 else None

@@ -10,19 +10,37 @@ import os
 
 import torch
 
+from .errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "auto", key: str = "train.device") -> torch.device:
+    """`auto` is CUDA when available, else CPU. ConfigError (naming `key`) for a device this machine lacks."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key}={requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(f"{key}={requested}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}, {built}); set {key}=auto or {key}=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}={requested}: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1} or auto")
+    return device
 
 
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on CUDA with bf16 support, else fp32 (CPU bf16 is slow here)."""
+def pick_dtype(requested: str, device: torch.device, key: str = "teacher.dtype") -> torch.dtype:
+    """`auto` is bf16 on CUDA with bf16 support, else fp32 (CPU bf16 is slow here). ConfigError naming
+    `key` and the valid names for anything else."""
     if requested != "auto":
+        if requested not in DTYPES:
+            raise ConfigError(f"{key}={requested!r} is not a dtype; choose one of auto, {', '.join(DTYPES)}")
         return DTYPES[requested]
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16

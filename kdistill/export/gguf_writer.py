@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
+from ..model_files import check_model_folder, check_remote_code
 from .files import atomic_file
 from .gguf_vocab import gguf_vocab
 
@@ -152,12 +153,16 @@ def load_student(model_dir, tokenizer_dir=None, llama_only: bool = True):
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: no config.json; --model must be an HF folder written by save_pretrained")
-    config = AutoConfig.from_pretrained(model_dir)
+    use_safetensors = check_model_folder(model_dir, "--model")
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     if llama_only:
         check_llama_config(config, str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False,
+                                                 use_safetensors=use_safetensors).eval()
+    if tokenizer_dir:
+        check_remote_code(tokenizer_dir, False, "tokenizer")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ModelError(f"{tokenizer_dir or model_dir}: cannot load the tokenizer ({e}); exports carry "
                          "their tokenizer, so save it beside the model (tokenizer.save_pretrained)") from e

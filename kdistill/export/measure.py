@@ -102,7 +102,8 @@ def load_gguf(path) -> torch.nn.Module:
 
     path = Path(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                    trust_remote_code=False).eval()
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{path}: transformers cannot load this GGUF back ({e})") from e
 

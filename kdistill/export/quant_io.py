@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import fsutil
 from ..errors import ModelError
+from ..model_files import check_remote_code
 from .files import default_mode
 from .quantize import QuantEmbedding, QuantLinear
 
@@ -125,7 +126,8 @@ def load_quantized(model_dir) -> nn.Module:
 
     model_dir = Path(model_dir)
     qc = read_quant_config(model_dir)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    check_remote_code(model_dir, False, "quantised model")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=False))
     model = rebuild(model, qc)
     state = load_file(str(model_dir / qc["weights"]))
     for name, kept in qc.get("shared_tensors", {}).items():

@@ -41,7 +41,7 @@ class TeacherCache:
 
         folder = self.folder / M.TOKENIZER_DIR
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise M.CacheError(f"{folder}: cannot load the cache's tokenizer ({e}); rewrite the cache with "
                                "`kdistill cache --overwrite`") from e

@@ -154,7 +154,7 @@ def run_folder(cfg, resume: bool, overwrite: bool):
     try:
         with fsutil.run_lock(folder):
             for p in checkpoint.clean_partial(folder):
-                log.info("removed %s, left by a killed write", p)
+                log.warning("removed %s, left by a killed write", p)
             if (folder / ASIDE).is_dir() and not any((folder / m).exists() for m in PRECIOUS):
                 _undo(RunFolder(folder, None, folder / ASIDE))  # a killed --overwrite: the old run comes back
             resume_from, saved = _resume(cfg, folder) if resume else (None, None)

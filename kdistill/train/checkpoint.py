@@ -1,10 +1,13 @@
-"""Checkpoints in HF format, written atomically, resumable after kill -9, never pickled.
+"""Checkpoints in HF format, written atomically, checked before a resume, never pickled.
 
 `OUTPUT_DIR/checkpoints/step-000050/` holds the student (`save_pretrained`, safetensors), the tokenizer,
-`optimizer.safetensors` (every tensor of the optimizer state), `rng.safetensors` (torch RNG states) and
-`trainer_state.json` (step, data position, scheduler, optimizer hyper-parameters, Python RNG). A folder
-is built under a temporary name and renamed when complete, so only complete checkpoints ever carry a
-`step-*` name; the oldest are removed only after a newer one is complete.
+`optimizer.safetensors` (every tensor of the optimizer state), `rng.safetensors` (torch RNG states),
+`trainer_state.json` (step, data position, scheduler, optimizer hyper-parameters, Python RNG) and, last,
+`checksums.json` (sha256 and size of every other file, each flushed to disk). A folder is built under a
+temporary name and renamed when complete, so only complete checkpoints ever carry a `step-*` name; the
+oldest are removed only after a newer one is complete. A resume takes the newest checkpoint whose files
+still match `checksums.json` (`resume_point`), after the leftovers of a killed write are gone
+(`clean_partial`).
 """
 from __future__ import annotations
 
@@ -15,21 +18,112 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import fsutil
 from ..errors import KdistillError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+CHECKSUMS = "checksums.json"
+SAME_CONFIG = "resume with the config the run was started with"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
+def _step(path: Path) -> int:
+    return int(STEP_DIR.match(path.name).group(1))
+
+
+def _step_dirs(output_dir: str | Path) -> list[Path]:
+    """Every `step-*` folder, complete or not, oldest first."""
     folder = Path(output_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)
-             and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+    return sorted((p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=_step)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    return [p for p in _step_dirs(output_dir) if (p / "trainer_state.json").is_file()]
+
+
+def clean_partial(output_dir: str | Path) -> list[Path]:
+    """Remove the temporary folders and files a killed write left in OUTPUT_DIR and its checkpoints/.
+
+    Call it holding `fsutil.run_lock(output_dir)` (a live run's temporaries look the same). Returns the
+    removed paths for the caller to report; a folder put back from its `.NAME.old` is logged here.
+    """
+    output_dir = Path(output_dir)
+    return fsutil.clean_partial(output_dir / "checkpoints") + fsutil.clean_partial(output_dir)
+
+
+def write_checksums(folder: Path) -> dict:
+    """Write FOLDER/checksums.json: {"files": {relative path: {"sha256", "size"}}}; flushes every file."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    table = {p.relative_to(folder).as_posix(): {"sha256": fsutil.sha256_file(p, fsync=True),
+                                                "size": p.stat().st_size} for p in files}
+    fsutil.write_json(folder / CHECKSUMS, {"version": 1, "files": table})
+    return table
+
+
+def _file_problem(folder: Path, name: str, want: dict) -> str | None:
+    f = folder / name
+    if not f.is_file():
+        return f"{name} is missing"
+    size = f.stat().st_size
+    if size < want["size"]:
+        return f"{name} is truncated ({size:,} of {want['size']:,} bytes; sha256 mismatch)"
+    if size > want["size"]:
+        return f"{name} has grown ({size:,} bytes, {want['size']:,} written; sha256 mismatch)"
+    if fsutil.sha256_file(f) != want["sha256"]:
+        return f"{name} is corrupted (sha256 mismatch at its written size of {size:,} bytes)"
+    return None
+
+
+def _unchecked_problem(folder: Path) -> str | None:
+    """For a checkpoint written before checksums.json: its JSON and safetensors files must parse."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json does not parse ({e})"
+    tensors = sorted(folder.glob("*.safetensors"))
+    if not tensors:
+        return "it holds no *.safetensors file"
+    for f in tensors:
+        try:
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except (OSError, SafetensorError) as e:
+            return f"{f.name} does not parse ({e}; an older checkpoint without {CHECKSUMS})"
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What is wrong with the checkpoint in `folder`, or None when every file matches checksums.json."""
+    if not (folder / "trainer_state.json").is_file():
+        return "trainer_state.json is missing"
+    if not (folder / CHECKSUMS).is_file():
+        return _unchecked_problem(folder)
+    try:
+        table = json.loads((folder / CHECKSUMS).read_text())["files"]
+        checks = [(str(name), {"sha256": str(w["sha256"]), "size": int(w["size"])}) for name, w in table.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{CHECKSUMS} does not parse ({type(e).__name__}: {e})"
+    for name, want in checks:
+        problem = _file_problem(folder, name, want)
+        if problem:
+            return problem
+    return None
+
+
+def resume_point(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies (None if none does) and one line per newer one skipped, e.g.
+    "checkpoints/step-000004: model.safetensors is truncated (...); using step-000002"."""
+    skipped = []
+    for folder in reversed(_step_dirs(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder, [f"checkpoints/{name}: {why}; using {folder.name}" for name, why in skipped]
+        skipped.append((folder.name, problem))
+    return None, [f"checkpoints/{name}: {why}; no earlier checkpoint verifies" for name, why in skipped]
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
@@ -70,7 +164,9 @@ def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, schedule
         state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
                  "python_rng": _encode_py_rng(random.getstate()), **extra}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    for old in list_checkpoints(output_dir)[:-keep]:
+        write_checksums(tmp)
+    # Newer folders come from an attempt that was resumed from earlier: this run rewrites them in turn.
+    for old in [p for p in list_checkpoints(output_dir) if _step(p) <= step][:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
@@ -79,26 +175,58 @@ def _encode_py_rng(state) -> list:
     return [state[0], list(state[1]), state[2]]
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from `path`; returns trainer_state.json."""
+def _weights_problem(model, files: list[Path]) -> str | None:
+    """A weight whose name or shape differs between the checkpoint files and `model` ("key: shapes")."""
+    params = model.state_dict()
+    saved = {}
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            saved.update({k: list(h.get_slice(k).get_shape()) for k in h.keys()})
+    for key, shape in saved.items():
+        if key not in params:
+            return f"{key}: {shape} in the checkpoint, absent from this config's student"
+        if list(params[key].shape) != shape:
+            return f"{key}: {shape} in the checkpoint, {list(params[key].shape)} in this config's student"
+    stored = {params[k].data_ptr() for k in saved}  # a tied weight (lm_head) is saved once
+    for key, t in params.items():
+        if key not in saved and t.data_ptr() not in stored:
+            return f"{key}: {list(t.shape)} in this config's student, absent from the checkpoint"
+    return None
+
+
+def _load_weights(path: Path, model) -> None:
     from safetensors.torch import load_model
 
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        if hasattr(model, "peft_config"):  # a LoRA student: its checkpoint holds the adapter only
-            from peft import set_peft_model_state_dict
+    if hasattr(model, "peft_config"):  # a LoRA student: its checkpoint holds the adapter only
+        from peft import set_peft_model_state_dict
 
+        try:
             set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-        else:
-            model_files = sorted(path.glob("model*.safetensors"))
-            if not model_files:
-                raise KdistillError(f"checkpoint {path} has no model*.safetensors")
-            for f in model_files:
-                load_model(model, str(f), strict=False)
-        _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    except (OSError, ValueError, KeyError) as e:
-        raise KdistillError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an "
-                            "earlier one") from e
+        except RuntimeError as e:
+            raise KdistillError(f"checkpoint {path}: the adapter does not fit this config's student ({e}); "
+                                f"{SAME_CONFIG}") from e
+        return
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise KdistillError(f"checkpoint {path} has no model*.safetensors, so it is not a kdistill checkpoint "
+                            "of a full student; resume with the config the run was started with")
+    problem = _weights_problem(model, files)
+    if problem:
+        raise KdistillError(f"checkpoint {path}: the checkpoint's student has other shapes than this "
+                            f"config's ({problem}); {SAME_CONFIG}")
+    for f in files:
+        load_model(model, str(f), strict=False)
+
+
+def _restore(path: Path, model, optimizer, scheduler) -> dict:
+    state = json.loads((path / "trainer_state.json").read_text())
+    _load_weights(path, model)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    try:
+        _load_optimizer(optimizer, tensors, state["optimizer"])
+    except ValueError as e:  # torch: another number of parameter groups or of parameters in a group
+        raise KdistillError(f"checkpoint {path}: its optimizer state is for other trainable parameters than "
+                            f"this config's student has ({e}); {SAME_CONFIG}") from e
     scheduler.load_state_dict(state["scheduler"])
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
@@ -107,3 +235,19 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     py = state["python_rng"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     return state
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from `path`; returns trainer_state.json.
+
+    Take `path` from `resume_point`, which has checked the files; an error here says what does not fit.
+    """
+    try:
+        return _restore(Path(path), model, optimizer, scheduler)
+    except KeyError as e:
+        raise KdistillError(f"checkpoint {path}: trainer_state.json has no {e}, so another kdistill version "
+                            "wrote it; resume with the kdistill version that started the run") from e
+    except (OSError, ValueError, SafetensorError) as e:
+        raise KdistillError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); its files changed "
+                            "after they were written. Check the disk (free space, dmesg), then run --resume "
+                            "again: it resumes from the newest checkpoint whose files match checksums.json") from e

@@ -1,7 +1,13 @@
 """The `kdistill` command line: distill, cache, generate, eval, report, bench, design, export.
 
-Each subcommand's --help ends with an example. A user error (KdistillError) prints one clear message
-and exits 2, without a traceback.
+Each subcommand's --help ends with an example. Every fault gets one line on stderr and an exit status:
+
+    kdistill CMD: error: ...            2    a bad input (KdistillError), or the disk refused (full,
+                                             read-only, permission denied, a file where a folder is needed)
+    kdistill CMD: interrupted           130  Ctrl-C
+    kdistill CMD: internal error: ...   1    anything else (a bug): the traceback is written to
+                                             $KDISTILL_CACHE/logs/CMD-DATE-TIME-PID.log (default
+                                             ~/.cache/kdistill/logs), and `-v` also prints it
 """
 from __future__ import annotations
 
@@ -9,8 +15,11 @@ import argparse
 import logging
 import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
-from .errors import KdistillError
+from .errors import KdistillError, disk_error
 
 EXAMPLES = {
     "distill": "examples:\n  kdistill distill --config configs/demo.yaml\n"
@@ -39,7 +48,7 @@ def _sub(subs, name: str, help_text: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdistill", description="Distill a causal LM into a small student.",
                                      epilog=EXAMPLES["distill"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of any error")
     subs = parser.add_subparsers(dest="command", required=True)
 
     p = _sub(subs, "distill", "Distill a teacher into a student (config file plus key.path=value overrides).")
@@ -159,8 +168,46 @@ COMMANDS = {"distill": _distill, "cache": _cache, "generate": _generate, "eval":
             "bench": _bench, "design": _design, "export": _export}
 
 
+def _say(command: str, message: str) -> None:
+    print(f"kdistill {command}: " + " ".join(message.split("\n")), file=sys.stderr, flush=True)
+
+
+def _write_log(command: str, argv: list[str], e: BaseException) -> Path:
+    """The traceback of an unforeseen exception, kept in $KDISTILL_CACHE/logs/; returns the file."""
+    from . import fsutil
+    from .teacher import cache_root
+
+    path = cache_root() / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    lines = [f"kdistill {' '.join(argv)}", f"python {sys.version.split()[0]}, cwd {os.getcwd()}", ""]
+    fsutil.write_text(path, "\n".join(lines) + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    return path
+
+
+def _fault(command: str, argv: list[str], e: Exception, verbose: bool) -> int:
+    """One line on stderr for `e`; returns the exit status: 2 for the user's error, 1 for a bug."""
+    if verbose:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    user = e if isinstance(e, KdistillError) else disk_error(e) if isinstance(e, OSError) else None
+    if user is not None:
+        _say(command, f"error: {user}")
+        return 2
+    text = " ".join(str(e).split())[:300]
+    what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    try:
+        where = f"the traceback is in {_write_log(command, argv, e)}"
+    except Exception as log_error:  # noqa: BLE001 - no log (disk full?): the traceback goes to stderr instead
+        if not verbose:
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        where = f"the traceback is above (no log: {type(log_error).__name__}: {log_error})"
+    else:
+        where += "" if verbose else "; rerun with -v to see it"
+    _say(command, f"internal error: {what}; {where}")
+    return 1
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -168,9 +215,11 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
-    except KdistillError as e:
-        print(f"kdistill {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        _say(args.command, "interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - every fault gets one line and an exit status (module docstring)
+        return _fault(args.command, argv, e, args.verbose)
 
 
 if __name__ == "__main__":

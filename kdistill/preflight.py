@@ -56,8 +56,10 @@ def check_data(cfg) -> None:
     path = Path(cfg.data.path).expanduser()
     if path.exists() or cfg.data.path.startswith((".", "/", "~")):
         from .data.files import read_records
+        from .data.render import check_fields
 
-        read_records(cfg.data.path, cfg.data.split, cfg.data.max_records)
+        records = read_records(cfg.data.path, cfg.data.split, cfg.data.max_records)
+        check_fields(records, cfg.data.format, cfg.data.text_field, cfg.data.path)
 
 
 def check_teacher(cfg) -> None:

@@ -47,3 +47,18 @@ def test_prompt_longer_than_seq_len_is_refused():
     tok = tiny_tokenizer()
     with pytest.raises(DataError, match="raise train.seq_len"):
         render([{"instruction": "word " * 50, "response": "ok"}], tok, seq_len=8)
+
+
+def test_check_fields_refuses_what_render_would_without_a_tokenizer():
+    from kdistill.data.render import check_fields
+
+    check_fields([{"text": "fine"}, {"text": None}])
+    check_fields([{"instruction": "Name a fruit.", "input": "", "output": "An apple."}])
+    with pytest.raises(DataError, match=r"f\.jsonl, record 2: field 'text' holds a list"):
+        check_fields([{"text": "fine"}, {"text": ["a"]}], source="f.jsonl")
+    with pytest.raises(DataError, match=r"record 1: field 'body' holds a number"):
+        check_fields([{"body": 1}], text_field="body")
+    with pytest.raises(DataError, match=r"field 'response' holds a JSON object"):
+        check_fields([{"instruction": "q", "response": {"a": 1}}])
+    with pytest.raises(DataError, match=r"'messages' must end with an assistant turn"):
+        check_fields([{"messages": [{"role": "user", "content": "hi"}]}])

@@ -119,7 +119,8 @@ def trim_metrics(path: Path, step: int) -> None:
 def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dtype, start: dict, report) -> dict:
     """Save the student, compare it with the teacher (and every other reference), write eval.json."""
     student_dir = run.path / "student"
-    student = save_student(student, source.tokenizer, run.path)  # a LoRA student: also adapter/, then merged
+    with fsutil.writing(student_dir):
+        student = save_student(student, source.tokenizer, run.path)  # a LoRA student: also adapter/, then merged
     log.info("student saved to %s; evaluating against the teacher", student_dir)
     measured = {ev.against: ev(student.eval()) for ev in evaluators}
     reference = source.final_reference(cfg, device, dtype)
@@ -137,7 +138,8 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
     result["student_init"] = report
     if reference is not None:
         result["teacher_memory"] = {"load_in": cfg.teacher.load_in, **teacher_memory(reference.model, dtype)}
-    fsutil.write_json(run.path / "eval.json", result)
+    with fsutil.writing(run.path / "eval.json"):
+        fsutil.write_json(run.path / "eval.json", result)
     print(format_table(result), flush=True)
     return result
 

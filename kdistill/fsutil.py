@@ -203,3 +203,29 @@ def run_lock(output_dir: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+
+
+_OS_ERROR = re.compile(r"os error (\d+)|No space left on device")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """Name `path` in a disk error raised while writing it: an OSError without a file name (a write()
+    that ran out of space), and safetensors' or torch's wrapped I/O errors ("... (os error 28)"), become
+    the DiskError that `errors.disk_error` words for that errno."""
+    from .errors import disk_error
+
+    try:
+        yield
+    except OSError as e:
+        found = disk_error(OSError(e.errno, e.strerror, e.filename or os.fspath(path)))
+        if found is None:
+            raise
+        raise found from e
+    except Exception as e:  # SafetensorError, RuntimeError("... file write failed")
+        m = _OS_ERROR.search(str(e))
+        code = (int(m.group(1)) if m.group(1) else errno.ENOSPC) if m else None
+        found = disk_error(OSError(code, os.strerror(code), os.fspath(path))) if code else None
+        if found is None:
+            raise
+        raise found from e

@@ -117,3 +117,26 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(teacher_dir, tmp_path):
     assert 1 <= step < 400
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{step:06d}"]
     assert "--resume" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 160 KB tmpfs (root can mount one here): room for the config and metrics, not for a checkpoint."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_while_checkpointing_is_one_line_naming_the_path(teacher_dir, small_disk, capsys):
+    from kdistill.cli import main
+
+    out = small_disk / "run"
+    status = main(["distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, "train.max_steps=1"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # above it: progress bars of the steps that ran
+    assert status == 2 and last.startswith("kdistill distill: error:") and "Traceback" not in err, err
+    assert "disk full while writing" in last and str(out / "checkpoints") in last

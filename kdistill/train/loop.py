@@ -123,8 +123,9 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
     def save():
         extra = {"tokens": state.tokens, "data": stream.state(), "source_state": source.state_dict(),
                  **(record or {})}
-        path = checkpoint.save_checkpoint(output_dir, state.step, student, tokenizer, optimizer, scheduler,
-                                          extra, tc.keep_checkpoints)
+        with fsutil.writing(output_dir / "checkpoints" / f"step-{state.step:06d}"):
+            path = checkpoint.save_checkpoint(output_dir, state.step, student, tokenizer, optimizer, scheduler,
+                                              extra, tc.keep_checkpoints)
         if on_checkpoint is not None:
             on_checkpoint(path)
         return path

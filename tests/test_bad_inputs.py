@@ -55,6 +55,49 @@ def _output_dir_is_a_file(d: Path, teacher) -> list[str]:
     return ["distill", *_config(d), f"teacher.model={teacher()}", f"output_dir={_write(d, 'run', 'a file')}"]
 
 
+def _previous_run(d: Path) -> Path:
+    """A finished run in d/run (what --overwrite must not lose to a config that fails its checks)."""
+    run = d / "run"
+    (run / "student").mkdir(parents=True)
+    (run / "student" / "config.json").write_text("{}")
+    (run / "eval.json").write_text('{"heldout": {"kl": 1.0}}')
+    (run / "config.yaml").write_text("train: {max_steps: 2}\n")
+    return run
+
+
+def _overwrite(*overrides):
+    def build(d: Path, teacher) -> list[str]:
+        _previous_run(d)
+        return [*_distill(d, teacher, *overrides), "--overwrite"]
+    return build
+
+
+def _teacher_folder(damage):
+    """A distill row whose teacher is a copy of the tiny teacher with `damage(folder)` applied."""
+    def build(d: Path, teacher) -> list[str]:
+        import shutil
+
+        folder = Path(shutil.copytree(teacher(), d / "teacher"))
+        damage(folder)
+        return _distill(d, lambda: folder)
+    return build
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _pickle_only(folder: Path) -> None:
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+
+
+def _remote_code(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 ROWS = [
     # no model needed
     ("config typo key", lambda d, t: ["distill", *_config(d, "trian:\n  max_steps: 3\n")],
@@ -71,6 +114,17 @@ ROWS = [
     ("inspect a missing cache", lambda d, t: ["cache", "--inspect", str(d / "nope")], "does not exist"),
     # a tiny teacher
     ("missing teacher path", lambda d, t: _distill(d, lambda: d / "no-teacher"), "does not exist"),
+    ("--overwrite with a teacher typo", lambda d, t: [*_distill(d, lambda: d / "no-teacher"), "--overwrite"]
+     if _previous_run(d) else [], "does not exist"),
+    ("--overwrite with a bad loss term", _overwrite("loss.terms=[{kind: forward_kll}]"), "did you mean 'forward_kl'"),
+    ("unknown loss term key", lambda d, t: _distill(d, t, "loss.terms=[{kind: jsd, bta: 0.5}]"), "bta: unknown key"),
+    ("misspelt teacher.dtype", lambda d, t: _distill(d, t, "teacher.dtype=fp33"), "teacher.dtype"),
+    ("cuda without CUDA", lambda d, t: _distill(d, t, "train.device=cuda"), "CUDA is not available"),
+    ("missing task file", lambda d, t: _distill(d, t, f"eval.tasks=[{d / 'nope.jsonl'}]"), "does not exist"),
+    ("unknown student preset", lambda d, t: _distill(d, t, "student.preset=tiniest"), "unknown preset"),
+    ("truncated teacher weights", _teacher_folder(_truncate), "model.safetensors"),
+    ("pickled teacher weights", _teacher_folder(_pickle_only), "teacher.allow_pickle"),
+    ("teacher asks for remote code", _teacher_folder(_remote_code), "trust_remote_code"),
     ("output_dir is a file", _output_dir_is_a_file, "is a file"),
     ("missing data file", lambda d, t: _distill(d, t, f"data.path={d / 'nope.jsonl'}"), "does not exist"),
     ("latin-1 .txt", _data("notes.txt", b"fine\n" + LATIN1), "notes.txt: not UTF-8 at byte 8 (line 2)"),

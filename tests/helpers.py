@@ -1,7 +1,8 @@
 """Tiny models and tokenizers built in code, so tests never download anything.
 
 `tiny_tokenizer()` is a byte-level BPE trained on a few sentences, with a ChatML chat template and
-`<|im_start|>`/`<|im_end|>` specials like SmolLM2's. `tiny_llama(vocab_size)` is a 2-layer LLaMA.
+`<|im_start|>`/`<|im_end|>` specials like SmolLM2's. `tiny_llama(vocab_size)` is a 2-layer LLaMA;
+`tiny_teacher(arch, vocab_size)` is a tiny model of another family (`TEACHER_ARCHS`), width 32.
 """
 from __future__ import annotations
 
@@ -74,10 +75,48 @@ def tiny_llama(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_llama_config(vocab_size, **overrides)).eval()
 
 
-def save_tiny_teacher(path, seed: int = 0, **overrides) -> str:
-    """Write a tiny LLaMA teacher plus tokenizer to `path` (an HF folder) and return it as str."""
+def _tiny_config(arch: str, vocab_size: int, overrides: dict):
+    from transformers import Gemma3TextConfig, GPT2Config, MistralConfig, PhiConfig, Qwen2Config
+
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    llama_like = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **ids)
+    cls, fields = {
+        "qwen2": (Qwen2Config, llama_like),
+        "mistral": (MistralConfig, {**llama_like, "sliding_window": None}),
+        "gpt2": (GPT2Config, dict(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                  **{**ids, "pad_token_id": None})),
+        "gemma3_text": (Gemma3TextConfig, {**llama_like, "head_dim": 16, "sliding_window": 16}),
+        "phi": (PhiConfig, {**llama_like, "num_key_value_heads": None}),
+    }[arch]
+    return cls(**{**fields, **overrides})
+
+
+TEACHER_ARCHS = ("llama", "qwen2", "mistral", "gpt2", "gemma3_text", "phi")
+
+
+def tiny_teacher(arch: str, vocab_size: int, seed: int = 0, **overrides):
+    """A tiny causal LM of family `arch` (one of TEACHER_ARCHS), in eval mode. Biases are random (not the
+    usual zeros) so that tests see whether they are carried over."""
+    from transformers import AutoModelForCausalLM
+
+    if arch == "llama":
+        return tiny_llama(vocab_size, seed, **overrides)
+    config = _tiny_config(arch, vocab_size, overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def save_tiny_teacher(path, seed: int = 0, arch: str = "llama", **overrides) -> str:
+    """Write a tiny teacher (LLaMA unless `arch` names another of TEACHER_ARCHS) plus tokenizer to `path`
+    (an HF folder) and return it as str."""
     tok = tiny_tokenizer()
-    model = tiny_llama(len(tok), seed=seed, **overrides)
+    model = tiny_teacher(arch, len(tok), seed, **overrides)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)

@@ -1,5 +1,9 @@
 """Students, one builder per `student.kind`: `llama` (sized by `presets.py`/`design.py`, initialised from
-the teacher by `init.py` and `prune.py`), `fractal` (`fractal.py`) and `pretrained` (`pretrained.py`)."""
+the teacher by `init.py` and `prune.py`), `fractal` (`fractal.py`) and `pretrained` (`pretrained.py`).
+
+Any causal LM can be the teacher. A LLaMA student copies (or prunes) chosen teacher layers only from a
+LLaMA-family teacher (Llama, Mistral, Qwen2); from any other (GPT-2, Gemma, Phi, ...) it takes the
+teacher's embeddings (projected when widths differ) and starts with random layers, and its report says so."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +13,8 @@ from tqdm.auto import tqdm
 
 from .. import fsutil
 from .init import init_from_teacher, select_layers
-from ..modeling import count_parameters
-from .llama import build_llama, resolve_sizes, teacher_sizes
+from ..modeling import count_parameters, decoder_layers
+from .llama import build_llama, llama_blocks_missing, resolve_sizes, teacher_sizes, window_dropped
 from .presets import SIZE_KEYS
 from .prune import prune_into
 
@@ -19,18 +23,24 @@ log = logging.getLogger("kdistill")
 
 def choose_layers(cfg, teacher, n: int, calib_batch) -> list[int]:
     strategy = cfg.student.layer_selection
-    n_rounds = len(teacher.model.layers) - n if strategy == "importance" else 0
+    n_rounds = len(decoder_layers(teacher)) - n if strategy == "importance" else 0
     with tqdm(total=n_rounds, desc="choosing teacher layers", unit="layer", disable=not n_rounds,
               dynamic_ncols=True) as bar:
         return select_layers(strategy, teacher, n, cfg.student.layers, calib_batch, bar)
 
 
 def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
-    """LLaMA student; with init=teacher: chosen teacher layers, cut to the student's width if narrower."""
+    """LLaMA student; with init=teacher: chosen teacher layers, cut to the student's width if narrower
+    (LLaMA-family teachers), else the teacher's embeddings and random layers."""
     sizes = resolve_sizes(cfg.student, teacher.config)
     student = build_llama(sizes, teacher.config, vocab_size)
-    report = {"kind": "llama", "sizes": sizes}
-    if cfg.student.init == "teacher":
+    report = {"kind": "llama", "sizes": sizes, "teacher_architecture": getattr(teacher.config, "model_type", None)}
+    blocks_missing = llama_blocks_missing(teacher.config)
+    if cfg.student.init == "random":
+        report.update(embeddings="random", layers="random (student.init=random)")
+    elif blocks_missing is not None:  # no layers to choose: no calibration passes
+        report.update(init_from_teacher(student, teacher, None, blocks_missing))
+    else:
         base = teacher_sizes(teacher.config)
         if all(sizes[k] <= base[k] for k in SIZE_KEYS):
             layers = choose_layers(cfg, teacher, sizes["num_layers"], calib_batch)
@@ -38,6 +48,8 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             same_width = all(sizes[k] == base[k] for k in SIZE_KEYS if k != "num_layers")
             report.update(init_from_teacher(student, teacher, layers) if same_width
                           else prune_into(student, teacher, layers, calib_batch))
+            if window_dropped(teacher.config):
+                report["attention_window"] = window_dropped(teacher.config)
         else:  # wider or deeper than the teacher in some size: nothing to slice, project the embeddings
             report.update(init_from_teacher(student, teacher, None))
     report["parameters"] = count_parameters(student)

@@ -24,7 +24,7 @@ import re
 import yaml
 
 from ..errors import ConfigError
-from .llama import teacher_sizes
+from .llama import llama_blocks_missing, teacher_sizes, text_config
 
 TOLERANCE = 0.15
 INT4_BYTES = 4.5 / 8
@@ -80,8 +80,10 @@ def measure(s: dict, vocab_size: int, context: int, teacher_flops: int) -> dict:
 def candidates(teacher_config, target: int, context: int = 512) -> tuple[list[dict], dict]:
     """Students of about `target` parameters, deepest first. Returns (candidates, the teacher's numbers)."""
     t = teacher_sizes(teacher_config)
-    vocab = teacher_config.vocab_size
-    head_dim = getattr(teacher_config, "head_dim", None) or t["hidden_size"] // t["num_heads"]
+    vocab = text_config(teacher_config).vocab_size
+    head_dim = t["hidden_size"] // t["num_heads"]
+    if llama_blocks_missing(teacher_config) is None:  # students cut heads from the teacher's: its head size
+        head_dim = getattr(teacher_config, "head_dim", None) or head_dim
     if t["hidden_size"] != t["num_heads"] * head_dim:
         raise ConfigError(f"the teacher's width {t['hidden_size']} is not heads x head size; "
                           "kdistill design handles LLaMA-style teachers only")

@@ -33,10 +33,13 @@ Core parameters (everything but embedding and head) at the defaults D = 256, M =
 4·2N² (q, k, v, o) + 2·2NM (W_1, W_2) + 2M + 2N (biases) + 2N (two gains) = 263,168, whatever V and T are.
 
 There is no KV cache: `generate()` recomputes the whole prefix every step (fine for a student this small).
+`gradient_checkpointing_enable()` recomputes each block application in the backward pass while training
+(activation memory then grows with one state per step instead of every intermediate of every step).
 `register()` makes `AutoConfig`/`AutoModelForCausalLM` know model type "kdistill_fractal".
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -233,9 +236,11 @@ class FractalForCausalLM(PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
     _no_split_modules = ["FractalBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: FractalConfig):
         super().__init__(config)
+        self.gradient_checkpointing = False  # set, with _gradient_checkpointing_func, by transformers
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.block = FractalBlock(config)
         self.norm = ComplexRMSNorm(config.hidden_size // 2, config.rms_norm_eps)
@@ -284,8 +289,11 @@ class FractalForCausalLM(PreTrainedModel, GenerationMixin):
         cos, sin = rotary_phases(position_ids, units_per_head, self.config.rope_base, z.dtype)
         mask = key_mask(attention_mask, length)
         states = [z]
+        step = self.block
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            step = functools.partial(self._gradient_checkpointing_func, self.block)  # recomputed in backward
         for _ in range(self.config.num_steps):
-            z = self.block(z, cos, sin, mask)
+            z = step(z, cos, sin, mask)
             states.append(z)
         states[-1] = self.norm(z)
         logits = self.lm_head(states[-1][:, -logits_to_keep:] if logits_to_keep else states[-1])

@@ -1,5 +1,6 @@
 """Initialise a LLaMA student from its teacher: embeddings, final norm and a choice of teacher layers
-(a narrower student is then cut from them by `prune.py`).
+(a narrower student is then cut from them by `prune.py`). Layers are chosen and copied only from a
+LLaMA-family teacher (`llama.LLAMA_BLOCKS`); from any other the student takes the embeddings alone.
 
 Layer selection strategies (student.layer_selection):
 - even: evenly spaced teacher layers, first and last included.
@@ -23,7 +24,8 @@ import logging
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
+from ..modeling import decoder, decoder_layers, head_weight
 
 log = logging.getLogger("kdistill")
 
@@ -39,15 +41,28 @@ def first_last_layers(n_teacher: int, n: int) -> list[int]:
     return list(range(head)) + list(range(n_teacher - (n - head), n_teacher))
 
 
+def _layer_slot(model) -> tuple[nn.Module, str]:
+    """The module holding the list of blocks and that list's attribute name (LLaMA: `model`, "layers")."""
+    full = decoder_layers(model)
+    if full is None:
+        raise ModelError(f"{type(model).__name__}: no list of decoder layers found to choose from")
+    for parent in decoder(model).modules():
+        for name, child in parent.named_children():
+            if child is full:
+                return parent, name
+    raise ModelError(f"{type(model).__name__}: its decoder layers are not a child of its decoder")
+
+
 @contextlib.contextmanager
 def _only_layers(model, layers: list[int]):
-    """Temporarily run `model` (a *ForCausalLM with .model.layers) with a subset of its layers."""
-    full = model.model.layers
-    model.model.layers = nn.ModuleList([full[i] for i in layers])
+    """Temporarily run `model` (any *ForCausalLM `modeling.decoder_layers` finds) with a subset of its layers."""
+    parent, name = _layer_slot(model)
+    full = getattr(parent, name)
+    setattr(parent, name, nn.ModuleList([full[i] for i in layers]))
     try:
         yield model
     finally:
-        model.model.layers = full
+        setattr(parent, name, full)
 
 
 def _kl(teacher_logprobs: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> float:
@@ -99,13 +114,14 @@ def removal_scores(teacher, current: list[int], batch: dict, targets: TeacherTar
     leaves that prefix unchanged, so only layers current[k+1:] are run again, from that state
     (about half the work of running every pruned stack from the start). Returns one KL per position."""
     am, mask = batch["attention_mask"], batch["mask"]
+    inner = decoder(teacher)
     with _only_layers(teacher, current):
-        states = teacher.model(input_ids=batch["input_ids"], attention_mask=am, use_cache=False,
-                               output_hidden_states=True).hidden_states
+        states = inner(input_ids=batch["input_ids"], attention_mask=am, use_cache=False,
+                       output_hidden_states=True).hidden_states
     scores = []
     for k in range(len(current)):
         with _only_layers(teacher, current[k + 1:]):
-            out = teacher.model(inputs_embeds=states[k], attention_mask=am, use_cache=False).last_hidden_state
+            out = inner(inputs_embeds=states[k], attention_mask=am, use_cache=False).last_hidden_state
         scores.append(targets.kl(out[mask]))
     return scores
 
@@ -122,8 +138,8 @@ def importance_layers(teacher, n: int, batch: dict, progress=None, max_tokens: i
     the batch holding `max_tokens` tokens are used."""
     batch = calibration_subset(batch, max_tokens)
     logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    targets = TeacherTargets(logits[batch["mask"]].float().log_softmax(-1), teacher.get_output_embeddings().weight)
-    current = list(range(len(teacher.model.layers)))
+    targets = TeacherTargets(logits[batch["mask"]].float().log_softmax(-1), head_weight(teacher))
+    current = list(range(len(decoder_layers(teacher))))
     while len(current) > n:
         scores = removal_scores(teacher, current, batch, targets)
         count = (len(current) - n + 1) // 2 if halving else 1
@@ -135,7 +151,7 @@ def importance_layers(teacher, n: int, batch: dict, progress=None, max_tokens: i
 
 
 def select_layers(strategy: str, teacher, n: int, explicit=None, batch=None, progress=None) -> list[int]:
-    n_teacher = len(teacher.model.layers)
+    n_teacher = len(decoder_layers(teacher))
     if n > n_teacher:
         raise ConfigError(f"student.num_layers={n} is deeper than the teacher ({n_teacher}); "
                           "use student.init=random for a deeper student")
@@ -164,27 +180,42 @@ def project_embeddings(weight: torch.Tensor, dim: int) -> torch.Tensor:
     return out * (w.pow(2).mean().sqrt() / out.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
+def copy_block(student_layer, teacher_layer) -> None:
+    """Load one LLaMA-family teacher layer. A bias the teacher lacks (Qwen2's o_proj: the student has
+    attention biases for its q/k/v) starts at zero, which is exact. Raises RuntimeError when shapes differ."""
+    missing, unexpected = student_layer.load_state_dict(teacher_layer.state_dict(), strict=False)
+    if unexpected or any(not k.endswith(".bias") for k in missing):
+        raise RuntimeError(f"layer parameters differ: missing {missing}, unexpected {unexpected}")
+    for name in missing:
+        student_layer.get_parameter(name).zero_()
+
+
 @torch.no_grad()
-def init_from_teacher(student, teacher, layers: list[int] | None) -> dict:
-    """Copy what fits; returns a report of what was copied."""
+def init_from_teacher(student, teacher, layers: list[int] | None, blocks_missing: str | None = None) -> dict:
+    """Copy what fits; returns a report of what was copied. `blocks_missing` (why the teacher has no
+    LLaMA-compatible blocks, `llama.llama_blocks_missing`) leaves the final norm and every layer as initialised."""
     s_emb, t_emb = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
     same_width = s_emb.shape[1] == t_emb.shape[1]
     rows = min(s_emb.shape[0], t_emb.shape[0])  # padded vocabularies: extra rows stay as initialised
     s_emb[:rows].copy_(t_emb[:rows].to(s_emb.dtype) if same_width else project_embeddings(t_emb[:rows], s_emb.shape[1]))
     report = {"embeddings": "copied" if same_width else "projected (SVD)", "layers": []}
+    if blocks_missing is not None:
+        report.update(layers=f"random: {blocks_missing}", final_norm="not copied (ones)")
+        return report
     if same_width:
-        student.model.norm.load_state_dict(teacher.model.norm.state_dict())
+        decoder(student).norm.load_state_dict(decoder(teacher).norm.state_dict())
         report["final_norm"] = "copied"
     if layers is not None and same_width:
+        teacher_layers = decoder_layers(teacher)
         for i, j in enumerate(layers):
             try:
-                student.model.layers[i].load_state_dict(teacher.model.layers[j].state_dict())
+                copy_block(decoder_layers(student)[i], teacher_layers[j])
             except RuntimeError:
                 report["layers"] = "shapes differ (heads/FFN): layers random"
                 break
             report["layers"].append(j)
     if not student.config.tie_word_embeddings and student.get_output_embeddings() is not None:
-        out_t = teacher.get_output_embeddings().weight
+        out_t = head_weight(teacher)
         if same_width:
             student.get_output_embeddings().weight.copy_(out_t)
     return report

@@ -10,12 +10,14 @@ The student keeps the most important of each, in the teacher's order, and copies
 columns, norm gains, q/k/v/gate/up input columns, o/down output rows. Grouped-query attention is kept
 whole: a KV group's score is the sum of its best query heads', the best groups are kept and in each the
 best query heads. Keeping everything reproduces the teacher exactly; a narrower RMSNorm sees a different
-RMS, which distillation then corrects (as in Minitron, no retraining here).
+RMS, which distillation then corrects (as in Minitron, no retraining here). Biases (Qwen2's q/k/v, a
+LLaMA with attention_bias or mlp_bias) are sliced with their rows; an o_proj bias the teacher lacks is zero.
 """
 from __future__ import annotations
 
 import torch
 
+from ..modeling import decoder, decoder_layers
 from .init import _only_layers
 
 
@@ -52,12 +54,13 @@ def activation_importance(teacher, layers: list[int], batch: dict) -> dict:
                 layer.input_layernorm.register_forward_hook(norm_hook),
                 layer.post_attention_layernorm.register_forward_hook(norm_hook)]
 
+    inner, teacher_layers = decoder(teacher), decoder_layers(teacher)
     try:
         for i, j in enumerate(layers):
-            handles += layer_hooks(i, teacher.model.layers[j])
-        handles.append(teacher.model.norm.register_forward_hook(norm_hook))
+            handles += layer_hooks(i, teacher_layers[j])
+        handles.append(inner.norm.register_forward_hook(norm_hook))
         with _only_layers(teacher, layers):
-            teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            inner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -112,6 +115,9 @@ def copy_layer(student_layer, teacher_layer, hidden: torch.Tensor, ffn: torch.Te
     s.mlp.gate_proj.weight.copy_(t.mlp.gate_proj.weight[ffn][:, hidden])
     s.mlp.up_proj.weight.copy_(t.mlp.up_proj.weight[ffn][:, hidden])
     s.mlp.down_proj.weight.copy_(t.mlp.down_proj.weight[hidden][:, ffn])
+    _copy_bias(s.mlp.gate_proj, t.mlp.gate_proj, ffn)
+    _copy_bias(s.mlp.up_proj, t.mlp.up_proj, ffn)
+    _copy_bias(s.mlp.down_proj, t.mlp.down_proj, hidden)
     if heads is None:
         return
     a, b = s.self_attn, t.self_attn
@@ -119,6 +125,25 @@ def copy_layer(student_layer, teacher_layer, hidden: torch.Tensor, ffn: torch.Te
     a.k_proj.weight.copy_(_rows(b.k_proj.weight, groups, head_dim)[:, hidden])
     a.v_proj.weight.copy_(_rows(b.v_proj.weight, groups, head_dim)[:, hidden])
     a.o_proj.weight.copy_(_rows(b.o_proj.weight.T, heads, head_dim).T[hidden])
+    _copy_bias(a.q_proj, b.q_proj, _head_rows(heads, head_dim))
+    _copy_bias(a.k_proj, b.k_proj, _head_rows(groups, head_dim))
+    _copy_bias(a.v_proj, b.v_proj, _head_rows(groups, head_dim))
+    _copy_bias(a.o_proj, b.o_proj, hidden)
+
+
+def _head_rows(blocks: torch.Tensor, size: int) -> torch.Tensor:
+    """Row indices of whole blocks of `size` (heads). Shapes: (k,) -> (k * size,)"""
+    return (blocks[:, None] * size + torch.arange(size)).flatten()
+
+
+def _copy_bias(student_linear, teacher_linear, keep: torch.Tensor) -> None:
+    """The kept entries of the teacher's bias; zero where only the student has one."""
+    if student_linear.bias is None:
+        return
+    if teacher_linear.bias is None:
+        student_linear.bias.zero_()
+    else:
+        student_linear.bias.copy_(teacher_linear.bias[keep])
 
 
 @torch.no_grad()
@@ -135,7 +160,7 @@ def prune_into(student, teacher, layers: list[int], batch: dict) -> dict:
     s_emb, t_emb = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
     rows = min(s_emb.shape[0], t_emb.shape[0])  # padded vocabularies: rows past the shorter stay as initialised
     s_emb[:rows].copy_(t_emb[:rows, hidden])
-    student.model.norm.weight.copy_(teacher.model.norm.weight[hidden])
+    decoder(student).norm.weight.copy_(decoder(teacher).norm.weight[hidden])
     why_not = attention_prunable(t, sizes)
     n_kv = getattr(t, "num_key_value_heads", None) or t.num_attention_heads
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
@@ -145,7 +170,7 @@ def prune_into(student, teacher, layers: list[int], batch: dict) -> dict:
         if why_not is None:
             heads, groups = keep_heads(importance["heads"][i], n_kv, t.num_attention_heads,
                                        c.num_key_value_heads, c.num_attention_heads)
-        copy_layer(student.model.layers[i], teacher.model.layers[j], hidden, ffn, heads, groups, head_dim)
+        copy_layer(decoder_layers(student)[i], decoder_layers(teacher)[j], hidden, ffn, heads, groups, head_dim)
     return {"embeddings": f"pruned to {c.hidden_size} of {t.hidden_size} channels (activation importance)",
             "final_norm": "pruned", "layers": list(layers),
             "attention": "pruned (head importance)" if why_not is None else f"random ({why_not})",

@@ -195,3 +195,27 @@ def test_config_rejects_widths_that_do_not_split_into_heads():
         FractalConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ConfigError, match="alpha"):
         FractalConfig(alpha=0.0)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(padded):
+    ids = torch.randint(3, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :2] = 0 if padded else 1
+
+    def grads(checkpointed: bool) -> tuple[dict, int]:
+        model = tiny(seed=4)
+        randomize(model)
+        if checkpointed:
+            model.gradient_checkpointing_enable()
+        calls = []
+        model.block.register_forward_pre_hook(lambda *_: calls.append(1))
+        model.train()
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        return {name: p.grad for name, p in model.named_parameters()}, len(calls)
+
+    (plain, plain_calls), (checkpointed, calls) = grads(False), grads(True)
+    assert (plain_calls, calls) == (3, 6)  # three steps, each run again in the backward pass
+    assert plain.keys() == checkpointed.keys() and all(g is not None for g in checkpointed.values())
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)

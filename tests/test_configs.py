@@ -20,7 +20,11 @@ def test_llama_config_trains_a_step(path, tmp_path, monkeypatch):
     cfg = load_config(path, [f"teacher.model={teacher}", f"output_dir={tmp_path / 'run'}", "train.max_steps=1",
                              "train.seq_len=32", "train.batch_size=2", "data.generate.num_samples=8",
                              "data.generate.max_new_tokens=16", "eval.max_new_tokens=2", "eval.max_batches=1",
-                             "train.threads=1", "eval.measure_speed=false", *small])
+                             "train.threads=1", "eval.measure_speed=false", "rollout.max_new_tokens=8",
+                             "rollout.prompt_tokens=8", *small])
+    for entry in cfg.teacher.sources:  # several teachers: each live one is the tiny teacher too
+        if entry.get("kind", "model") == "model":
+            entry["model"] = teacher
     result = distill(cfg)
     assert (tmp_path / "run" / "student" / "config.json").is_file()
     assert result["heldout"]["tokens"] > 0

@@ -107,8 +107,8 @@ def benchmark_lines(benchmarks: dict) -> list[str]:
 
 
 def heldout_lines(h: dict, against: str = "teacher") -> list[str]:
-    what = "KL(teacher||student), T=1" if against == "teacher" else \
-        f"KL({against}||student), T=1, against the {against}'s stored distribution (top-k + rest)"
+    what = f"KL({against}||student), T=1" + (", against the cache's stored distribution (top-k + rest)"
+                                              if against == "cache" else "")
     lines = [f"{what}: {h['kl']:.3f} nats/token over {h['tokens']:,} held-out tokens"
              + (f"   JS: {h['js']:.3f}" if "js" in h else ""),
              f"top-1 agreement: {_pct(h['top1_agreement'])}"

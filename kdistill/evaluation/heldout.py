@@ -168,13 +168,17 @@ class HeldoutEvaluator:
         self.signals: dict = {}
 
     def freeze(self, vocab_size: int) -> None:
+        """Compute every held-out signal now (a source whose signal changes, like an EMA, is kept live)."""
+        if not getattr(self.source, "static", True):
+            return
         for i, batch in enumerate(self.batches):
             if i not in self.signals:
                 self.signals[i] = self.source.signal(to_device(batch, self.device), vocab_size)
         self.source = None
 
     def __call__(self, student) -> dict:
-        return heldout_metrics(student, self.source, self.batches, self.device, self.signals)
+        memo = self.signals if getattr(self.source, "static", True) else None
+        return heldout_metrics(student, self.source, self.batches, self.device, memo)
 
 
 def heldout_key(against: str) -> str:

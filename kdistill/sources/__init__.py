@@ -8,6 +8,7 @@ final comparison only use the interface below and never ask which kind they have
 |-------------------------------|----------------------------------------------------------------------|
 | against                       | what metrics measured with it are against: "teacher", "cache", ...  |
 | tokenizer, vocab_size         | the teacher's tokenizer and output rows (a padded vocabulary counts) |
+| static                        | its signal for a batch never changes (False for an EMA of the student) |
 | can_score_new_text            | False for a cache: it holds signals for its own tokens only          |
 | provides_activations          | True when intermediate activations can be asked for                  |
 | init_model                    | the model that initialises the student (None: shapes only)           |
@@ -17,7 +18,8 @@ final comparison only use the interface below and never ask which kind they have
 | references()                  | sources to evaluate against during training (self, maybe the teacher) |
 | final_reference(cfg, ...)     | a model source for the final comparison, or None                     |
 | identity()                    | JSON-able name and fingerprint, recorded in checkpoints              |
-| state_dict() / load_state_dict| its own state for checkpoints (JSON-able)                            |
+| state_dict() / load_state_dict| its own tensors for checkpoints (name -> tensor; {} for none)         |
+| attach_student(student)       | called once the student exists (an EMA source copies it)             |
 | after_step(student, step)     | called after each optimizer step                                     |
 | release_init()                | free what only the student's initialisation needed                   |
 """
@@ -25,7 +27,11 @@ from __future__ import annotations
 
 
 def open_source(cfg, device, dtype):
-    """The run's teacher source: a cache when `teacher.cache` is set, else the live model."""
+    """The run's teacher source: several (`teacher.sources`), a cache (`teacher.cache`), else the model."""
+    if cfg.teacher.sources:
+        from .multi import MultiSource
+
+        return MultiSource.open(cfg, device, dtype)
     if cfg.teacher.cache:
         from .cached import CacheSource
 

@@ -83,6 +83,7 @@ class CacheSource:
     """Signals read from a verified teacher cache; the teacher itself never runs in the loop."""
 
     against = "cache"
+    static = True  # its signal for a batch never changes (held-out signals can be kept)
     can_score_new_text = False
     provides_activations = False
 
@@ -136,6 +137,9 @@ class CacheSource:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def attach_student(self, student) -> None:
         pass
 
     def after_step(self, student, step: int) -> None:

@@ -46,6 +46,7 @@ class ModelSource:
     """A frozen teacher model. Build with `ModelSource.load(cfg, device, dtype)` or from a loaded model."""
 
     against = "teacher"
+    static = True  # its signal for a batch never changes (held-out signals can be kept)
     can_score_new_text = True
     provides_activations = True
 
@@ -94,6 +95,9 @@ class ModelSource:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def attach_student(self, student) -> None:
         pass
 
     def after_step(self, student, step: int) -> None:

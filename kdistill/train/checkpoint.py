@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from .. import fsutil
 from ..errors import KdistillError
 
+SOURCE_TENSORS = "source.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
 SAME_CONFIG = "resume with the config the run was started with"
@@ -39,6 +40,12 @@ def _step_dirs(output_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted((p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=_step)
+
+
+def load_source_tensors(path: Path) -> dict:
+    """The teacher source's tensors saved with the checkpoint at `path` ({} if it saved none)."""
+    f = Path(path) / SOURCE_TENSORS
+    return load_file(str(f)) if f.is_file() else {}
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -150,7 +157,7 @@ def _load_optimizer(optimizer, tensors: dict, meta: dict) -> None:
 
 
 def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
-                    keep: int) -> Path:
+                    keep: int, source_tensors: dict | None = None) -> Path:
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
     tensors, opt_meta = _optimizer_tensors(optimizer)
     rng = {"torch": torch.get_rng_state()}
@@ -161,6 +168,9 @@ def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, schedule
         tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
+        if source_tensors:  # a teacher source's own tensors (an EMA shadow of the student)
+            save_file({k: v.detach().contiguous().cpu() for k, v in source_tensors.items()},
+                      str(tmp / SOURCE_TENSORS))
         state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
                  "python_rng": _encode_py_rng(random.getstate()), **extra}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))

@@ -1,0 +1,242 @@
+"""Several teachers, and the student as its own teacher: `teacher.sources`.
+
+    teacher:
+      sources:
+        - {name: smollm, model: default, weight: 0.7}
+        - {name: smollm4, model: default, load_in: 4bit, weight: 0.3}
+        - {name: ema, kind: ema, update_rate: 0.01, every: 1}
+      combine: sum            # or route (each example to the teacher named by its `teacher.route_key` field)
+
+Weights are normalised to sum to 1. `sum`: every teacher loss term is the weighted sum over teachers
+(for forward KL exactly distilling the weighted mixture, for reverse KL the geometric one: see
+`losses/mixture.py`); `route`: each example is scored by its own teacher only, one loss call per group,
+its tokens counted once. All teachers share the student's tokenizer. Held-out metrics are logged
+against each teacher (`eval_<name>_kl`) and, for `sum` over live models, against their mixture
+(`eval_mixture_kl`). One entry with weight 1 is the plain single teacher, bit for bit.
+"""
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from ..cache import manifest as M
+from ..data import batches as batching
+from ..data.load import load_examples
+from ..errors import ConfigError, DataError, ModelError
+from ..losses.mixture import Mixture, MixtureDistribution, Part
+from .ema import EmaSource
+from .model import ModelSource
+
+KEYS = {"model": ("name", "model", "weight", "load_in", "max_memory", "offload_dir"),
+        "ema": ("name", "kind", "weight", "update_rate", "every")}
+
+
+def parse_sources(cfg) -> list[dict]:
+    """Checked entries of teacher.sources ({name, kind, weight (normalised), ...}); ConfigError naming the key."""
+    entries, names = [], set()
+    for i, raw in enumerate(cfg.teacher.sources):
+        key = f"teacher.sources[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{key}: expected a mapping like {{name: a, model: default}}, got {raw!r}")
+        kind = raw.get("kind", "model")
+        if "cache" in raw:
+            raise ConfigError(f"{key}.cache: a teacher cache inside teacher.sources is not supported yet; use "
+                              "teacher.cache for one cached teacher, or live models here")
+        if kind not in KEYS:
+            raise ConfigError(f"{key}.kind: {kind!r} is not a source kind; use model (give `model:`) or ema")
+        for k in raw:
+            if k not in KEYS[kind]:
+                near = difflib.get_close_matches(k, KEYS[kind], n=1)
+                raise ConfigError(f"{key}.{k}: unknown key" + (f"; did you mean '{near[0]}'?" if near else
+                                                              f"; valid keys: {', '.join(KEYS[kind])}"))
+        name = raw.get("name")
+        if not isinstance(name, str) or not name or name in names or name in ("teacher", "cache", "mixture"):
+            raise ConfigError(f"{key}.name: give each source a distinct name (not teacher, cache or mixture), "
+                              f"got {name!r}")
+        names.add(name)
+        if kind == "model" and not raw.get("model"):
+            raise ConfigError(f"{key}.model: name the teacher (hub id, folder, .gguf or default)")
+        weight = raw.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"{key}.weight: must be a number >= 0, got {weight!r}")
+        entry = {**raw, "kind": kind, "weight": float(weight)}
+        if kind == "ema":
+            rate, every = raw.get("update_rate", 0.01), raw.get("every", 1)
+            if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+                raise ConfigError(f"{key}.update_rate: must be in (0, 1], got {rate!r}")
+            if not isinstance(every, int) or every < 1:
+                raise ConfigError(f"{key}.every: must be a whole number >= 1, got {every!r}")
+            entry.update(update_rate=float(rate), every=every)
+        entries.append(entry)
+    total = sum(e["weight"] for e in entries)
+    if entries and total <= 0:
+        raise ConfigError("teacher.sources: the weights sum to 0; give at least one source a positive weight")
+    if cfg.teacher.combine == "route":
+        if not cfg.teacher.route_key:
+            raise ConfigError("teacher.combine=route needs teacher.route_key: the data field naming each "
+                              "example's teacher")
+        if not cfg.data.path:
+            raise ConfigError("teacher.combine=route needs data.path: records with a "
+                              f"'{cfg.teacher.route_key}' field (teacher-written data has none)")
+        if any(e["kind"] == "ema" for e in entries):
+            raise ConfigError("teacher.combine=route: an ema source scores no route of its own; use combine=sum")
+    if cfg.teacher.cache:
+        raise ConfigError("teacher.sources and teacher.cache are both set; put every teacher in teacher.sources")
+    return [{**e, "weight": e["weight"] / total} for e in entries]
+
+
+def _load_child(entry: dict, cfg, device, dtype) -> ModelSource:
+    from ..teacher import load_teacher
+
+    t = cfg.teacher
+    model, tokenizer, folder = load_teacher(
+        entry["model"], device, dtype, t.trust_remote_code, entry.get("load_in", t.load_in),
+        max_memory=entry.get("max_memory", t.max_memory), offload_dir=entry.get("offload_dir", t.offload_dir),
+        allow_pickle=t.allow_pickle)
+    source = ModelSource(model, tokenizer, folder, entry["model"])
+    source.against = entry["name"]
+    return source
+
+
+class MultiSource:
+    """Several named sources combined by `sum` or `route`; itself a source like any other."""
+
+    can_score_new_text = True
+    provides_activations = False
+    static = False  # an ema child changes; references are evaluated one by one
+
+    def __init__(self, children: list, weights: list[float], combine: str, route_key: str | None, init_model):
+        self.children, self.weights, self.combine, self.route_key = children, weights, combine, route_key
+        self.init_model, self._init = init_model, init_model
+        self._init_folder = next((c.folder for c in children if isinstance(c, ModelSource)), "")
+        models = [c for c in children if isinstance(c, ModelSource)]
+        self.tokenizer = models[0].tokenizer if models else None
+        self.against = "mixture"
+
+    @classmethod
+    def open(cls, cfg, device, dtype) -> "MultiSource":
+        entries = parse_sources(cfg)
+        children = [_load_child(e, cfg, device, dtype) if e["kind"] == "model" else
+                    EmaSource(e["name"], e["update_rate"], e["every"]) for e in entries]
+        models = [c for c in children if isinstance(c, ModelSource)]
+        init = models[0].model if models else None
+        if not models:
+            init_source = ModelSource.load(cfg, device, dtype)  # for the student's initialisation only
+            init = init_source.model
+            for c in children:
+                c.tokenizer = init_source.tokenizer
+        source = cls(children, [e["weight"] for e in entries], cfg.teacher.combine, cfg.teacher.route_key, init)
+        if source.tokenizer is None:
+            source.tokenizer = children[0].tokenizer
+        source._check_tokenizers()
+        return source
+
+    def _check_tokenizers(self) -> None:
+        models = [c for c in self.children if isinstance(c, ModelSource)]
+        first = M.tokenizer_fingerprint(models[0].tokenizer) if models else None
+        for c in models[1:]:
+            if M.tokenizer_fingerprint(c.tokenizer) != first:
+                raise ModelError(f"teacher.sources: {c.against} ({c.spec}) has another tokenizer than "
+                                 f"{models[0].against} ({models[0].spec}); teachers combined here must share the "
+                                 "student's tokenizer (cross-tokenizer distillation is not available yet)")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._init.get_output_embeddings().weight.shape[0]) if self._init is not None else \
+            self.children[0].vocab_size
+
+    def load_examples(self, cfg, device) -> list[dict]:
+        if self.combine != "route":
+            return load_examples(cfg, self._init, self.tokenizer, self._init_folder, device)
+        from ..data.files import read_records
+        from ..data.render import render
+
+        names = [c.against for c in self.children]
+        groups: dict[int, list] = {}
+        for r in read_records(cfg.data.path, cfg.data.split, cfg.data.max_records):
+            where = getattr(r, "origin", cfg.data.path)
+            value = r.get(self.route_key)
+            if value not in names:
+                raise DataError(f"{where}: field '{self.route_key}' is {value!r}; teacher.combine=route needs it to "
+                                f"name one of teacher.sources: {', '.join(names)}")
+            groups.setdefault(names.index(value), []).append(r)
+        examples = []
+        for index, records in sorted(groups.items()):
+            for e in render(records, self.tokenizer, cfg.train.seq_len, cfg.data.format, cfg.data.text_field,
+                            cfg.data.path):
+                examples.append({**e, "route": index})
+        return examples
+
+    def collate(self, examples: list[dict], pad_id: int) -> dict:
+        batch = batching.collate(examples, pad_id)
+        if self.combine == "route":
+            batch["route"] = torch.tensor([e["route"] for e in examples])
+        return batch
+
+    def signal(self, batch: dict, vocab_size: int):
+        if len(self.children) == 1 and self.combine == "sum":
+            return self.children[0].signal(batch, vocab_size)  # one teacher: the plain signal
+        parts = []
+        for i, (child, w) in enumerate(zip(self.children, self.weights)):
+            if self.combine == "sum":
+                if w > 0:
+                    parts.append(Part(child.against, w, child.signal(batch, vocab_size)))
+                continue
+            picked = (batch["route"] == i).nonzero().squeeze(-1)
+            if not picked.numel():
+                continue
+            sub = {k: v[picked] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            t = batch["mask"].shape[1]
+            local = torch.full((batch["mask"].numel(),), -1, dtype=torch.long, device=batch["mask"].device)
+            flat = (picked[:, None] * t + torch.arange(t, device=picked.device)).reshape(-1)
+            local[flat] = torch.arange(flat.numel(), device=flat.device)
+            parts.append(Part(child.against, 1.0, child.signal(sub, vocab_size), local=local))
+        return Mixture(tuple(parts))
+
+    def references(self) -> list:
+        refs = [c for c in self.children]
+        if self.combine == "sum" and len(self.children) > 1:
+            refs.append(MixtureReference(self.children, self.weights))
+        return refs
+
+    def final_reference(self, cfg, device, dtype):
+        return next((c for c in self.children if isinstance(c, ModelSource)), None)
+
+    def identity(self) -> dict:
+        return {"kind": "multi", "combine": self.combine,
+                "sources": [{"name": c.against, "weight": w, **c.identity()} for c, w in zip(self.children,
+                                                                                            self.weights)]}
+
+    def attach_student(self, student) -> None:
+        for c in self.children:
+            c.attach_student(student)
+
+    def after_step(self, student, step: int) -> None:
+        for c in self.children:
+            c.after_step(student, step)
+
+    def state_dict(self) -> dict:
+        return {f"{c.against}/{k}": v for c in self.children for k, v in c.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for c in self.children:
+            prefix = f"{c.against}/"
+            c.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def release_init(self) -> None:
+        if not any(isinstance(c, ModelSource) for c in self.children):
+            self._init = self.init_model = None
+
+
+class MixtureReference:
+    """Held-out metrics against the weighted mixture p̄ = Σ w_i p_i of the teachers."""
+
+    against = "mixture"
+
+    def __init__(self, children, weights):
+        self.children, self.weights = children, weights
+        self.static = all(getattr(c, "static", True) for c in children)
+
+    def signal(self, batch: dict, vocab_size: int) -> MixtureDistribution:
+        return MixtureDistribution(tuple(self.weights), tuple(c.signal(batch, vocab_size) for c in self.children))

@@ -8,6 +8,8 @@ OPT `model.decoder.layers`); these helpers find them once so no caller tests an 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -87,3 +89,19 @@ def count_parameters(model) -> int:
 def model_device(model) -> torch.device:
     """Where the model's inputs go: its embedding's device (the first device of a dispatched model)."""
     return unwrap(model).get_input_embeddings().weight.device
+
+
+@contextlib.contextmanager
+def resident(module):
+    """The module's weights in memory (on the CPU) for the body, also where Accelerate offloaded them to
+    the CPU or disk (then they sit on the meta device between forwards); a no-op for a plain module."""
+    hooked = [m for m in module.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
+    if not hooked:
+        yield module
+        return
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for m in hooked:
+            stack.enter_context(align_module_device(m, torch.device("cpu")))
+        yield module

@@ -12,7 +12,6 @@ rounds so both see the same machine load. Prints the median step time of each tr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -28,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def worker(tree: str, steps: int) -> dict:
     sys.path.insert(0, tree)
     import torch
+
+    import kdistill
+    assert Path(kdistill.__file__).resolve().is_relative_to(Path(tree).resolve()), kdistill.__file__
 
     torch.set_num_threads(1)
     from kdistill.config import load_config
@@ -48,7 +50,7 @@ def worker(tree: str, steps: int) -> dict:
     torch.manual_seed(0)
     student, _ = build_student(cfg, teacher, vocab, batches[0], tokenizer)
     teacher_arg = teacher
-    if importlib.util.find_spec("kdistill.sources") is not None:  # this tree: the teacher is a source
+    if (Path(tree) / "kdistill" / "sources").is_dir():  # this tree: the teacher is a source
         from kdistill.sources.model import ModelSource
 
         teacher_arg = ModelSource(teacher, tokenizer, folder, "default")
@@ -56,22 +58,23 @@ def worker(tree: str, steps: int) -> dict:
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.train)
     student.train()
-    times = []
+    times, cpu_times = [], []
     for i in range(steps + 2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         train_step(student, teacher_arg, objective, [batches[i % len(batches)]], cpu, 0.0)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return {"step_s": times[2:]}
+        cpu_times.append(time.process_time() - c0)
+    return {"step_s": times[2:], "cpu_s": cpu_times[2:]}
 
 
-def measure(tree: str, steps: int) -> list[float]:
+def measure(tree: str, steps: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, __file__, "--worker", tree, "--steps", str(steps)], env=env,
                          capture_output=True, text=True, check=True, cwd=tree)
-    return json.loads(out.stdout.strip().splitlines()[-1])["step_s"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -93,21 +96,26 @@ def main() -> None:
                        capture_output=True)
         trees = {args.baseline: tmp, **trees}
     results = {name: [] for name in trees}
+    cpu = {name: [] for name in trees}
     try:
         for r in range(args.rounds):
             for name, tree in trees.items():
-                results[name] += measure(tree, args.steps)
-                print(f"round {r + 1} {name}: median {statistics.median(results[name]):.3f} s/step", flush=True)
+                got = measure(tree, args.steps)
+                results[name] += got["step_s"]
+                cpu[name] += got["cpu_s"]
+                print(f"round {r + 1} {name}: median {statistics.median(got['step_s']):.3f} s/step, "
+                      f"{statistics.median(got['cpu_s']):.3f} CPU-s/step", flush=True)
     finally:
         if tmp:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", tmp], check=False)
-    print(f"{'tree':16s}{'median s/step':>16s}{'tokens/s':>12s}{'steps':>8s}")
+    print(f"{'tree':16s}{'median s/step':>16s}{'CPU-s/step':>12s}{'tokens/s':>12s}{'steps':>8s}")
     for name, times in results.items():
         med = statistics.median(times)
-        print(f"{name:16s}{med:16.3f}{8 * 128 / med:12.0f}{len(times):8d}")
+        print(f"{name:16s}{med:16.3f}{statistics.median(cpu[name]):12.3f}{8 * 128 / med:12.0f}{len(times):8d}")
     if args.baseline:
         ratio = statistics.median(results["this tree"]) / statistics.median(results[args.baseline])
-        print(f"this tree / {args.baseline}: {ratio:.3f} (below 1 = faster)")
+        cpu_ratio = statistics.median(cpu["this tree"]) / statistics.median(cpu[args.baseline])
+        print(f"this tree / {args.baseline}: {ratio:.3f} wall, {cpu_ratio:.3f} CPU (below 1 = faster)")
 
 
 if __name__ == "__main__":

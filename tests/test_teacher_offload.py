@@ -100,3 +100,29 @@ def test_bad_memory_size(teacher_dir, tmp_path, text):
 def test_offload_and_quantisation_are_not_combined(teacher_dir, tmp_path):
     with pytest.raises(ConfigError, match="teacher.max_memory with teacher.load_in=8bit"):
         load_teacher(teacher_dir, CPU, torch.float32, load_in="8bit", max_memory="1GB", offload_dir=str(tmp_path))
+
+
+def test_a_student_initialised_from_an_offloaded_teacher_equals_one_from_memory(tmp_path, capsys):
+    """Layer choice, layer copies and embeddings read an offloaded teacher's weights as they are on disk."""
+    import json
+
+    from kdistill.config import load_config
+    from kdistill.distill import distill
+    from safetensors.torch import load_file
+
+    folder = four_layer_teacher(tmp_path / "t", tied=False)
+    size = os.path.getsize(Path(folder) / "model.safetensors")
+    fast = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=8",
+            "data.generate.max_new_tokens=16", "student.num_layers=2", "eval.max_new_tokens=2",
+            "eval.measure_speed=false", "eval.prompts=[Once]", "train.max_steps=1"]
+    runs = {}
+    for name, extra in {"memory": [], "disk": [f"teacher.max_memory={int(size * 0.6)}",
+                                                    f"teacher.offload_dir={tmp_path / 'off'}"]}.items():
+        distill(load_config(None, [f"teacher.model={folder}", f"output_dir={tmp_path / name}", *fast, *extra]))
+        runs[name] = load_file(str(tmp_path / name / "checkpoints" / "step-000001" / "model.safetensors"))
+        runs[name + "_init"] = json.loads((tmp_path / name / "eval.json").read_text())["student_init"]
+    placed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("teacher placement")]
+    assert placed and "disk" in placed[0]  # some teacher layers really were on disk
+    assert runs["disk_init"]["layers"] == runs["memory_init"]["layers"]
+    for k in runs["memory"]:
+        torch.testing.assert_close(runs["disk"][k], runs["memory"][k], rtol=1e-5, atol=1e-6)

@@ -127,6 +127,8 @@ class MultiSource:
             for c in children:
                 c.tokenizer = init_source.tokenizer
         source = cls(children, [e["weight"] for e in entries], cfg.teacher.combine, cfg.teacher.route_key, init)
+        if not models:
+            source._init_folder = init_source.folder  # teacher-written data is keyed by the teacher that wrote it
         if source.tokenizer is None:
             source.tokenizer = children[0].tokenizer
         source._check_tokenizers()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ..modeling import decoder, decoder_layers, head_weight
+from ..modeling import decoder, decoder_layers, head_weight, resident
 
 log = logging.getLogger("kdistill")
 
@@ -138,7 +138,9 @@ def importance_layers(teacher, n: int, batch: dict, progress=None, max_tokens: i
     the batch holding `max_tokens` tokens are used."""
     batch = calibration_subset(batch, max_tokens)
     logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    targets = TeacherTargets(logits[batch["mask"]].float().log_softmax(-1), head_weight(teacher))
+    with resident(teacher.get_output_embeddings()):  # an offloaded head is on the meta device between forwards
+        weight = head_weight(teacher).detach().clone()
+    targets = TeacherTargets(logits[batch["mask"]].float().log_softmax(-1), weight)
     current = list(range(len(decoder_layers(teacher))))
     while len(current) > n:
         scores = removal_scores(teacher, current, batch, targets)
@@ -183,7 +185,9 @@ def project_embeddings(weight: torch.Tensor, dim: int) -> torch.Tensor:
 def copy_block(student_layer, teacher_layer) -> None:
     """Load one LLaMA-family teacher layer. A bias the teacher lacks (Qwen2's o_proj: the student has
     attention biases for its q/k/v) starts at zero, which is exact. Raises RuntimeError when shapes differ."""
-    missing, unexpected = student_layer.load_state_dict(teacher_layer.state_dict(), strict=False)
+    with resident(teacher_layer):  # an offloaded teacher layer: its weights come in for the copy
+        state = {k: v.detach().clone() for k, v in teacher_layer.state_dict().items()}
+    missing, unexpected = student_layer.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith(".bias") for k in missing):
         raise RuntimeError(f"layer parameters differ: missing {missing}, unexpected {unexpected}")
     for name in missing:
@@ -194,16 +198,20 @@ def copy_block(student_layer, teacher_layer) -> None:
 def init_from_teacher(student, teacher, layers: list[int] | None, blocks_missing: str | None = None) -> dict:
     """Copy what fits; returns a report of what was copied. `blocks_missing` (why the teacher has no
     LLaMA-compatible blocks, `llama.llama_blocks_missing`) leaves the final norm and every layer as initialised."""
-    s_emb, t_emb = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
-    same_width = s_emb.shape[1] == t_emb.shape[1]
-    rows = min(s_emb.shape[0], t_emb.shape[0])  # padded vocabularies: extra rows stay as initialised
-    s_emb[:rows].copy_(t_emb[:rows].to(s_emb.dtype) if same_width else project_embeddings(t_emb[:rows], s_emb.shape[1]))
+    s_emb = student.get_input_embeddings().weight
+    with resident(teacher.get_input_embeddings()) as embedding:
+        t_emb = embedding.weight
+        same_width = s_emb.shape[1] == t_emb.shape[1]
+        rows = min(s_emb.shape[0], t_emb.shape[0])  # padded vocabularies: extra rows stay as initialised
+        s_emb[:rows].copy_(t_emb[:rows].to(s_emb.dtype) if same_width else
+                           project_embeddings(t_emb[:rows], s_emb.shape[1]))
     report = {"embeddings": "copied" if same_width else "projected (SVD)", "layers": []}
     if blocks_missing is not None:
         report.update(layers=f"random: {blocks_missing}", final_norm="not copied (ones)")
         return report
     if same_width:
-        decoder(student).norm.load_state_dict(decoder(teacher).norm.state_dict())
+        with resident(decoder(teacher).norm) as norm:
+            decoder(student).norm.load_state_dict({k: v.clone() for k, v in norm.state_dict().items()})
         report["final_norm"] = "copied"
     if layers is not None and same_width:
         teacher_layers = decoder_layers(teacher)
@@ -215,7 +223,7 @@ def init_from_teacher(student, teacher, layers: list[int] | None, blocks_missing
                 break
             report["layers"].append(j)
     if not student.config.tie_word_embeddings and student.get_output_embeddings() is not None:
-        out_t = head_weight(teacher)
         if same_width:
-            student.get_output_embeddings().weight.copy_(out_t)
+            with resident(teacher.get_output_embeddings()):
+                student.get_output_embeddings().weight.copy_(head_weight(teacher))
     return report

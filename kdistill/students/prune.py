@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling import decoder, decoder_layers
+from ..modeling import decoder, decoder_layers, resident
 from .init import _only_layers
 
 
@@ -157,10 +157,11 @@ def prune_into(student, teacher, layers: list[int], batch: dict) -> dict:
              "num_kv_heads": c.num_key_value_heads}
     importance = activation_importance(teacher, layers, batch)
     hidden = top_sorted(importance["hidden"], c.hidden_size)
-    s_emb, t_emb = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
-    rows = min(s_emb.shape[0], t_emb.shape[0])  # padded vocabularies: rows past the shorter stay as initialised
-    s_emb[:rows].copy_(t_emb[:rows, hidden])
-    decoder(student).norm.weight.copy_(decoder(teacher).norm.weight[hidden])
+    s_emb = student.get_input_embeddings().weight
+    with resident(teacher.get_input_embeddings()) as embedding, resident(decoder(teacher).norm) as norm:
+        rows = min(s_emb.shape[0], embedding.weight.shape[0])  # padded vocabularies: rows past the shorter stay
+        s_emb[:rows].copy_(embedding.weight[:rows, hidden])
+        decoder(student).norm.weight.copy_(norm.weight[hidden])
     why_not = attention_prunable(t, sizes)
     n_kv = getattr(t, "num_key_value_heads", None) or t.num_attention_heads
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
@@ -170,7 +171,8 @@ def prune_into(student, teacher, layers: list[int], batch: dict) -> dict:
         if why_not is None:
             heads, groups = keep_heads(importance["heads"][i], n_kv, t.num_attention_heads,
                                        c.num_key_value_heads, c.num_attention_heads)
-        copy_layer(decoder_layers(student)[i], decoder_layers(teacher)[j], hidden, ffn, heads, groups, head_dim)
+        with resident(decoder_layers(teacher)[j]) as teacher_layer:  # an offloaded layer comes in for the copy
+            copy_layer(decoder_layers(student)[i], teacher_layer, hidden, ffn, heads, groups, head_dim)
     return {"embeddings": f"pruned to {c.hidden_size} of {t.hidden_size} channels (activation importance)",
             "final_norm": "pruned", "layers": list(layers),
             "attention": "pruned (head importance)" if why_not is None else f"random ({why_not})",

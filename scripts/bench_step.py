@@ -6,8 +6,8 @@
 Workload: the embedded teacher (SmolLM2-135M), the demo's default student (8 of 30 layers, first_last
 copy so no calibration passes), the demo's loss (forward_kl + 0.1 ce), batch 8 x 128 tokens of random
 ids (the step's cost does not depend on the text), AdamW, 1 torch thread. Each measurement is a fresh
-process (`--worker`) that times `--steps` steps after 2 warm-up steps; trees alternate for `--rounds`
-rounds so both see the same machine load. Prints the median step time of each tree and their ratio.
+process (`--worker`) that times `--steps` steps after 2 warm-up steps; trees alternate A B B A ... for
+`--rounds` rounds so both see the same machine load. Prints the median step time of each tree and their ratio.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def main() -> None:
     cpu = {name: [] for name in trees}
     try:
         for r in range(args.rounds):
-            for name, tree in trees.items():
+            order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]  # ABBA: no order bias
+            for name, tree in order:
                 got = measure(tree, args.steps)
                 results[name] += got["step_s"]
                 cpu[name] += got["cpu_s"]

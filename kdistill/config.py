@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .config_generate import GenerateConfig, validate_generate
 from .errors import ConfigError
 
 SEED_PROMPTS = ["Once upon a time", "The king said", "In the beginning"]
@@ -40,6 +41,13 @@ class TeacherConfig:
     """Folder for the teacher layers that do not fit in `max_memory` (must be writable)."""
     allow_pickle: bool = False
     """Load a teacher whose weights exist only as pickled `pytorch_model.bin` (unpickling can run code)."""
+    sources: list[dict] = field(default_factory=list)
+    """Several teachers: [{name, model: SPEC, weight, load_in}, {name, kind: ema, update_rate, every}];
+    empty = the one teacher in `model` (or `cache`). See kdistill/sources/multi.py."""
+    combine: str = "sum"
+    """How `sources` combine: sum (each loss term summed over teachers, weights normalised) or route."""
+    route_key: str | None = None
+    """For combine=route: the data field that names each example's teacher."""
 
 
 @dataclass
@@ -70,17 +78,6 @@ class StudentConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-@dataclass
-class GenerateConfig:
-    num_samples: int = 96
-    """How many teacher continuations to generate when data.path is empty."""
-    max_new_tokens: int = 128
-    temperature: float = 0.8
-    top_p: float = 0.95
-    batch_size: int = 16
-    seed: int = 1234
 
 
 @dataclass
@@ -131,6 +128,11 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     """Torch threads; 0 = $KDISTILL_THREADS, else the cores not already busy (load average)."""
+    distributed: str = "auto"
+    """Several processes (torchrun / accelerate launch): auto (ddp when launched with more than one), none,
+    ddp, or fsdp (FSDP2 fully_shard, each decoder layer its own unit). See kdistill/train/distributed.py."""
+    tracker: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Where metrics go besides metrics.jsonl (always written): tensorboard, aim, wandb (several allowed)."""
 
 
 @dataclass
@@ -167,6 +169,33 @@ class CacheConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """On-policy distillation (kdistill/data/rollout.py): some steps train on text a model writes."""
+
+    source: str = "data"
+    """data (off-policy: the data's own text), student (the student continues the data's prompts: GKD,
+    MiniLLM) or teacher (the teacher continues them: sequence-level KD)."""
+    lmbda: float = 0.5
+    """Fraction of steps whose batch is generated (GKD's lambda); 0 = the data only."""
+    max_new_tokens: int = 64
+    """Tokens generated per prompt; prompts are cut from the left to train.seq_len - max_new_tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (1 = the student's own distribution)."""
+    top_p: float = 1.0
+    buffer: int = 1
+    """Each generated batch serves this many rollout steps (1 = fresh every time; staleness is logged and
+    the loss's importance ratio uses the log-probabilities recorded at generation)."""
+    prompt_tokens: int = 32
+    """Plain text: the first tokens of each block are the prompt. Instruction records: the prompt part."""
+    teacher_mix: float = 0.0
+    """MiniLLM's alpha: sample each token from alpha * teacher + (1 - alpha) * student (0 = student only)."""
+
+    @property
+    def on_policy(self) -> bool:
+        return self.source != "data" and self.lmbda > 0
+
+
+@dataclass
 class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -175,6 +204,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     output_dir: str = "runs/demo"
 
 
@@ -331,6 +361,7 @@ def validate(cfg: Config) -> None:
          "must be llama, fractal or pretrained"),
         ("student.init", cfg.student.init in ("teacher", "random"), "must be teacher or random"),
         ("teacher.load_in", cfg.teacher.load_in in ("full", "8bit", "4bit"), "must be full, 8bit or 4bit"),
+        ("teacher.combine", cfg.teacher.combine in ("sum", "route"), "must be sum or route"),
         ("student.lora_rank", cfg.student.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
         ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
          "must be importance, even, first_last or explicit"),
@@ -342,14 +373,32 @@ def validate(cfg: Config) -> None:
         ("cache.value_bits", 2 <= cfg.cache.value_bits <= 16, "must be between 2 and 16"),
         ("cache.shard_tokens", cfg.cache.shard_tokens >= 1, "must be at least 1"),
         ("cache.batch_size", cfg.cache.batch_size >= 1, "must be at least 1"),
+        *rollout_checks(cfg),
     ]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key} {why}")
+    validate_generate(cfg)
     if cfg.student.layer_selection == "explicit" and not cfg.student.layers:
         raise ConfigError("student.layers must list teacher layer indices when student.layer_selection=explicit")
     if cfg.student.kind == "pretrained" and not cfg.student.model:
         raise ConfigError("student.model must name a model (hub id or folder) when student.kind=pretrained")
+
+
+def rollout_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    r = cfg.rollout
+    return [
+        ("rollout.source", r.source in ("data", "student", "teacher"), "must be data, student or teacher"),
+        ("rollout.lmbda", 0 <= r.lmbda <= 1, "must be between 0 and 1"),
+        ("rollout.max_new_tokens", r.max_new_tokens >= 1, "must be at least 1"),
+        ("rollout.max_new_tokens", not r.on_policy or r.max_new_tokens < cfg.train.seq_len,
+         f"must be below train.seq_len={cfg.train.seq_len}: no prompt token would remain"),
+        ("rollout.temperature", r.temperature > 0, "must be positive"),
+        ("rollout.top_p", 0 < r.top_p <= 1, "must be in (0, 1]"),
+        ("rollout.buffer", r.buffer >= 1, "must be at least 1"),
+        ("rollout.prompt_tokens", r.prompt_tokens >= 1, "must be at least 1"),
+        ("rollout.teacher_mix", 0 <= r.teacher_mix < 1, "must be in [0, 1)"),
+    ]
 
 
 def to_dict(cfg: Config) -> dict:

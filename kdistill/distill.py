@@ -9,6 +9,7 @@ Each stage below is one function; what kind of teacher the run has is decided on
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -20,17 +21,22 @@ import torch
 
 from . import fsutil, preflight
 from .config import Config, to_dict
+from .console import describe_student, outputs_line, run_log
 from .data import batches as batching
+from .data import rollout
 from .errors import ConfigError
 from .evaluation.compare import compare, format_table
+from .evaluation.exposure import exposure_metrics
 from .evaluation.heldout import HeldoutEvaluator, eval_row, heldout_key
 from .hardware import pick_device, pick_dtype, set_threads
 from .losses import build_objective
+from .model_card import write_student_card
 from .modeling import count_parameters, head_weight
 from .rundir import run_folder
 from .sources import open_source
 from .students import build_student, save_student
 from .teacher import teacher_memory
+from .train import distributed
 from .train.loop import run_training
 
 log = logging.getLogger("kdistill")
@@ -43,11 +49,11 @@ class Data:
     pad_id: int
 
 
-def setup(cfg: Config) -> tuple[torch.device, torch.dtype]:
+def setup(cfg: Config, dist=None) -> tuple[torch.device, torch.dtype]:
     threads = set_threads(cfg.train.threads)
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    device = pick_device(cfg.train.device)
+    device = distributed.device_for(dist.world if dist else 1, pick_device(cfg.train.device))
     dtype = pick_dtype(cfg.teacher.dtype, device)
     log.info("device %s, teacher dtype %s, %d threads", device, dtype, threads)
     return device, dtype
@@ -99,12 +105,9 @@ def make_student(cfg: Config, source, data: Data, device):
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)
     student.to(device)
-    if cfg.train.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-    n_teacher = count_parameters(teacher)
-    init = ", ".join(f"{k} {v}" for k, v in report.items() if k not in ("parameters", "kind", "sizes"))
-    print(f"student: {report['kind']}, {report['parameters']:,} parameters (teacher {n_teacher:,}, "
-          f"{n_teacher / report['parameters']:.2f}x smaller); initialised: {init}", flush=True)
+    if cfg.train.gradient_checkpointing:  # transformers >= 5 renamed it; both exist on some versions
+        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    print(describe_student(report, count_parameters(teacher)), flush=True)
     return student, report
 
 
@@ -138,9 +141,15 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
     result["student_init"] = report
     if reference is not None:
         result["teacher_memory"] = {"load_in": cfg.teacher.load_in, **teacher_memory(reference.model, dtype)}
+    if reference is not None and reference.can_score_new_text and data.heldout:  # each grades the other's samples
+        result["exposure"] = exposure_metrics(student, reference.model, data.heldout, source.tokenizer, device,
+                                              cfg.eval.max_new_tokens, cfg.rollout.prompt_tokens,
+                                              cfg.train.seq_len, cfg.train.seed)
     with fsutil.writing(run.path / "eval.json"):
         fsutil.write_json(run.path / "eval.json", result)
     print(format_table(result), flush=True)
+    write_student_card(cfg, run.path, result, dtype)
+    print(outputs_line(run.path, (cfg.eval.prompts or ["Once upon a time"])[0]), flush=True)
     return result
 
 
@@ -148,37 +157,78 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     """Run a whole distillation; returns what it writes as eval.json. Raises KdistillError for bad input
     (before anything is touched when the config alone shows it)."""
     preflight.check(cfg)
-    with run_folder(cfg, resume, overwrite) as run:
-        device, dtype = setup(cfg)
+    device = pick_device(cfg.train.device)
+    dist = distributed.setup(cfg, device)
+    try:
+        with (run_folder(cfg, resume, overwrite) if dist.main else contextlib.nullcontext()) as run, \
+                (run_log(run.path / "kdistill.log", append=resume, keep=lambda: run.checkpointed) if dist.main
+                 else contextlib.nullcontext()):
+            run = follow_main(run, cfg, dist)
+            return _distill(cfg, run, dist)
+    finally:
+        distributed.teardown(dist)
+
+
+def follow_main(run, cfg: Config, dist):
+    """Every process learns the main process's run folder and resume point (only the main one writes)."""
+    if not dist.active:
+        return run
+    from .rundir import RunFolder
+
+    resume_from = dist.broadcast(str(run.resume_from) if dist.main and run.resume_from else None)
+    return run if dist.main else RunFolder(Path(cfg.output_dir), Path(resume_from) if resume_from else None,
+                                           checkpointed=True)
+
+
+def references(source, data: Data, device, vocab: int, dist) -> list:
+    """Held-out evaluators, one per reference of the source (the main process evaluates), with every
+    signal computed now: a teacher that only initialised the student is freed next."""
+    evaluators = [HeldoutEvaluator(ref, data.heldout, device) for ref in source.references()] if dist.main else []
+    for ev in evaluators:
+        ev.freeze(vocab)
+    source.release_init()
+    return evaluators
+
+
+def begin(run, evaluators, student) -> dict:
+    """Held-out metrics before training: step 0 of metrics.jsonl (a fresh run), eval.json's *_start."""
+    first = {ev.against: ev(student.eval()) for ev in evaluators}
+    start = {heldout_key(a) + "_start": {"kl": m["kl"], "top1_agreement": m["top1_agreement"]}
+             for a, m in first.items()}
+    for key, m in start.items():
+        log.info("%s KL before training: %.3f nats/token", key.replace("_start", ""), m["kl"])
+    if run.resume_from is not None:
+        trim_metrics(run.path / "metrics.jsonl", int(run.resume_from.name.split("-")[1]))
+    else:
+        row = {k: v for a, m in first.items() for k, v in eval_row(m, a).items()}
+        fsutil.append_jsonl(run.path / "metrics.jsonl", {"step": 0, "loss": None, **row, "time": time.time()})
+    return start
+
+
+def _distill(cfg: Config, run, dist) -> dict:
+    """The stages of `distill`, on every process of a run."""
+    device, dtype = setup(cfg, dist)
+    with dist.main_first():  # the main process fills the caches (GGUF conversion, generated data)
         source = open_teacher(cfg, device, dtype)
         check_same_teacher(run, source)
         data = load_data(cfg, source, device)
-        student, report = make_student(cfg, source, data, device)
-        objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
-                                    memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
-        vocab = head_weight(student).shape[0]
-        evaluators = [HeldoutEvaluator(ref, data.heldout, device) for ref in source.references()]
-        for ev in evaluators:
-            ev.freeze(vocab)  # every held-out signal now: a teacher that only initialised can be freed
-        source.release_init()
+    student, report = make_student(cfg, source, data, device)
+    source.attach_student(student)  # a source that is the student itself (EMA) starts from it here
+    objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
+                                memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
+    evaluators = references(source, data, device, head_weight(student).shape[0], dist)
 
-        def evaluate(step: int) -> dict:
-            student.eval()
-            return {k: v for ev in evaluators for k, v in eval_row(ev(student), ev.against).items()}
+    def evaluate(step: int) -> dict:
+        student.eval()
+        return {k: v for ev in evaluators for k, v in eval_row(ev(student), ev.against).items()}
 
-        first = {ev.against: ev(student.eval()) for ev in evaluators}
-        start = {heldout_key(a) + "_start": {"kl": m["kl"], "top1_agreement": m["top1_agreement"]}
-                 for a, m in first.items()}
-        for key, m in start.items():
-            log.info("%s KL before training: %.3f nats/token", key.replace("_start", ""), m["kl"])
-        if run.resume_from is not None:
-            trim_metrics(run.path / "metrics.jsonl", int(run.resume_from.name.split("-")[1]))
-        else:
-            row = {k: v for a, m in first.items() for k, v in eval_row(m, a).items()}
-            fsutil.append_jsonl(run.path / "metrics.jsonl", {"step": 0, "loss": None, **row, "time": time.time()})
-        stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id,
-                                      collate_fn=lambda picked: source.collate(picked, data.pad_id))
-        record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report}
-        run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
-                     run.resume_from, record=record, on_checkpoint=run.on_checkpoint)
-        return finish(cfg, run, student, source, evaluators, data, device, dtype, start, report)
+    start = begin(run, evaluators, student) if dist.main else {}
+    stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id,
+                                  collate_fn=lambda picked: source.collate(picked, data.pad_id))
+    stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
+    record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report}
+    run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
+                 run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist)
+    if not dist.main:
+        return {}
+    return finish(cfg, run, student, source, evaluators, data, device, dtype, start, report)

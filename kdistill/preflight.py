@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, KdistillError
 
 
 def check_loss(cfg) -> None:
@@ -73,7 +73,8 @@ def check_teacher(cfg) -> None:
         M.check_complete(Path(cfg.teacher.cache), M.read_manifest(Path(cfg.teacher.cache)))
         if cfg.student.init != "teacher":
             return  # the teacher is not needed at all
-    from .errors import KdistillError
+    if any(e.get("kind", "model") == "model" for e in cfg.teacher.sources):
+        return  # the teachers are in teacher.sources (checked by check_sources)
     from .teacher import resolve
 
     try:
@@ -87,7 +88,49 @@ def check_teacher(cfg) -> None:
         raise ConfigError("teacher.max_memory needs teacher.offload_dir: a folder for the layers that do not fit")
 
 
-CHECKS = (check_loss, check_tasks, check_student, check_teacher, check_data)
+def check_sources(cfg) -> None:
+    if not cfg.teacher.sources:
+        return
+    from .sources.multi import parse_sources
+    from .teacher import resolve
+
+    for i, entry in enumerate(parse_sources(cfg)):
+        if entry["kind"] == "model":
+            try:
+                resolve(entry["model"])
+            except KdistillError as e:
+                raise type(e)(f"teacher.sources[{i}] ({entry['name']}): {e}") from None
+
+
+def check_rollout(cfg) -> None:
+    """On-policy text is new text: only a live teacher can score it."""
+    r = cfg.rollout
+    if r.on_policy and cfg.teacher.cache:
+        raise ConfigError(f"rollout.source={r.source} with rollout.lmbda={r.lmbda} trains on text written during "
+                          f"the run, but teacher.cache={cfg.teacher.cache} holds the teacher's signal for its own "
+                          "tokens only and cannot score new text; drop teacher.cache to use the live teacher, or "
+                          "set rollout.source=data (or rollout.lmbda=0)")
+
+
+def check_generate(cfg) -> None:
+    """The prompts, seed-task, problem and contamination files of teacher-generated data, read whole now."""
+    if cfg.data.path:
+        return
+    from .data.generated_files import check_generate_files
+
+    check_generate_files(cfg)
+
+
+def check_trackers(cfg) -> None:
+    from .train import distributed
+    from .train.tracking import check
+
+    check(cfg.train.tracker)
+    distributed.check(cfg)
+
+
+CHECKS = (check_trackers, check_sources, check_rollout, check_loss, check_tasks, check_student, check_teacher, check_data,
+          check_generate)
 
 
 def check(cfg) -> None:

@@ -31,7 +31,8 @@ from .errors import ConfigError
 from .train import checkpoint
 
 log = logging.getLogger("kdistill")
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "adapter", "eval.json", "resumes.jsonl")
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "adapter", "eval.json", "resumes.jsonl",
+               "kdistill.log", "data_report.json")
 PRECIOUS = ("checkpoints", "student", "adapter", "eval.json")  # what a run made that is worth keeping
 ASIDE = ".replaced"
 SAFE_TO_CHANGE = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
@@ -49,7 +50,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(keys whose change would make another run, keys that are safe to change), each 'key: old -> new'."""
-    a, b = _flat(saved), _flat(current)
+    from .config import Config
+
+    a, b, default = _flat(saved), _flat(current), _flat(to_dict(Config()))
+    for k in set(b) - set(a):  # a key added since the checkpoint was written counts as its default then
+        a[k] = default.get(k)
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in IGNORED]
     lines = {k: f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed}
     safe = [k for k in changed if any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAFE_TO_CHANGE)]

@@ -9,6 +9,9 @@ from kdistill.distill import distill
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 LLAMA = [c for c in CONFIGS if load_config(c).student.kind == "llama"]
+# a tiny random teacher answers no problem right: keep its samples unchecked, and ask for few of them
+EXTRA = {"cot": ["data.generate.cot.check=false", "data.generate.cot.max_problems=4", "data.generate.samples_per_prompt=1"],
+         "self_instruct": ["data.generate.self_instruct.num_instructions=4", "data.generate.filter.min_chars=1"]}
 
 
 @pytest.mark.parametrize("path", LLAMA, ids=lambda p: p.stem)
@@ -21,7 +24,7 @@ def test_llama_config_trains_a_step(path, tmp_path, monkeypatch):
                              "train.seq_len=32", "train.batch_size=2", "data.generate.num_samples=8",
                              "data.generate.max_new_tokens=16", "eval.max_new_tokens=2", "eval.max_batches=1",
                              "train.threads=1", "eval.measure_speed=false", "rollout.max_new_tokens=8",
-                             "rollout.prompt_tokens=8", *small])
+                             "rollout.prompt_tokens=8", *small, *EXTRA.get(path.stem, [])])
     for entry in cfg.teacher.sources:  # several teachers: each live one is the tiny teacher too
         if entry.get("kind", "model") == "model":
             entry["model"] = teacher

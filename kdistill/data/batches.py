@@ -87,3 +87,17 @@ def to_device(batch: dict, device) -> dict:
         return v
 
     return {k: move(v) for k, v in batch.items()}
+
+
+def take_rows(batch: dict, rows: slice) -> dict:
+    """The batch's rows `rows` (tensors and teacher-signal dataclasses alike). Shapes: (B, ...) -> (b, ...)"""
+    import dataclasses
+
+    def cut(v):
+        if isinstance(v, torch.Tensor):
+            return v[rows]
+        if dataclasses.is_dataclass(v):
+            return dataclasses.replace(v, **{f.name: cut(getattr(v, f.name)) for f in dataclasses.fields(v)})
+        return v
+
+    return {k: cut(v) for k, v in batch.items()}

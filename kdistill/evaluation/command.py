@@ -23,6 +23,7 @@ from ..hardware import pick_device, pick_dtype, set_threads
 from ..model_files import check_model_folder
 from ..teacher import load_teacher
 from .compare import compare, format_table
+from .exposure import exposure_metrics
 from .lm_eval_tasks import lm_eval_command, write_task_yamls
 from .tasks import read_task
 
@@ -101,6 +102,8 @@ def run_eval(args) -> int:
     result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
                      measure_speed=not getattr(args, "no_speed", False), tasks=tasks,
                      task_limit=getattr(args, "limit", None))
+    result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,
+                                          cfg.rollout.prompt_tokens, cfg.train.seq_len, cfg.train.seed)
     print(format_table(result))
     out = output_path(args)
     if out is not None:

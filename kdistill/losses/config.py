@@ -14,6 +14,7 @@ A term is a dict, e.g. `{"kind": "jsd", "weight": 1.0, "temperature": 2.0, "beta
 | top_k            | selective                  | teacher's top-k ids compared (100)                            |
 | entropy_threshold| selective                  | keep positions whose teacher entropy (nats, at T) exceeds it (0.5) |
 | label_smoothing  | ce                         | ε in [0, 1) (0.0)                                             |
+| gamma, normalize, advantage_clip, ratio_clip | reverse_kl_pg | discount (0), ÷ discount weights (true), clips (10, 5) (`policy`) |
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ import difflib
 from dataclasses import dataclass, field, replace
 
 from kdistill.errors import ConfigError
+from kdistill.losses import policy
 from kdistill.losses.divergences import DIVERGENCES
 from kdistill.losses.schedules import EntropyTemperature, Schedule
 from kdistill.losses.signals import MISSING_MASS
 
-KINDS = (*DIVERGENCES, "selective", "ce")
+KINDS = (*DIVERGENCES, "selective", "ce", policy.KIND)
 COMMON_KEYS = ("kind", "weight", "temperature", "name")
 SELECTIVE_KEYS = ("divergence", "top_k", "entropy_threshold", "missing_mass")
 SCHEDULE_KEYS = {"constant": ("value",), "linear": ("start", "end"), "cosine": ("start", "end"),
@@ -148,6 +150,8 @@ def _kind(spec: dict, key: str) -> tuple[str, str]:
 def _valid_keys(kind: str, divergence: str) -> tuple[str, ...]:
     if kind == "ce":
         return (*COMMON_KEYS, "label_smoothing")
+    if kind == policy.KIND:
+        return (*COMMON_KEYS, "missing_mass", *policy.DEFAULTS)
     own = SELECTIVE_KEYS if kind == "selective" else ("missing_mass",)
     return (*COMMON_KEYS, *own, *DIVERGENCES[divergence][1])
 
@@ -165,8 +169,9 @@ def parse_term(spec, key: str) -> Term:
         name=str(spec.get("name", kind)), kind=kind, divergence=divergence, missing_mass=missing_mass,
         weight=parse_schedule(spec.get("weight", 1.0), f"{key}.weight", positive=False),
         temperature=parse_schedule(spec.get("temperature", 1.0), f"{key}.temperature", positive=True,
-                                   allow_entropy=kind != "ce"),
-        params=_divergence_params(spec, divergence, key) if divergence else {},
+                                   allow_entropy=kind not in ("ce", policy.KIND)),
+        params=policy.parse_params(spec, key) if kind == policy.KIND
+        else _divergence_params(spec, divergence, key) if divergence else {},
         label_smoothing=number(spec.get("label_smoothing", 0.0), f"{key}.label_smoothing", 0.0, 1.0,
                                high_open=True),
         top_k=_top_k(spec.get("top_k", 100), f"{key}.top_k"),

@@ -20,7 +20,9 @@ from torch import Tensor
 from kdistill.errors import ConfigError
 from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
 from kdistill.losses.config import Term, number, parse_terms
+from kdistill.losses import policy
 from kdistill.losses.divergences import cross_entropy, divergence
+from kdistill.losses.mixture import Mixture
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.selective import selective
@@ -57,8 +59,10 @@ class StudentNormaliser:
 
 
 def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | None,
-                progress: float, normaliser: StudentNormaliser | None = None) -> tuple[Tensor, float | Tensor]:
-    """One term's per-token value and the temperature it used. Shapes: student_logits (N, V) -> (N,), () or (N,)"""
+                progress: float, normaliser: StudentNormaliser | None = None,
+                extras: dict | None = None) -> tuple[Tensor, float | Tensor]:
+    """One term's per-token value and the temperature it used; `extras`: the rows' rollout inputs
+    (`policy.prepare`). Shapes: student_logits (N, V) -> (N,), () or (N,)"""
     normaliser = normaliser or StudentNormaliser(student_logits)
     if isinstance(term.temperature, EntropyTemperature):
         temperature = term.temperature(teacher, term.missing_mass)
@@ -67,6 +71,8 @@ def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | N
     if term.kind == "ce":
         return cross_entropy(student_logits, targets, temperature, term.label_smoothing,
                              normaliser(temperature)), temperature
+    if term.kind == policy.KIND:
+        return policy.term_value(term, student_logits, teacher, targets, temperature, extras), temperature
     if term.kind == "selective":
         return selective(student_logits, teacher, temperature, term.divergence, term.top_k,
                          term.entropy_threshold, term.missing_mass, **term.params), temperature
@@ -96,12 +102,14 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(t.kind != "ce" for t in self.terms)
 
-    def chunk_size_for(self, vocab_size: int, sparse: bool = False) -> int:
+    def chunk_size_for(self, vocab_size: int, sparse: bool = False, teachers: int = 1) -> int:
         """Rows per chunk: the override, or the most that fit the memory budget for this vocabulary.
 
-        sparse: the teacher signal is a SparseSignal (its terms keep no teacher (rows x V) logits).
+        sparse: the teacher signal is a SparseSignal (its terms keep no teacher (rows x V) logits);
+        teachers: how many teachers each teacher term is evaluated for (a Mixture's parts).
         """
-        kinds = [k if k == "ce" or not sparse else "sparse" for k in self.kinds]
+        kinds = [k if k == "ce" or not sparse else "sparse" for k in self.kinds for _ in
+                 range(1 if k == "ce" else teachers)]
         costs = [*kinds, *("entropy_temperature" for t in self.terms
                            if isinstance(t.temperature, EntropyTemperature))]
         return self.chunk_size or auto_chunk_size(vocab_size, self.memory_budget_mb, costs)
@@ -114,18 +122,44 @@ class Objective:
         return values
 
     def rows_loss(self, student_logits: Tensor, teacher, targets: Tensor | None, num_tokens,
-                  progress: float, logs: dict[str, Tensor]) -> Tensor:
+                  progress: float, logs: dict[str, Tensor], extras: dict | None = None) -> Tensor:
         """Weighted loss of already selected rows, / num_tokens; adds each term's value into `logs`.
 
         Shapes: student_logits (N, V), teacher over (N,), targets (N,) -> ()
         """
+        if isinstance(teacher, Mixture):
+            return self._mixture_loss(student_logits, teacher, targets, num_tokens, progress, logs)
         total, normaliser = 0.0, StudentNormaliser(student_logits)
         for term in self.terms:
-            values, temperature = term_values(term, student_logits, teacher, targets, progress, normaliser)
+            values, temperature = term_values(term, student_logits, teacher, targets, progress, normaliser, extras)
             logs[term.name] = logs[term.name] + reduce_tokens(values.detach(), None, num_tokens)
             scale = temperature ** 2 if self.t2_scale and term.kind != "ce" else 1.0
             total = total + term.weight(progress) * scale * values
         return reduce_tokens(total, None, num_tokens)
+
+    def _mixture_loss(self, student_logits: Tensor, mixture: Mixture, targets: Tensor | None, num_tokens,
+                      progress: float, logs: dict[str, Tensor]) -> Tensor:
+        """`rows_loss` with several teachers: each teacher term once per part, times the part's weight,
+        only on the part's rows; CE once. Logs each term (the weighted sum over parts) and `term/teacher`."""
+        loss, whole = 0.0, StudentNormaliser(student_logits)
+        for term in self.terms:
+            parts = [None] if term.kind == "ce" else mixture.parts
+            for part in parts:
+                logits, norm, sub_targets = student_logits, whole, targets
+                if part is not None and part.rows is not None:
+                    logits, sub_targets = student_logits[part.rows], None if targets is None else targets[part.rows]
+                    norm = StudentNormaliser(logits)
+                values, temperature = term_values(term, logits, None if part is None else part.signal, sub_targets,
+                                                  progress, norm)
+                share = 1.0 if part is None else part.weight
+                value = reduce_tokens(values.detach(), None, num_tokens)
+                logs[term.name] = logs[term.name] + share * value
+                if part is not None:
+                    key = f"{term.name}/{part.name}"
+                    logs[key] = logs.get(key, 0.0) + value
+                scale = temperature ** 2 if self.t2_scale and term.kind != "ce" else 1.0
+                loss = loss + reduce_tokens(share * term.weight(progress) * scale * values, None, num_tokens)
+        return loss
 
     def _check(self, vocab_size: int, teacher, targets) -> None:
         if self.needs_teacher and teacher is None:
@@ -138,11 +172,12 @@ class Objective:
                              "pad the smaller one with -inf logits")
 
     def __call__(self, hidden: Tensor, head_weight: Tensor, teacher, targets: Tensor | None, mask: Tensor,
-                 num_tokens, progress: float = 0.0) -> LossOutput:
+                 num_tokens, progress: float = 0.0, behaviour_logprobs: Tensor | None = None) -> LossOutput:
         """Loss of the student whose logits are hidden @ head_weight.T, computed a chunk of rows at a time.
 
         teacher: DenseSignal | SparseSignal | None (CE only). num_tokens: True mask entries of the whole
         optimizer step (all micro-batches and processes). progress: step / total_steps for schedules.
+        behaviour_logprobs (B, T): log-probability of each target under what sampled it (a rollout).
         Shapes: hidden (B, T, D), head_weight (V, D), teacher over (B, T), targets (B, T), mask (B, T) -> ()
         """
         self._check(head_weight.shape[0], teacher, targets)
@@ -152,17 +187,22 @@ class Objective:
         flat_targets = None if targets is None else targets.reshape(-1)
         logs = {t.name: torch.zeros((), device=hidden.device) for t in self.terms}
 
+        chunk_size = self.chunk_size_for(head_weight.shape[0], isinstance(teacher, SparseSignal),
+                                         len(teacher.parts) if isinstance(teacher, Mixture) else 1)
+        extras = policy.prepare(self.terms, policy.head_logits(hidden, head_weight), teacher, targets, mask,
+                                behaviour_logprobs, progress, chunk_size)
+
         def chunk_loss(logits: Tensor, chunk: slice) -> Tensor:
             r = rows[chunk]
             return self.rows_loss(logits, None if teacher is None else teacher.take(r),
-                                  None if flat_targets is None else flat_targets[r], num_tokens, progress, logs)
+                                  None if flat_targets is None else flat_targets[r], num_tokens, progress, logs,
+                                  {k: v[r] for k, v in extras.items()})
 
-        chunk_size = self.chunk_size_for(head_weight.shape[0], isinstance(teacher, SparseSignal))
         loss = fused_linear_loss(student_rows, head_weight, chunk_loss, chunk_size)
         return LossOutput(loss, {name: float(v) for name, v in logs.items()})
 
     def from_logits(self, student_logits: Tensor, teacher, targets: Tensor | None, mask: Tensor,
-                    num_tokens, progress: float = 0.0) -> LossOutput:
+                    num_tokens, progress: float = 0.0, behaviour_logprobs: Tensor | None = None) -> LossOutput:
         """The same loss on full student logits with plain autograd (evaluation, reference for tests).
 
         Shapes: student_logits (B, T, V), teacher over (B, T), targets (B, T), mask (B, T) -> ()
@@ -171,8 +211,11 @@ class Objective:
         rows = mask.reshape(-1).nonzero().squeeze(-1)
         logits = student_logits.reshape(-1, student_logits.shape[-1]).index_select(0, rows)
         logs = {t.name: torch.zeros((), device=logits.device) for t in self.terms}
+        extras = policy.prepare(self.terms, policy.full_logits(student_logits), teacher, targets, mask,
+                                behaviour_logprobs, progress, len(rows) or 1)
         loss = self.rows_loss(logits, None if teacher is None else teacher.take(rows),
-                              None if targets is None else targets.reshape(-1)[rows], num_tokens, progress, logs)
+                              None if targets is None else targets.reshape(-1)[rows], num_tokens, progress, logs,
+                              {k: v[rows] for k, v in extras.items()})
         return LossOutput(loss, {name: float(v) for name, v in logs.items()})
 
 

@@ -21,11 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import fsutil
-from ..data.batches import to_device
+from ..data.batches import take_rows, to_device
 from ..errors import KdistillError
-from ..hardware import autocast
-from ..modeling import final_hidden, head_weight
+from ..modeling import head_weight
 from . import checkpoint
+from .distributed import Dist, StudentLoss, wrap
+from .tracking import open_trackers
 
 log = logging.getLogger("kdistill")
 
@@ -45,26 +46,31 @@ class RunState:
     history: list = field(default_factory=list)
 
 
-def train_step(student, source, objective, micro_batches, device, progress: float) -> dict:
-    """Forward/backward over the micro-batches of one optimizer step. Returns summed loss and terms."""
+def train_step(student, source, objective, micro_batches, device, progress: float, model=None,
+               dist: Dist | None = None) -> dict:
+    """Forward/backward over the micro-batches of one optimizer step. Returns summed loss and terms.
+
+    The micro-batches are the global batch; with several processes each keeps its own rows
+    (`dist.local_rows`) and the token count that divides the loss stays the global one. `model` is the
+    (wrapped) `StudentLoss` of student and objective."""
+    dist = dist or Dist()
+    model = model if model is not None else StudentLoss(student, objective)
     num_tokens = sum(int(b["mask"].sum()) for b in micro_batches)
     vocab = head_weight(student).shape[0]
     total, terms = 0.0, {}
     for batch in micro_batches:
-        batch = to_device(batch, device)
+        batch = to_device(take_rows(batch, dist.local_rows(batch["mask"].shape[0])), device)
         signal = source.signal(batch, vocab)
-        with autocast(device):
-            hidden = final_hidden(student, batch["input_ids"], batch["attention_mask"])
-        out = objective(hidden, head_weight(student), signal, batch["targets"], batch["mask"],
-                        num_tokens, progress=progress)
-        if not torch.isfinite(out.loss):
-            raise NonFiniteLoss(f"the loss became {out.loss.item()} at this step; the weights were not "
-                                "updated and the last good checkpoint is kept. Lower train.lr or check the data")
-        out.loss.backward()
-        total += out.loss.item()
-        for k, v in out.terms.items():
+        loss, parts = model(batch, signal, num_tokens, progress)
+        (loss * dist.loss_scale if dist.active else loss).backward()
+        total += loss.item()
+        for k, v in parts.items():
             terms[k] = terms.get(k, 0.0) + v
-    return {"loss": total, "tokens": num_tokens, **terms}
+    summed = dist.sum_dict({"loss": total, **terms})
+    if not math.isfinite(summed["loss"]):
+        raise NonFiniteLoss(f"the loss became {summed['loss']} at this step; the weights were not "
+                            "updated and the last good checkpoint is kept. Lower train.lr or check the data")
+    return {**summed, "tokens": num_tokens}
 
 
 class StopFlag:
@@ -100,12 +106,14 @@ def _postfix(row: dict, rate: float) -> dict:
 
 
 def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, device, output_dir,
-                 resume_from=None, record: dict | None = None, on_checkpoint=None) -> RunState:
+                 resume_from=None, record: dict | None = None, on_checkpoint=None, dist: Dist | None = None) -> RunState:
     """Train to cfg.train.max_steps; `evaluate(step)` returns a dict of held-out metrics.
 
     `record` goes into every checkpoint's trainer_state.json (the resolved config, the teacher's
-    identity); `on_checkpoint(path)` is called after each checkpoint is complete."""
-    tc = cfg.train
+    identity); `on_checkpoint(path)` is called after each checkpoint is complete. With several
+    processes (`dist`) every process trains its rows of each global batch; only the main one writes."""
+    tc, dist = cfg.train, dist or Dist()
+    model = wrap(StudentLoss(student, objective), dist, device)
     params = [p for p in student.parameters() if p.requires_grad]
     from .schedule import make_optimizer, warmup_cosine
 
@@ -116,55 +124,66 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
         saved = checkpoint.load_checkpoint(resume_from, student, optimizer, scheduler)
         state.step, state.tokens = saved["step"], saved["tokens"]
         stream.load_state(saved["data"])
-        source.load_state_dict(saved.get("source_state", {}))
+        source.load_state_dict(checkpoint.load_source_tensors(resume_from))
         log.info("resumed from %s at step %d", resume_from, state.step)
     metrics_path = output_dir / "metrics.jsonl"
 
     def save():
-        extra = {"tokens": state.tokens, "data": stream.state(), "source_state": source.state_dict(),
-                 **(record or {})}
+        if not dist.main:
+            return None
+        extra = {"tokens": state.tokens, "data": stream.state(), **(record or {})}
         with fsutil.writing(output_dir / "checkpoints" / f"step-{state.step:06d}"):
             path = checkpoint.save_checkpoint(output_dir, state.step, student, tokenizer, optimizer, scheduler,
-                                              extra, tc.keep_checkpoints)
+                                              extra, tc.keep_checkpoints, source.state_dict())
         if on_checkpoint is not None:
             on_checkpoint(path)
         return path
 
+    trackers = open_trackers(tc.tracker if dist.main else [], output_dir, (record or {}).get("config", {}))
     student.train()
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc="distilling", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=tc.max_steps, initial=state.step, desc="distilling", unit="step", dynamic_ncols=True,
+               disable=not dist.main)
     t_start, tokens_start = time.time(), state.tokens
-    with StopFlag() as stop:
-        while state.step < tc.max_steps:
-            micro = [stream.next() for _ in range(tc.grad_accum)]
-            row = train_step(student, source, objective, micro, device, state.step / tc.max_steps)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip).item()
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLoss(f"the gradient norm became {grad_norm} at step {state.step + 1}; the weights "
-                                    "were not updated and the last good checkpoint is kept. Lower train.lr")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            state.step += 1
-            state.tokens += row["tokens"]
-            source.after_step(student, state.step)
-            rate = (state.tokens - tokens_start) / max(1e-9, time.time() - t_start)
-            row.update(step=state.step, lr=lr, grad_norm=grad_norm, tokens_per_s=rate, tokens_seen=state.tokens,
-                       time=time.time())
-            if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
-                row.update(evaluate(state.step))
-                student.train()
-            fsutil.append_jsonl(metrics_path, row)
-            state.history.append(row)
-            bar.set_postfix(_postfix(row, rate))
-            bar.update(1)
-            due = state.step % tc.checkpoint_every == 0 or state.step == tc.max_steps
-            path = save() if due else None
-            if stop.set and state.step < tc.max_steps:
-                path = path or save()
-                bar.close()
-                raise Interrupted(f"stopped by Ctrl-C after step {state.step}; checkpoint {path} written. "
-                                  "Continue with the same command and --resume")
-    bar.close()
+    try:
+        with StopFlag() as stop:
+            while state.step < tc.max_steps:
+                micro = [stream.next() for _ in range(tc.grad_accum)]
+                row = train_step(student, source, objective, micro, device, state.step / tc.max_steps, model, dist)
+                norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)  # a DTensor under fsdp
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteLoss(f"the gradient norm became {grad_norm} at step {state.step + 1}; the weights "
+                                        "were not updated and the last good checkpoint is kept. Lower train.lr")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                state.step += 1
+                state.tokens += row["tokens"]
+                source.after_step(student, state.step)
+                rate = (state.tokens - tokens_start) / max(1e-9, time.time() - t_start)
+                row.update(step=state.step, lr=lr, grad_norm=grad_norm, tokens_per_s=rate, tokens_seen=state.tokens,
+                           time=time.time(), **getattr(stream, "last_info", {}),  # rollout_tokens, rollout_staleness
+                           **objective.schedule_values((state.step - 1) / tc.max_steps))
+                if (state.step % tc.eval_every == 0 or state.step == tc.max_steps) and dist.main:
+                    row.update(evaluate(state.step))
+                    student.train()
+                if dist.main:
+                    fsutil.append_jsonl(metrics_path, row)
+                    trackers.log(row, state.step)
+                state.history.append(row)
+                bar.set_postfix(_postfix(row, rate))
+                bar.update(1)
+                due = state.step % tc.checkpoint_every == 0 or state.step == tc.max_steps
+                path = save() if due else None
+                if dist.active:  # Ctrl-C reaches every process; stop together
+                    stop.set = bool(dist.all_sum(float(stop.set)))
+                if stop.set and state.step < tc.max_steps:
+                    path = path or save()
+                    raise Interrupted(f"stopped by Ctrl-C after step {state.step}; checkpoint {path} written. "
+                                      "Continue with the same command and --resume")
+    finally:  # a failed step ends the bar's line, so the error starts on its own
+        bar.close()
+        trackers.close()
     student.eval()
     return state

@@ -1,0 +1,201 @@
+"""Several processes on PyTorch's own engine: DDP, or FSDP2 (`fully_shard`), under torchrun or Accelerate.
+
+    torchrun --nproc_per_node=2 -m kdistill distill --config configs/demo.yaml
+    accelerate launch --multi_cpu --num_processes 2 -m kdistill distill --config configs/demo.yaml
+
+`train.distributed: auto | none | ddp | fsdp` (auto = ddp when launched with more than one process).
+Every process draws the same global batch of `train.batch_size` examples from the same seeded stream and
+keeps its own rows (`local_rows`); the token count that divides the loss is the global batch's, counted
+before the split, so N processes compute the loss and gradients of one process with that batch. DDP and
+FSDP average gradients over processes, so each process's loss is multiplied by N (`loss_scale`). The
+student and the objective run as one module (`StudentLoss`) under the wrapper, so the output layer's
+weight is read inside the forward (unsharded under FSDP) and the wrapper sees every use of it. The
+frozen teacher is replicated (ddp) or sharded per layer (fsdp), never wrapped for gradients. Only the
+main process writes; checkpoints hold full (gathered) state dicts, so a run resumes on any number of
+processes with the same global batches.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..hardware import autocast
+from ..modeling import decoder_layers, final_hidden, head_weight
+
+log = logging.getLogger("kdistill")
+MODES = ("auto", "none", "ddp", "fsdp")
+
+
+@dataclass
+class Dist:
+    mode: str = "none"
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.world)  # the wrappers average gradients; the loss is already / global tokens
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def all_sum(self, value: float) -> float:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def sum_dict(self, values: dict) -> dict:
+        """Each key's sum over processes (a key missing on some process counts 0 there)."""
+        if not self.active:
+            return values
+        everyone = [None] * self.world
+        torch.distributed.all_gather_object(everyone, sorted(values))
+        keys = sorted(set().union(*everyone))
+        t = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
+
+    def broadcast(self, obj):
+        """`obj` of the main process, on every process."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """The body runs on the main process first (it fills caches: GGUF conversion, generated data)."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
+
+    def local_rows(self, batch_size: int) -> slice:
+        """This process's rows of a global batch: contiguous, sizes differing by at most one."""
+        base, extra = divmod(batch_size, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+
+def launched_world() -> tuple[int, int]:
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def check(cfg) -> None:
+    """Refusals that need no process group: the mode, a batch smaller than the number of processes,
+    and an Accelerate launch that asked for several processes but started one."""
+    d, world = cfg.train.distributed, launched_world()[0]
+    if d not in MODES:
+        raise ConfigError(f"train.distributed={d!r}: choose one of {', '.join(MODES)}")
+    if world > cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is smaller than the {world} processes launched: "
+                          "every process needs at least one row of each global batch; raise train.batch_size")
+    if world == 1 and os.environ.get("ACCELERATE_USE_CPU") is not None and os.environ.get("MASTER_ADDR"):
+        log.warning("accelerate launch asked for several processes but started one (its simple launcher); "
+                    "use `accelerate launch --multi_cpu --num_processes N ...` or `torchrun --nproc_per_node=N`")
+
+
+def setup(cfg, device: torch.device) -> Dist:
+    world, rank = launched_world()
+    mode = cfg.train.distributed
+    if world == 1 or mode == "none":
+        if world > 1:
+            raise ConfigError(f"train.distributed=none but {world} processes were launched; launch one process "
+                              "or set train.distributed=auto")
+        return Dist()
+    mode = "ddp" if mode == "auto" else mode
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
+    log.info("process %d of %d (%s)", rank, world, mode)
+    return Dist(mode, world, rank)
+
+
+def teardown(dist: Dist) -> None:
+    if dist.active and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def device_for(dist_world: int, device: torch.device) -> torch.device:
+    if device.type == "cuda" and dist_world > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+class StudentLoss(nn.Module):
+    """The student's forward and the fused objective as one module: what a DDP/FSDP wrapper runs.
+
+    Shapes: batch input_ids (B, T) ... -> loss (), terms dict of floats"""
+
+    def __init__(self, student, objective):
+        super().__init__()
+        self.student, self.objective = student, objective
+
+    def forward(self, batch: dict, signal, num_tokens: int, progress: float):
+        device = batch["input_ids"].device
+        with autocast(device):
+            hidden = final_hidden(self.student, batch["input_ids"], batch["attention_mask"])
+        out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],
+                             num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"))
+        return out.loss, out.terms
+
+
+def wrap(module: StudentLoss, dist: Dist, device: torch.device) -> nn.Module:
+    """The student's loss module under DDP or FSDP2 (each decoder layer its own unit), or as it is."""
+    if dist.mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+    if dist.mode == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (dist.world,))
+        for layer in decoder_layers(module.student) or []:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(module, mesh=mesh)
+    return module
+
+
+def shard_teacher(teacher, dist: Dist, device: torch.device) -> None:
+    """Under fsdp the frozen teacher is sharded per layer too (no gradients, no optimizer state)."""
+    if dist.mode != "fsdp" or teacher is None:
+        return
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.world,))
+    for layer in decoder_layers(teacher) or []:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(teacher, mesh=mesh)
+
+
+def full_state(model: nn.Module, dist: Dist) -> dict | None:
+    """The student's full state dict on the main process (gathered under FSDP; every process must call)."""
+    if dist.mode != "fsdp":
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -88,8 +88,10 @@ def check_same_teacher(run, source) -> None:
                           f"({'; '.join(diff)}); resume with that teacher or start a new run")
 
 
-def load_data(cfg: Config, source, device) -> Data:
+def load_data(cfg: Config, source, device, dist=None) -> Data:
     examples = source.load_examples(cfg, device)
+    if getattr(examples, "report", None) and (dist is None or dist.main):  # teacher-written data: kept/dropped
+        fsutil.write_json(Path(cfg.output_dir) / "data_report.json", examples.report)
     train, held = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
     log.info("data: %d training and %d held-out examples of up to %d tokens", len(train), len(held),
              cfg.train.seq_len)
@@ -211,24 +213,24 @@ def _distill(cfg: Config, run, dist) -> dict:
     with dist.main_first():  # the main process fills the caches (GGUF conversion, generated data)
         source = open_teacher(cfg, device, dtype)
         check_same_teacher(run, source)
-        data = load_data(cfg, source, device)
+        data = load_data(cfg, source, device, dist)
     student, report = make_student(cfg, source, data, device)
     source.attach_student(student)  # a source that is the student itself (EMA) starts from it here
     objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
                                 memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
     evaluators = references(source, data, device, head_weight(student).shape[0], dist)
 
-    def evaluate(step: int) -> dict:
-        student.eval()
-        return {k: v for ev in evaluators for k, v in eval_row(ev(student), ev.against).items()}
+    def evaluate(step: int, model) -> dict:
+        model.eval()
+        return {k: v for ev in evaluators for k, v in eval_row(ev(model), ev.against).items()}
 
     start = begin(run, evaluators, student) if dist.main else {}
     stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id,
                                   collate_fn=lambda picked: source.collate(picked, data.pad_id))
     stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
     record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report}
-    run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
-                 run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist)
+    trained = run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
+                           run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist).student
     if not dist.main:
         return {}
-    return finish(cfg, run, student, source, evaluators, data, device, dtype, start, report)
+    return finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)

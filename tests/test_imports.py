@@ -7,14 +7,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "kdistill"
 COMMANDS = {"kdistill", "kdistill.cli", "kdistill.__main__", "kdistill.evaluation.command", "kdistill.cache.command",
-            "kdistill.export.cli", "kdistill.report.command", "kdistill.losses.bench", "kdistill.students.design"}
+            "kdistill.export.cli", "kdistill.report.command", "kdistill.losses.bench", "kdistill.students.design",
+            "kdistill.cli_args", "kdistill.config_command", "kdistill.api"}
 LAYERS = [  # (rank, module prefixes); higher ranks may import lower ones only
-    (3, ("kdistill.distill", "kdistill.preflight", "kdistill.rundir")),
+    (3, ("kdistill.distill", "kdistill.preflight", "kdistill.rundir", "kdistill.dry_run")),
     (2, ("kdistill.sources", "kdistill.teacher", "kdistill.data", "kdistill.students", "kdistill.train",
          "kdistill.evaluation", "kdistill.report", "kdistill.export", "kdistill.generate",
-         "kdistill.cache.writer", "kdistill.cache.reader", "kdistill.cache.signal", "kdistill.cache.inspect")),
+         "kdistill.cache.writer", "kdistill.cache.reader", "kdistill.cache.signal", "kdistill.cache.inspect",
+         "kdistill.model_card")),
     (1, ("kdistill.losses", "kdistill.cache", "kdistill.modeling", "kdistill.model_files", "kdistill.hardware",
-         "kdistill.config")),
+         "kdistill.config", "kdistill.config_generate", "kdistill.sandbox", "kdistill.console", "kdistill.lazy")),
     (0, ("kdistill.fsutil", "kdistill.errors")),
 ]
 

@@ -9,41 +9,15 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..cli_args import export_arguments
 from ..errors import KdistillError
-from .gguf_writer import QTYPES, load_student, write_gguf
+from ..model_card import write_export_card
+from .gguf_writer import load_student, write_gguf
 from .measure import HELD_OUT_TEXT, gguf_report, quant_report, read_heldout, text_batches
 from .quant_io import save_quantized
-from .quantize import SCHEMES, quantize_model
+from .quantize import quantize_model
 
-EPILOG = """\
-examples:
-  # GGUF for llama.cpp / llama-cpp-python (F32, F16, Q8_0, Q5_0 or Q4_0)
-  kdistill export --model runs/student/final --format gguf --type Q4_0 --out student-q4_0.gguf
-  # int4 (group 32) safetensors folder, KL measured on your own held-out text
-  kdistill export --model runs/student/final --format int4 --out student-int4 --data heldout.txt
-  # load it back in Python
-  python -c "from kdistill.export import load_quantized; m = load_quantized('student-int4')"
-
-The table reports the output size, the memory saved against the fp32 weights, and the mean per-token
-KL(fp32 student || exported) and top-1 agreement on held-out text (a built-in paragraph unless --data).
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.description = parser.description or __doc__.splitlines()[0].split(": ", 1)[1]
-    parser.epilog = EPILOG
-    parser.add_argument("--model", required=True, help="student folder (HF LlamaForCausalLM + tokenizer)")
-    parser.add_argument("--format", required=True, choices=("gguf", *SCHEMES), help="output format")
-    parser.add_argument("--type", choices=QTYPES, help="GGUF tensor type (default F16)")
-    parser.add_argument("--out", help="output .gguf file or folder (default: beside --model, named by type)")
-    parser.add_argument("--group-size", type=int, default=32, help="int4 group length (default 32)")
-    parser.add_argument("--keep-embeddings", action="store_true",
-                        help="int8/int4: keep the token embedding and output head in float (default int8)")
-    parser.add_argument("--data", help="held-out UTF-8 text for the KL measurement")
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens per measured sequence (default 128)")
-    parser.add_argument("--max-tokens", type=int, default=2048, help="held-out tokens measured (default 2048)")
-    parser.add_argument("--no-eval", action="store_true", help="skip loading the output back and measuring")
+add_arguments = export_arguments  # defined without torch, so `kdistill export --help` is quick
 
 
 def default_out(model_dir: Path, args) -> Path:
@@ -79,6 +53,13 @@ def format_table(out: Path, label: str, report: dict | None) -> str:
 
 def main(args) -> int:
     """Run one export; KdistillError (bad paths, unsupported models) propagates to the caller's handler."""
+    run_export(args)
+    return 0
+
+
+def run_export(args) -> dict:
+    """One export: writes the output and its model card, prints the table; returns {out, format, card,
+    report (None with --no-eval)}."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a command prints its table, not per-tensor progress bars
@@ -103,7 +84,8 @@ def main(args) -> int:
         label += ", vocab float)" if args.keep_embeddings else ", vocab int8)"
         report = None if args.no_eval else quant_report(model, quantized, batches)
     print(format_table(out, label, report))
-    return 0
+    card = write_export_card(model_dir, out, label, report)
+    return {"out": str(out), "format": label, "card": str(card), "report": report}
 
 
 if __name__ == "__main__":  # python -m kdistill.export.cli ...

@@ -133,8 +133,8 @@ def resume_point(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, [f"checkpoints/{name}: {why}; no earlier checkpoint verifies" for name, why in skipped]
 
 
-def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(optimizer, state: dict | None = None) -> tuple[dict, dict]:
+    state = state if state is not None else optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, per_param in state["state"].items():
         for name, value in per_param.items():
@@ -145,7 +145,7 @@ def _optimizer_tensors(optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(optimizer, tensors: dict, meta: dict) -> None:
+def _load_optimizer(optimizer, tensors: dict, meta: dict, load=None) -> None:
     state: dict = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
@@ -153,13 +153,13 @@ def _load_optimizer(optimizer, tensors: dict, meta: dict) -> None:
     for key, value in meta["scalars"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    (load or optimizer.load_state_dict)({"state": state, "param_groups": meta["param_groups"]})
 
 
 def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
-                    keep: int, source_tensors: dict | None = None) -> Path:
+                    keep: int, source_tensors: dict | None = None, optimizer_state: dict | None = None) -> Path:
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
-    tensors, opt_meta = _optimizer_tensors(optimizer)
+    tensors, opt_meta = _optimizer_tensors(optimizer, optimizer_state)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -228,12 +228,12 @@ def _load_weights(path: Path, model) -> None:
         load_model(model, str(f), strict=False)
 
 
-def _restore(path: Path, model, optimizer, scheduler) -> dict:
+def _restore(path: Path, model, optimizer, scheduler, load_optimizer=None) -> dict:
     state = json.loads((path / "trainer_state.json").read_text())
     _load_weights(path, model)
     tensors = load_file(str(path / "optimizer.safetensors"))
     try:
-        _load_optimizer(optimizer, tensors, state["optimizer"])
+        _load_optimizer(optimizer, tensors, state["optimizer"], load_optimizer)
     except ValueError as e:  # torch: another number of parameter groups or of parameters in a group
         raise KdistillError(f"checkpoint {path}: its optimizer state is for other trainable parameters than "
                             f"this config's student has ({e}); {SAME_CONFIG}") from e
@@ -247,13 +247,13 @@ def _restore(path: Path, model, optimizer, scheduler) -> dict:
     return state
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, load_optimizer=None) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `path`; returns trainer_state.json.
 
     Take `path` from `resume_point`, which has checked the files; an error here says what does not fit.
     """
     try:
-        return _restore(Path(path), model, optimizer, scheduler)
+        return _restore(Path(path), model, optimizer, scheduler, load_optimizer)
     except KeyError as e:
         raise KdistillError(f"checkpoint {path}: trainer_state.json has no {e}, so another kdistill version "
                             "wrote it; resume with the kdistill version that started the run") from e

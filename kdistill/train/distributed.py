@@ -192,10 +192,57 @@ def shard_teacher(teacher, dist: Dist, device: torch.device) -> None:
     fully_shard(teacher, mesh=mesh)
 
 
-def full_state(model: nn.Module, dist: Dist) -> dict | None:
-    """The student's full state dict on the main process (gathered under FSDP; every process must call)."""
+class Whole:
+    """What evaluation and checkpoints read: the student itself, or under FSDP a plain copy (made before
+    sharding) whose weights `refresh` gathers from the shards (every process must call it)."""
+
+    def __init__(self, student, dist: Dist):
+        import copy
+
+        self.dist, self.student = dist, student
+        self.copy = copy.deepcopy(student) if dist.mode == "fsdp" else student
+
+    def refresh(self, model: nn.Module) -> nn.Module:
+        if self.dist.mode != "fsdp":
+            return self.student
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        prefix = "student."
+        self.copy.load_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)},
+                                  strict=False)
+        return self.copy
+
+
+def full_optimizer_state(optimizer, dist: Dist) -> dict | None:
+    """The optimizer's state dict with every sharded tensor whole (collective under FSDP), else None."""
     if dist.mode != "fsdp":
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = optimizer.state_dict()  # its per-parameter dicts are the optimizer's own: copy, never assign
+    whole = {idx: {name: v.full_tensor() if isinstance(v, DTensor) else v for name, v in sorted(state["state"][idx].items())}
+             for idx in sorted(state["state"])}
+    return {"state": whole, "param_groups": state["param_groups"]}
+
+
+def load_into_shards(model: nn.Module, full: dict, optimizer, optimizer_state: dict, dist: Dist) -> None:
+    """Resume under FSDP: copy whole weights and optimizer tensors (from a checkpoint) into the shards."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    prefix = "student."
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            key = name[len(prefix):] if name.startswith(prefix) else name
+            if key in full and isinstance(p, DTensor):
+                p.to_local().copy_(distribute_tensor(full[key].to(p.dtype), p.device_mesh, p.placements).to_local())
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx in sorted(optimizer_state["state"]):
+        p = ordered[int(idx)]
+        per = optimizer_state["state"][idx]
+        for name in sorted(per):
+            v = per[name]
+            if isinstance(p, DTensor) and torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape):
+                per[name] = distribute_tensor(v.to(p.dtype), p.device_mesh, p.placements)
+    optimizer.load_state_dict(optimizer_state)

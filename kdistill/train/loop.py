@@ -25,7 +25,7 @@ from ..data.batches import take_rows, to_device
 from ..errors import KdistillError
 from ..modeling import head_weight
 from . import checkpoint
-from .distributed import Dist, StudentLoss, wrap
+from .distributed import Dist, StudentLoss, Whole, full_optimizer_state, load_into_shards, wrap
 from .tracking import open_trackers
 
 log = logging.getLogger("kdistill")
@@ -44,6 +44,7 @@ class RunState:
     step: int = 0
     tokens: int = 0
     history: list = field(default_factory=list)
+    student: object = None
 
 
 def train_step(student, source, objective, micro_batches, device, progress: float, model=None,
@@ -107,12 +108,13 @@ def _postfix(row: dict, rate: float) -> dict:
 
 def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, device, output_dir,
                  resume_from=None, record: dict | None = None, on_checkpoint=None, dist: Dist | None = None) -> RunState:
-    """Train to cfg.train.max_steps; `evaluate(step)` returns a dict of held-out metrics.
+    """Train to cfg.train.max_steps; `evaluate(step, student)` returns a dict of held-out metrics.
 
     `record` goes into every checkpoint's trainer_state.json (the resolved config, the teacher's
     identity); `on_checkpoint(path)` is called after each checkpoint is complete. With several
     processes (`dist`) every process trains its rows of each global batch; only the main one writes."""
     tc, dist = cfg.train, dist or Dist()
+    whole = Whole(student, dist)  # before sharding: under fsdp a plain copy for evaluation and checkpoints
     model = wrap(StudentLoss(student, objective), dist, device)
     params = [p for p in student.parameters() if p.requires_grad]
     from .schedule import make_optimizer, warmup_cosine
@@ -121,7 +123,9 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
     state = RunState()
     if resume_from is not None:
-        saved = checkpoint.load_checkpoint(resume_from, student, optimizer, scheduler)
+        shards = (lambda sd: load_into_shards(model, whole.copy.state_dict(), optimizer, sd, dist)) \
+            if dist.mode == "fsdp" else None
+        saved = checkpoint.load_checkpoint(resume_from, whole.copy, optimizer, scheduler, shards)
         state.step, state.tokens = saved["step"], saved["tokens"]
         stream.load_state(saved["data"])
         source.load_state_dict(checkpoint.load_source_tensors(resume_from))
@@ -129,12 +133,13 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
     metrics_path = output_dir / "metrics.jsonl"
 
     def save():
+        plain, optimizer_state = whole.refresh(model), full_optimizer_state(optimizer, dist)  # collective
         if not dist.main:
             return None
         extra = {"tokens": state.tokens, "data": stream.state(), **(record or {})}
         with fsutil.writing(output_dir / "checkpoints" / f"step-{state.step:06d}"):
-            path = checkpoint.save_checkpoint(output_dir, state.step, student, tokenizer, optimizer, scheduler,
-                                              extra, tc.keep_checkpoints, source.state_dict())
+            path = checkpoint.save_checkpoint(output_dir, state.step, plain, tokenizer, optimizer, scheduler,
+                                              extra, tc.keep_checkpoints, source.state_dict(), optimizer_state)
         if on_checkpoint is not None:
             on_checkpoint(path)
         return path
@@ -165,9 +170,11 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
                 row.update(step=state.step, lr=lr, grad_norm=grad_norm, tokens_per_s=rate, tokens_seen=state.tokens,
                            time=time.time(), **getattr(stream, "last_info", {}),  # rollout_tokens, rollout_staleness
                            **objective.schedule_values((state.step - 1) / tc.max_steps))
-                if (state.step % tc.eval_every == 0 or state.step == tc.max_steps) and dist.main:
-                    row.update(evaluate(state.step))
-                    student.train()
+                if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
+                    plain = whole.refresh(model)  # collective under fsdp
+                    if dist.main:
+                        row.update(evaluate(state.step, plain))
+                        student.train()
                 if dist.main:
                     fsutil.append_jsonl(metrics_path, row)
                     trackers.log(row, state.step)
@@ -185,5 +192,6 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
     finally:  # a failed step ends the bar's line, so the error starts on its own
         bar.close()
         trackers.close()
+    state.student = whole.refresh(model).eval()  # what to save and compare: whole on the main process
     student.eval()
     return state

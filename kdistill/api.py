@@ -1,0 +1,85 @@
+"""The Python API: each CLI command as a function that returns what the command writes.
+
+    from kdistill import distill, evaluate, export, load_config
+    result = distill(load_config("configs/demo.yaml", ["train.max_steps=20", "output_dir=runs/quick"]))
+    result["heldout"]["kl"]                                        # = runs/quick/eval.json
+    evaluate("runs/quick/student", "default", data="notes.txt")["heldout"]["kl"]
+    export("runs/quick/student", "gguf", "Q8_0", "student.gguf")["report"]["kl_mean"]
+
+The loss on its own, for another trainer's `compute_loss`, is `kdistill.losses.build_objective` (README,
+"Python API"). `import kdistill` stays light: this module (and torch) load on first use of a function.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from .config import Config, validate
+from .config import load_config as _load_config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The run configuration: defaults, then the YAML file at `path` (stating only what differs), then
+    `key.path=value` overrides. Unknown keys are errors naming the nearest valid one, values are coerced
+    to each field's type; `kdistill config show` lists every key with its meaning."""
+    return _load_config(path, list(overrides))
+
+
+def distill(config: Config | str | Path, overrides: list[str] = (), resume: bool = False,
+            overwrite: bool = False) -> dict:
+    """Distill a teacher into a student, as `kdistill distill`; returns the dict written as OUTPUT_DIR/eval.json.
+
+    `config` is a Config (from `load_config`) or a YAML file, `overrides` `key.path=value` strings. The run
+    writes OUTPUT_DIR/student (with its model card README.md), eval.json, metrics.jsonl, config.yaml and
+    kdistill.log. Raises KdistillError for bad input (before anything is touched when the config shows it)."""
+    from .distill import distill as run
+
+    if isinstance(config, Config):
+        if overrides:
+            raise ValueError("overrides apply to a config file; with a Config, set its fields instead")
+        validate(config)  # a Config built in code gets the range checks load_config makes
+        cfg = config
+    else:
+        cfg = load_config(config, list(overrides))
+    return run(cfg, resume=resume, overwrite=overwrite)
+
+
+def evaluate(student: str | Path | None = None, teacher: str | None = None, data: str | Path | None = None, *,
+             run: str | Path | None = None, tasks: list[str] = (), seq_len: int = 128, batches: int = 8,
+             limit: int | None = None, max_new_tokens: int | None = None, measure_speed: bool = True,
+             out: str | Path | None = None, lm_eval_dir: str | Path | None = None) -> dict:
+    """Compare a student folder with its teacher, as `kdistill eval`; returns the result dict.
+
+    Give `student` and `teacher` (hub id, folder, .gguf file or 'default'), with `data` a held-out file
+    (else the teacher writes evaluation data), or `run` (a `kdistill distill` output folder: its student,
+    teacher and held-out split; the result is merged into RUN/eval.json and that file is returned). `tasks`
+    are benchmark files (kdistill/evaluation/tasks.py). With `out` the result is also written there."""
+    from .evaluation.command import run_eval
+
+    with tempfile.TemporaryDirectory(prefix="kdistill-eval-") as tmp:
+        target = Path(out) if out else None if run else Path(tmp) / "eval.json"
+        args = argparse.Namespace(run=str(run) if run else None, student=str(student) if student else None,
+                                  teacher=teacher, data=str(data) if data else None, seq_len=seq_len,
+                                  batches=batches, tasks=[str(t) for t in tasks] or None, limit=limit,
+                                  max_new_tokens=max_new_tokens, no_speed=not measure_speed,
+                                  lm_eval_dir=str(lm_eval_dir) if lm_eval_dir else None,
+                                  out=str(target) if target else None)
+        run_eval(args)
+        return json.loads((target or Path(run) / "eval.json").read_text())
+
+
+def export(model: str | Path, format: str, type: str | None = None, out: str | Path | None = None, *,  # noqa: A002
+           group_size: int = 32, keep_embeddings: bool = False, data: str | Path | None = None, seq_len: int = 128,
+           max_tokens: int = 2048, measure: bool = True) -> dict:
+    """Export a student folder, as `kdistill export`: `format` gguf (with `type` F32, F16, Q8_0, Q5_0 or
+    Q4_0), int8 or int4. Returns {"out": path, "format": label, "card": model card path, "report": size
+    and KL(fp32 || export) on held-out text (`data`, else a built-in paragraph), None if not `measure`}."""
+    from .export.cli import run_export
+
+    args = argparse.Namespace(model=str(model), format=format, type=type, out=str(out) if out else None,
+                              group_size=group_size, keep_embeddings=keep_embeddings,
+                              data=str(data) if data else None, seq_len=seq_len, max_tokens=max_tokens,
+                              no_eval=not measure)
+    return run_export(args)

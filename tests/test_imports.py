@@ -16,7 +16,7 @@ LAYERS = [  # (rank, module prefixes); higher ranks may import lower ones only
          "kdistill.cache.writer", "kdistill.cache.reader", "kdistill.cache.signal", "kdistill.cache.inspect",
          "kdistill.model_card")),
     (1, ("kdistill.losses", "kdistill.cache", "kdistill.modeling", "kdistill.model_files", "kdistill.hardware",
-         "kdistill.config", "kdistill.config_generate", "kdistill.sandbox", "kdistill.console", "kdistill.lazy")),
+         "kdistill.config", "kdistill.config_generate", "kdistill.config_rollout", "kdistill.sandbox", "kdistill.console", "kdistill.lazy")),
     (0, ("kdistill.fsutil", "kdistill.errors")),
 ]
 

@@ -23,6 +23,7 @@ from ..cache.reader import TeacherCache, collate, open_cache
 from ..cache.writer import data_source
 from ..data.load import load_examples
 from ..errors import KdistillError
+from .base import Quiet
 from .model import ModelSource, load_from_config
 
 log = logging.getLogger("kdistill")
@@ -79,7 +80,7 @@ def init_teacher(cache: TeacherCache, cfg, device, dtype) -> tuple:
     return teacher, folder, wrote_it
 
 
-class CacheSource:
+class CacheSource(Quiet):
     """Signals read from a verified teacher cache; the teacher itself never runs in the loop."""
 
     against = "cache"
@@ -132,18 +133,6 @@ class CacheSource:
         m = self.cache.manifest
         return {"kind": "cache", "folder": str(self.cache.folder), "data_sha256": m["data"]["sha256"],
                 "teacher_weights_sha256": m["teacher"]["weights_sha256"], "parameters": m["teacher"]["parameters"]}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def attach_student(self, student) -> None:
-        pass
-
-    def after_step(self, student, step: int) -> None:
-        pass
 
     def release_init(self) -> None:
         self.init_model = None  # the teacher only initialised the student: never in the training loop

@@ -8,6 +8,7 @@ from ..data.load import load_examples
 from ..losses import DenseSignal
 from ..modeling import final_hidden, head_weight, logits_from_hidden_ok, unwrap
 from ..teacher import load_teacher
+from .base import Quiet
 
 
 def load_from_config(cfg, device, dtype):
@@ -42,7 +43,7 @@ def teacher_signal(teacher, batch: dict, vocab_size: int) -> DenseSignal:
     return DenseSignal(logits=torch.cat([logits, pad], dim=-1))
 
 
-class ModelSource:
+class ModelSource(Quiet):
     """A frozen teacher model. Build with `ModelSource.load(cfg, device, dtype)` or from a loaded model."""
 
     against = "teacher"
@@ -90,18 +91,3 @@ class ModelSource:
             self._identity = {"kind": "model", "spec": self.spec,
                               "weights_sha256": weights_fingerprint(self.folder, self.model)}
         return self._identity
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def attach_student(self, student) -> None:
-        pass
-
-    def after_step(self, student, step: int) -> None:
-        pass
-
-    def release_init(self) -> None:
-        pass

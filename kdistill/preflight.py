@@ -94,20 +94,25 @@ def check_sources(cfg) -> None:
     from .sources.multi import parse_sources
     from .teacher import resolve
 
+    from .cache import manifest as M
+
     for i, entry in enumerate(parse_sources(cfg)):
-        if entry["kind"] == "model":
-            try:
+        try:
+            if entry["kind"] == "model":
                 resolve(entry["model"])
-            except KdistillError as e:
-                raise type(e)(f"teacher.sources[{i}] ({entry['name']}): {e}") from None
+            elif entry["kind"] == "cache":
+                M.check_complete(Path(entry["cache"]), M.read_manifest(Path(entry["cache"])))
+        except KdistillError as e:
+            raise type(e)(f"teacher.sources[{i}] ({entry['name']}): {e}") from None
 
 
 def check_rollout(cfg) -> None:
     """On-policy text is new text: only a live teacher can score it."""
     r = cfg.rollout
-    if r.on_policy and cfg.teacher.cache:
+    cached = next((e.get("cache") for e in cfg.teacher.sources if isinstance(e, dict) and e.get("cache")), None)
+    if r.on_policy and (cfg.teacher.cache or cached):
         raise ConfigError(f"rollout.source={r.source} with rollout.lmbda={r.lmbda} trains on text written during "
-                          f"the run, but teacher.cache={cfg.teacher.cache} holds the teacher's signal for its own "
+                          f"the run, but teacher cache {cfg.teacher.cache or cached} holds the teacher's signal for its own "
                           "tokens only and cannot score new text; drop teacher.cache to use the live teacher, or "
                           "set rollout.source=data (or rollout.lmbda=0)")
 

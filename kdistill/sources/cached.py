@@ -109,8 +109,10 @@ class CacheSource(Quiet):
     def collate(self, examples: list[dict], pad_id: int) -> dict:
         return collate(examples, pad_id)
 
+    signal_key = "signal"  # where collate puts this cache's signal (several caches: one key each)
+
     def signal(self, batch: dict, vocab_size: int):
-        return batch["signal"]
+        return batch[self.signal_key]
 
     def references(self) -> list:
         """This cache, and the real teacher while it is loaded for the initialisation and wrote the cache."""

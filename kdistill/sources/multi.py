@@ -4,13 +4,15 @@
       sources:
         - {name: smollm, model: default, weight: 0.7}
         - {name: smollm4, model: default, load_in: 4bit, weight: 0.3}
+        - {name: big, cache: runs/big-teacher-cache, weight: 0.5}   # a `kdistill cache` of another teacher
         - {name: ema, kind: ema, update_rate: 0.01, every: 1}
       combine: sum            # or route (each example to the teacher named by its `teacher.route_key` field)
 
 Weights are normalised to sum to 1. `sum`: every teacher loss term is the weighted sum over teachers
 (for forward KL exactly distilling the weighted mixture, for reverse KL the geometric one: see
 `losses/mixture.py`); `route`: each example is scored by its own teacher only, one loss call per group,
-its tokens counted once. All teachers share the student's tokenizer. Held-out metrics are logged
+its tokens counted once. All teachers share the student's tokenizer; with a cache among them every
+teacher scores the cache's tokens (caches must hold the same token ids; route needs live models). Held-out metrics are logged
 against each teacher (`eval_<name>_kl`) and, for `sum` over live models, against their mixture
 (`eval_mixture_kl`). One entry with weight 1 is the plain single teacher, bit for bit.
 """
@@ -25,10 +27,12 @@ from ..data import batches as batching
 from ..data.load import load_examples
 from ..errors import ConfigError, DataError, ModelError
 from ..losses.mixture import Mixture, MixtureDistribution, Part
+from .cached import CacheSource, init_teacher, open_for_training
 from .ema import EmaSource
 from .model import ModelSource
 
 KEYS = {"model": ("name", "model", "weight", "load_in", "max_memory", "offload_dir"),
+        "cache": ("name", "cache", "weight"),
         "ema": ("name", "kind", "weight", "update_rate", "every")}
 
 
@@ -39,12 +43,9 @@ def parse_sources(cfg) -> list[dict]:
         key = f"teacher.sources[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{key}: expected a mapping like {{name: a, model: default}}, got {raw!r}")
-        kind = raw.get("kind", "model")
-        if "cache" in raw:
-            raise ConfigError(f"{key}.cache: a teacher cache inside teacher.sources is not supported yet; use "
-                              "teacher.cache for one cached teacher, or live models here")
+        kind = raw.get("kind", "cache" if "cache" in raw else "model")
         if kind not in KEYS:
-            raise ConfigError(f"{key}.kind: {kind!r} is not a source kind; use model (give `model:`) or ema")
+            raise ConfigError(f"{key}.kind: {kind!r} is not a source kind; give `model:` or `cache:`, or kind: ema")
         for k in raw:
             if k not in KEYS[kind]:
                 near = difflib.get_close_matches(k, KEYS[kind], n=1)
@@ -82,8 +83,24 @@ def parse_sources(cfg) -> list[dict]:
         if any(e["kind"] == "ema" for e in entries):
             raise ConfigError("teacher.combine=route: an ema source scores no route of its own; use combine=sum")
     if cfg.teacher.cache:
-        raise ConfigError("teacher.sources and teacher.cache are both set; put every teacher in teacher.sources")
+        raise ConfigError("teacher.sources and teacher.cache are both set; put every teacher in teacher.sources "
+                          "({name: c, cache: DIR})")
     return [{**e, "weight": e["weight"] / total} for e in entries]
+
+
+def _where(child) -> str:
+    return child.spec if isinstance(child, ModelSource) else f"cache {child.cache.folder}"
+
+
+def _cache_child(entry: dict, cfg) -> CacheSource:
+    """A cache in teacher.sources: verified and checked against the run like teacher.cache."""
+    import copy
+
+    own = copy.deepcopy(cfg)
+    own.teacher.cache = entry["cache"]
+    child = CacheSource(open_for_training(own), None, None, False)
+    child.against, child.signal_key = entry["name"], f"signal:{entry['name']}"
+    return child
 
 
 def _load_child(entry: dict, cfg, device, dtype) -> ModelSource:
@@ -117,38 +134,53 @@ class MultiSource:
     @classmethod
     def open(cls, cfg, device, dtype) -> "MultiSource":
         entries = parse_sources(cfg)
-        children = [_load_child(e, cfg, device, dtype) if e["kind"] == "model" else
-                    EmaSource(e["name"], e["update_rate"], e["every"]) for e in entries]
+        makers = {"model": lambda e: _load_child(e, cfg, device, dtype), "cache": lambda e: _cache_child(e, cfg),
+                  "ema": lambda e: EmaSource(e["name"], e["update_rate"], e["every"])}
+        children = [makers[e["kind"]](e) for e in entries]
         models = [c for c in children if isinstance(c, ModelSource)]
-        init = models[0].model if models else None
-        if not models:
+        caches = [c for c in children if isinstance(c, CacheSource)]
+        init, folder = (models[0].model, models[0].folder) if models else (None, "")
+        if not models and caches:  # only caches (and ema): initialise as a single cache would
+            init, folder, _ = init_teacher(caches[0].cache, cfg, device, dtype)
+        elif not models:
             init_source = ModelSource.load(cfg, device, dtype)  # for the student's initialisation only
-            init = init_source.model
+            init, folder = init_source.model, init_source.folder
             for c in children:
                 c.tokenizer = init_source.tokenizer
         source = cls(children, [e["weight"] for e in entries], cfg.teacher.combine, cfg.teacher.route_key, init)
-        if not models:
-            source._init_folder = init_source.folder  # teacher-written data is keyed by the teacher that wrote it
+        source._init_folder = folder  # teacher-written data is keyed by the teacher that wrote it
         if source.tokenizer is None:
-            source.tokenizer = children[0].tokenizer
+            source.tokenizer = next(c.tokenizer for c in children if c.tokenizer is not None)
         source._check_tokenizers()
         return source
 
     def _check_tokenizers(self) -> None:
-        models = [c for c in self.children if isinstance(c, ModelSource)]
-        first = M.tokenizer_fingerprint(models[0].tokenizer) if models else None
-        for c in models[1:]:
+        named = [c for c in self.children if isinstance(c, (ModelSource, CacheSource))]
+        first = M.tokenizer_fingerprint(named[0].tokenizer) if named else None
+        for c in named[1:]:
             if M.tokenizer_fingerprint(c.tokenizer) != first:
-                raise ModelError(f"teacher.sources: {c.against} ({c.spec}) has another tokenizer than "
-                                 f"{models[0].against} ({models[0].spec}); teachers combined here must share the "
+                raise ModelError(f"teacher.sources: {c.against} ({_where(c)}) has another tokenizer than "
+                                 f"{named[0].against} ({_where(named[0])}); teachers combined here must share the "
                                  "student's tokenizer (cross-tokenizer distillation is not available yet)")
+        caches = [c for c in self.children if isinstance(c, CacheSource)]
+        for c in caches[1:]:
+            if c.cache.manifest["data"]["sha256"] != caches[0].cache.manifest["data"]["sha256"]:
+                raise ConfigError(f"teacher.sources: caches {caches[0].against} and {c.against} hold other token "
+                                  "ids (written over other data); write both caches from the same data settings")
 
     @property
     def vocab_size(self) -> int:
-        return int(self._init.get_output_embeddings().weight.shape[0]) if self._init is not None else \
-            self.children[0].vocab_size
+        if self._init is not None:
+            return int(self._init.get_output_embeddings().weight.shape[0])
+        return getattr(self, "_vocab", None) or self.children[0].vocab_size
 
     def load_examples(self, cfg, device) -> list[dict]:
+        caches = [c for c in self.children if isinstance(c, CacheSource)]
+        if caches:  # every teacher scores the cached tokens; each cache keeps its own signal by index
+            if self.combine == "route":
+                raise ConfigError("teacher.combine=route with a cache in teacher.sources is not supported: a cache "
+                                  "holds no data fields; use combine=sum, or route live models")
+            return [{**e, "index": i} for i, e in enumerate(caches[0].cache.examples)]
         if self.combine != "route":
             return load_examples(cfg, self._init, self.tokenizer, self._init_folder, device)
         from ..data.files import read_records
@@ -172,6 +204,9 @@ class MultiSource:
 
     def collate(self, examples: list[dict], pad_id: int) -> dict:
         batch = batching.collate(examples, pad_id)
+        for c in self.children:
+            if isinstance(c, CacheSource):
+                batch[c.signal_key] = c.collate([c.cache.examples[e["index"]] for e in examples], pad_id)["signal"]
         if self.combine == "route":
             batch["route"] = torch.tensor([e["route"] for e in examples])
         return batch
@@ -188,7 +223,7 @@ class MultiSource:
             picked = (batch["route"] == i).nonzero().squeeze(-1)
             if not picked.numel():
                 continue
-            sub = {k: v[picked] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            sub = batching.take_rows(batch, picked)
             t = batch["mask"].shape[1]
             local = torch.full((batch["mask"].numel(),), -1, dtype=torch.long, device=batch["mask"].device)
             flat = (picked[:, None] * t + torch.arange(t, device=picked.device)).reshape(-1)
@@ -198,12 +233,15 @@ class MultiSource:
 
     def references(self) -> list:
         refs = [c for c in self.children]
-        if self.combine == "sum" and len(self.children) > 1:
+        if self.combine == "sum" and len(self.children) > 1 and not any(isinstance(c, CacheSource) for c in
+                                                                          self.children):
             refs.append(MixtureReference(self.children, self.weights))
         return refs
 
     def final_reference(self, cfg, device, dtype):
-        return next((c for c in self.children if isinstance(c, ModelSource)), None)
+        found = next((c for c in self.children if isinstance(c, ModelSource)), None)
+        caches = [c for c in self.children if isinstance(c, CacheSource)]
+        return found if found is not None or not caches else caches[0].final_reference(cfg, device, dtype)
 
     def identity(self) -> dict:
         return {"kind": "multi", "combine": self.combine,
@@ -229,6 +267,7 @@ class MultiSource:
     def release_init(self) -> None:
         if not any(isinstance(c, ModelSource) for c in self.children):
             self._init = self.init_model = None
+            self._vocab = next((c.vocab_size for c in self.children if isinstance(c, CacheSource)), None)
 
 
 class MixtureReference:

@@ -164,3 +164,23 @@ def test_resuming_with_other_teachers_is_refused(teachers, tmp_path):
     with pytest.raises(ConfigError, match="teacher.sources"):
         distill(load_config(None, [f"output_dir={out}", *FAST, "train.max_steps=4",
                                    _sources({"name": "a", "model": a}, {"name": "b", "model": b})]), resume=True)
+
+
+def test_a_cache_and_a_live_teacher_together(teachers, tmp_path):
+    """A cache that holds the whole distribution is that teacher: cache + model of one teacher = the model."""
+    from kdistill.cache.writer import write_cache
+
+    a, _ = teachers
+    cache = tmp_path / "cache"
+    write_cache(load_config(None, [f"teacher.model={a}", f"cache.out={cache}", *FAST, "cache.k=320",
+                                   "cache.value_bits=16"]))
+    terms = "loss.terms=[{kind: forward_kl, missing_mass: residual}, {kind: ce, weight: 0.1}]"
+    plain = _run(tmp_path / "plain", f"teacher.model={a}", terms)
+    both = _run(tmp_path / "both", f"teacher.model={a}", terms,
+                _sources({"name": "live", "model": a}, {"name": "stored", "cache": cache}))
+    rows = [json.loads(r) for r in (tmp_path / "both" / "metrics.jsonl").read_text().splitlines()]
+    alone = [json.loads(r) for r in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["loss"] == pytest.approx(alone[1]["loss"], rel=1e-3)  # same first step, same batch
+    assert rows[1]["forward_kl/stored"] == pytest.approx(rows[1]["forward_kl/live"], rel=1e-2)
+    assert plain.keys() == both.keys()
+    assert "eval_stored_kl" in rows[-1] and "eval_live_kl" in rows[-1]

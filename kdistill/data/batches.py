@@ -35,6 +35,11 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch["attention_mask"][i, :n] = 1
         batch["targets"][i, :n] = torch.tensor(e["ids"][1:])
         batch["mask"][i, :n] = torch.tensor(e["mask"][1:])
+    if any("weight" in e for e in examples):  # per-token loss weights (rationale vs answer), aligned with mask
+        batch["weight"] = torch.zeros(len(examples), length)
+        for i, e in enumerate(examples):
+            w = e.get("weight") or [1.0] * len(e["ids"])
+            batch["weight"][i, :len(e["ids"]) - 1] = torch.tensor(w[1:], dtype=torch.float32)
     return batch
 
 

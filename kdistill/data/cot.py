@@ -6,7 +6,7 @@
 
 - rationale: records {"question", "answer"} (optionally "choices"). The teacher reasons and ends with a
   line `Answer: <answer>` (answers.py reads it and compares: exact, numeric within rel_tol, or a letter).
-  The answer line's tokens can weigh differently from the rationale's (`weighted_examples`).
+  The answer line's tokens can weigh differently from the rationale's (`weighted_examples`: a weight per token).
 - program: the same records; the teacher writes a Python program that prints the answer. It runs in the
   sandbox (kdistill/sandbox.py) and its last printed line is compared with the answer.
 - code: HumanEval-style records {"prompt", "test", "entry_point"}; the teacher writes the function and
@@ -176,35 +176,17 @@ def token_at(tokenizer, ids: list[int], chars: int) -> int:
     return lo
 
 
-def copies(rationale_weight: float, answer_weight: float) -> tuple[int, str | None]:
-    """How the weights are realised with the 0/1 mask the objective takes: (extra examples, which part they
-    cover). Answer weight 3 and rationale 1: every sample once whole plus 2 answer-only copies."""
-    if rationale_weight == 0:
-        return 0, "answer"
-    if answer_weight == 0:
-        return 0, "rationale"
-    ratio = answer_weight / rationale_weight
-    if ratio >= 1:
-        return round(ratio) - 1, "answer"
-    return round(1 / ratio) - 1, "rationale"
-
-
 def weighted_examples(samples: list[dict], seq_len: int, rationale_weight: float, answer_weight: float) -> list[dict]:
-    """Examples of the kept samples, each with "weight" (per token: 0 prompt, rationale_weight,
-    answer_weight) for an objective that takes token weights, and, for today's 0/1 mask, extra copies whose
-    mask covers only the heavier part (`copies`). A sample without an answer span (program, code) is all
-    rationale; a long prompt is cut from the left (`generate.fit`).
-    Shapes: each example's ids, mask, weight have the same length <= seq_len + 1."""
-    extra, part = copies(rationale_weight, answer_weight)
-    both = rationale_weight > 0 and answer_weight > 0
+    """Examples of the kept samples, each with "weight" per token (0 for the prompt, `rationale_weight`
+    for the rationale, `answer_weight` for the answer line), which the objective multiplies each token's
+    loss by (the guide's ReasoningDistillationLoss); the mask is where the weight is positive. A sample
+    without an answer span (program, code) is all rationale; a long prompt is cut from the left
+    (`generate.fit`). Shapes: each example's ids, mask, weight have the same length <= seq_len + 1."""
     out = []
     for s in samples:
         ids, n_prompt = fit(s["ids"], s["n_prompt"], seq_len)
         start = len(s["ids"]) if s.get("answer_token") is None else s["answer_token"] - (s["n_prompt"] - n_prompt)
         weight = [0.0 if j < n_prompt else rationale_weight if j < start else answer_weight for j in range(len(ids))]
-        if both and len(ids) >= 2 and any(j >= n_prompt for j in range(1, len(ids))):
+        if any(w > 0 for w in weight[1:]):
             out.append({"ids": ids, "mask": [w > 0 for w in weight], "weight": weight})
-        only = [j >= n_prompt and (j >= start) == (part == "answer") for j in range(len(ids))]
-        if any(only[1:]):
-            out.extend({"ids": ids, "mask": only, "weight": weight} for _ in range(extra if both else 1))
     return out

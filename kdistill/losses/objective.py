@@ -29,6 +29,9 @@ from kdistill.losses.selective import selective
 from kdistill.losses.signals import SparseSignal, fp32
 
 
+TOKEN_WEIGHT = "token_weight"  # extras key: a float weight per row (0 = the row does not count)
+
+
 @dataclass
 class LossOutput:
     """loss: scalar to backpropagate; terms: name -> unweighted value (detached, summable over micro-batches)."""
@@ -127,18 +130,20 @@ class Objective:
 
         Shapes: student_logits (N, V), teacher over (N,), targets (N,) -> ()
         """
+        weight = (extras or {}).get(TOKEN_WEIGHT)
         if isinstance(teacher, Mixture):
-            return self._mixture_loss(student_logits, teacher, targets, num_tokens, progress, logs)
+            return self._mixture_loss(student_logits, teacher, targets, num_tokens, progress, logs, weight)
         total, normaliser = 0.0, StudentNormaliser(student_logits)
         for term in self.terms:
             values, temperature = term_values(term, student_logits, teacher, targets, progress, normaliser, extras)
+            values = values if weight is None else values * weight
             logs[term.name] = logs[term.name] + reduce_tokens(values.detach(), None, num_tokens)
             scale = temperature ** 2 if self.t2_scale and term.kind != "ce" else 1.0
             total = total + term.weight(progress) * scale * values
         return reduce_tokens(total, None, num_tokens)
 
     def _mixture_loss(self, student_logits: Tensor, mixture: Mixture, targets: Tensor | None, num_tokens,
-                      progress: float, logs: dict[str, Tensor]) -> Tensor:
+                      progress: float, logs: dict[str, Tensor], weight: Tensor | None = None) -> Tensor:
         """`rows_loss` with several teachers: each teacher term once per part, times the part's weight,
         only on the part's rows; CE once. Logs each term (the weighted sum over parts) and `term/teacher`."""
         loss, whole = 0.0, StudentNormaliser(student_logits)
@@ -151,6 +156,8 @@ class Objective:
                     norm = StudentNormaliser(logits)
                 values, temperature = term_values(term, logits, None if part is None else part.signal, sub_targets,
                                                   progress, norm)
+                if weight is not None:
+                    values = values * (weight if part is None or part.rows is None else weight[part.rows])
                 share = 1.0 if part is None else part.weight
                 value = reduce_tokens(values.detach(), None, num_tokens)
                 logs[term.name] = logs[term.name] + share * value
@@ -172,7 +179,8 @@ class Objective:
                              "pad the smaller one with -inf logits")
 
     def __call__(self, hidden: Tensor, head_weight: Tensor, teacher, targets: Tensor | None, mask: Tensor,
-                 num_tokens, progress: float = 0.0, behaviour_logprobs: Tensor | None = None) -> LossOutput:
+                 num_tokens, progress: float = 0.0, behaviour_logprobs: Tensor | None = None,
+                 token_weight: Tensor | None = None) -> LossOutput:
         """Loss of the student whose logits are hidden @ head_weight.T, computed a chunk of rows at a time.
 
         teacher: DenseSignal | SparseSignal | None (CE only). num_tokens: True mask entries of the whole
@@ -191,6 +199,8 @@ class Objective:
                                          len(teacher.parts) if isinstance(teacher, Mixture) else 1)
         extras = policy.prepare(self.terms, policy.head_logits(hidden, head_weight), teacher, targets, mask,
                                 behaviour_logprobs, progress, chunk_size)
+        if token_weight is not None:
+            extras = {**extras, TOKEN_WEIGHT: token_weight.reshape(-1).float()}
 
         def chunk_loss(logits: Tensor, chunk: slice) -> Tensor:
             r = rows[chunk]
@@ -202,7 +212,8 @@ class Objective:
         return LossOutput(loss, {name: float(v) for name, v in logs.items()})
 
     def from_logits(self, student_logits: Tensor, teacher, targets: Tensor | None, mask: Tensor,
-                    num_tokens, progress: float = 0.0, behaviour_logprobs: Tensor | None = None) -> LossOutput:
+                    num_tokens, progress: float = 0.0, behaviour_logprobs: Tensor | None = None,
+                    token_weight: Tensor | None = None) -> LossOutput:
         """The same loss on full student logits with plain autograd (evaluation, reference for tests).
 
         Shapes: student_logits (B, T, V), teacher over (B, T), targets (B, T), mask (B, T) -> ()
@@ -213,6 +224,8 @@ class Objective:
         logs = {t.name: torch.zeros((), device=logits.device) for t in self.terms}
         extras = policy.prepare(self.terms, policy.full_logits(student_logits), teacher, targets, mask,
                                 behaviour_logprobs, progress, len(rows) or 1)
+        if token_weight is not None:
+            extras = {**extras, TOKEN_WEIGHT: token_weight.reshape(-1).float()}
         loss = self.rows_loss(logits, None if teacher is None else teacher.take(rows),
                               None if targets is None else targets.reshape(-1)[rows], num_tokens, progress, logs,
                               {k: v[rows] for k, v in extras.items()})

@@ -157,7 +157,8 @@ class StudentLoss(nn.Module):
         with autocast(device):
             hidden = final_hidden(self.student, batch["input_ids"], batch["attention_mask"])
         out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],
-                             num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"))
+                             num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"),
+                             token_weight=batch.get("weight"))
         return out.loss, out.terms
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from helpers import tiny_tokenizer
 from kdistill.config_generate import CotConfig
-from kdistill.data.cot import (check, code_program, copies, problem_prompt, read_problems, token_at,
+from kdistill.data.cot import (check, code_program, problem_prompt, read_problems, token_at,
                                weighted_examples)
 from kdistill.errors import DataError
 
@@ -88,20 +88,10 @@ def test_token_at_finds_the_answer_boundary():
     assert tok.decode(ids[:k]).endswith("\n") or tok.decode(ids[k:]).lstrip().startswith("Answer")
 
 
-@pytest.mark.parametrize("rw, aw, want", [(1, 1, (0, "answer")), (1, 3, (2, "answer")), (2, 1, (1, "rationale")),
-                                          (0, 1, (0, "answer")), (1, 0, (0, "rationale"))])
-def test_copies_realise_the_weights(rw, aw, want):
-    assert copies(rw, aw) == want
-
-
 def test_weighted_examples_mask_and_weight_the_parts():
     s = {"ids": list(range(10)), "n_prompt": 3, "answer_token": 7}
-    [whole, answer_only] = weighted_examples([s], 64, 1.0, 2.0)
+    [whole] = weighted_examples([s], 64, 1.0, 2.0)
     assert whole["mask"] == [False] * 3 + [True] * 7 and whole["weight"] == [0.0] * 3 + [1.0] * 4 + [2.0] * 3
-    assert answer_only["mask"] == [False] * 7 + [True] * 3
-    # counted over both examples, each answer token weighs twice a rationale token
-    counts = [sum(e["mask"][j] for e in (whole, answer_only)) for j in range(10)]
-    assert counts == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
     [only] = weighted_examples([s], 64, 0.0, 1.0)
     assert only["mask"] == [False] * 7 + [True] * 3
     assert weighted_examples([dict(s, answer_token=None)], 64, 1.0, 2.0)[0]["mask"] == [False] * 3 + [True] * 7

@@ -59,7 +59,7 @@ def test_cot_config_keeps_only_correct_rationales_and_reports(teacher_dir, tmp_p
     assert cot["problems"] == len(ANSWERS) and cot["correct"] == evens
     assert cot["pass_rate"] == pytest.approx(evens / len(ANSWERS))
     assert report["dropped"]["wrong_answer"] == len(ANSWERS) - evens
-    assert report["kept"] == evens and report["examples"] == 2 * evens   # answer_weight 2: one answer-only copy
+    assert report["kept"] == evens and report["examples"] == evens  # one example each, answer tokens weighted 2
 
 
 def test_self_instruct_config_writes_and_answers_new_instructions(teacher_dir, tmp_path, monkeypatch):

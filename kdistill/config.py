@@ -132,6 +132,8 @@ class TrainConfig:
     distributed: str = "auto"
     """Several processes (torchrun / accelerate launch): auto (ddp when launched with more than one), none,
     ddp, or fsdp (FSDP2 fully_shard, each decoder layer its own unit). See kdistill/train/distributed.py."""
+    debug_every: int = 0
+    """Every N steps log per-layer gradient norms and update-to-weight ratios (0 = never)."""
     tracker: list[str] = field(default_factory=lambda: ["jsonl"])
     """Where metrics go besides metrics.jsonl (always written): tensorboard, aim, wandb (several allowed)."""
 
@@ -327,6 +329,7 @@ def validate(cfg: Config) -> None:
         ("train.grad_accum", cfg.train.grad_accum >= 1, "must be at least 1"),
         ("train.seq_len", cfg.train.seq_len >= 8, "must be at least 8"),
         ("train.lr", cfg.train.lr > 0, "must be positive"),
+        ("train.debug_every", cfg.train.debug_every >= 0, "must be 0 (off) or a number of steps"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "must be at least 1"),
         ("data.heldout_fraction", 0 < cfg.data.heldout_fraction < 1, "must be between 0 and 1"),

@@ -24,7 +24,7 @@ from .. import fsutil
 from ..data.batches import take_rows, to_device
 from ..errors import KdistillError
 from ..modeling import head_weight
-from . import checkpoint
+from . import checkpoint, debug
 from .distributed import Dist, StudentLoss, Whole, full_optimizer_state, load_into_shards, wrap
 from .tracking import open_trackers
 
@@ -154,11 +154,15 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
             while state.step < tc.max_steps:
                 micro = [stream.next() for _ in range(tc.grad_accum)]
                 row = train_step(student, source, objective, micro, device, state.step / tc.max_steps, model, dist)
+                debugging = tc.debug_every > 0 and (state.step + 1) % tc.debug_every == 0 and dist.mode != "fsdp"
+                grads = debug.layer_grad_norms(student) if debugging else None
                 norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)  # a DTensor under fsdp
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if not math.isfinite(grad_norm):
-                    raise NonFiniteLoss(f"the gradient norm became {grad_norm} at step {state.step + 1}; the weights "
-                                        "were not updated and the last good checkpoint is kept. Lower train.lr")
+                    raise NonFiniteLoss(f"the gradient norm became {grad_norm} at step {state.step + 1}, first in "
+                                        f"{debug.first_non_finite(student)}; the weights were not updated and the last "
+                                        "good checkpoint is kept. Lower train.lr")
+                before = debug.snapshot(student) if debugging else None
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 lr = scheduler.get_last_lr()[0]
@@ -169,7 +173,8 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
                 rate = (state.tokens - tokens_start) / max(1e-9, time.time() - t_start)
                 row.update(step=state.step, lr=lr, grad_norm=grad_norm, tokens_per_s=rate, tokens_seen=state.tokens,
                            time=time.time(), **getattr(stream, "last_info", {}),  # rollout_tokens, rollout_staleness
-                           **objective.schedule_values((state.step - 1) / tc.max_steps))
+                           **objective.schedule_values((state.step - 1) / tc.max_steps),
+                           **(debug.layer_report(student, grads, before) if debugging else {}))
                 if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
                     plain = whole.refresh(model)  # collective under fsdp
                     if dist.main:

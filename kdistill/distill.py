@@ -81,9 +81,10 @@ def check_same_teacher(run, source) -> None:
     if run.resume_from is None:
         return
     saved = json.loads((run.resume_from / "trainer_state.json").read_text()).get("teacher")
-    if saved is not None and saved != source.identity():
-        diff = [f"{k}: {saved.get(k)!r} -> {source.identity().get(k)!r}" for k in sorted(set(saved) | set(
-            source.identity())) if saved.get(k) != source.identity().get(k)]
+    now = source.identity()
+    if saved is not None and saved != now:
+        diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                if saved.get(k) != now.get(k)]
         raise ConfigError(f"--resume: the teacher differs from the one {run.resume_from} was trained with "
                           f"({'; '.join(diff)}); resume with that teacher or start a new run")
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..modeling import final_hidden, head_weight, logits_from_hidden_ok
+from ..sources.model import teacher_signal
 from . import codec
 
 
 @torch.no_grad()
 def teacher_logprobs(teacher, batch: dict, vocab_size: int, temperature: float) -> torch.Tensor:
     """log softmax(logits / temperature) at the masked positions. Shapes: batch (B, T) -> (N, V) fp32"""
-    if logits_from_hidden_ok(teacher):
-        hidden = final_hidden(teacher, batch["input_ids"], batch["attention_mask"])
-        logits = (hidden[batch["mask"].bool()] @ head_weight(teacher)[:vocab_size].T).float()
-    else:  # a head with a bias, softcapping or offloaded weights: the model's own logits
-        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         use_cache=False).logits[batch["mask"].bool()][:, :vocab_size].float()
+    rows = batch["mask"].reshape(-1).nonzero().squeeze(-1)
+    logits = teacher_signal(teacher, batch, vocab_size).take(rows).logits.float()  # the loop's teacher signal
     return (logits / temperature).log_softmax(-1)
 
 

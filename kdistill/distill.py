@@ -178,6 +178,7 @@ def follow_main(run, cfg: Config, dist):
         return run
     from .rundir import RunFolder
 
+    distributed.check_visible(dist, run.path if dist.main else cfg.output_dir)
     resume_from = dist.broadcast(str(run.resume_from) if dist.main and run.resume_from else None)
     return run if dist.main else RunFolder(Path(cfg.output_dir), Path(resume_from) if resume_from else None,
                                            checkpointed=True)

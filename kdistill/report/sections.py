@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 
 from . import plots, tradeoff
+from .gradient_flow import gradient_flow_png
 from .runs import series
 
 
@@ -70,6 +71,10 @@ def training_section(runs: list[dict]) -> list:
                ("heldout.png", plots.heldout_png(runs), "Held-out top-1 agreement with the teacher and "
                 "perplexity over training (dotted: the teacher's perplexity)."),
                ("kl_position.png", plots.position_png(runs), "Mean held-out KL at each position after training.")]
+    figures += [(f"gradient_flow_{r['name']}.png", gradient_flow_png(r), "Gradient flow by layer "
+                 f"(train.debug_every): log10 gradient norm and log10 update-to-weight ratio per layer group "
+                 f"of {r['name']}; a band far below or above the others is a vanishing or exploding layer.")
+                for r in runs]
     blocks += [("figure", name, png, caption) for name, png, caption in figures if png]
     if len(blocks) == 1:
         blocks.append(("p", "No training metrics were logged yet."))

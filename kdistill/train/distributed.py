@@ -1,7 +1,7 @@
 """Several processes on PyTorch's own engine: DDP, or FSDP2 (`fully_shard`), under torchrun or Accelerate.
 
     torchrun --nproc_per_node=2 -m kdistill distill --config configs/demo.yaml
-    accelerate launch --multi_cpu --num_processes 2 -m kdistill distill --config configs/demo.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m kdistill distill --config configs/demo.yaml  # CPU too
 
 `train.distributed: auto | none | ddp | fsdp` (auto = ddp when launched with more than one process).
 Every process draws the same global batch of `train.batch_size` examples from the same seeded stream and
@@ -111,7 +111,8 @@ def check(cfg) -> None:
                           "every process needs at least one row of each global batch; raise train.batch_size")
     if world == 1 and os.environ.get("ACCELERATE_USE_CPU") is not None and os.environ.get("MASTER_ADDR"):
         log.warning("accelerate launch asked for several processes but started one (its simple launcher); "
-                    "use `accelerate launch --multi_cpu --num_processes N ...` or `torchrun --nproc_per_node=N`")
+                    "use `accelerate launch --multi_gpu --num_processes N ...` (also on CPU: gloo) or "
+                    "`torchrun --nproc_per_node=N`")
 
 
 def setup(cfg, device: torch.device) -> Dist:
@@ -130,6 +131,47 @@ def setup(cfg, device: torch.device) -> Dist:
         torch.distributed.init_process_group(backend)
     log.info("process %d of %d (%s)", rank, world, mode)
     return Dist(mode, world, rank)
+
+
+def check_visible(dist: Dist, folder) -> None:
+    """Every process must see the main process's output folder (it resumes from the checkpoints there):
+    the main process writes a file with a fresh token, the others read it back."""
+    if not dist.active:
+        return
+    import secrets
+    import socket
+    import time
+    from pathlib import Path
+
+    marker = Path(folder) / f".kdistill-visible-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    token = dist.broadcast(secrets.token_hex(8) if dist.main else None)
+    if dist.main:
+        marker.write_text(token)
+    dist.barrier()
+    seen = dist.main
+    for _ in range(20):  # a network filesystem may show the file a little later
+        seen = seen or (marker.is_file() and marker.read_text() == token)
+        if seen:
+            break
+        time.sleep(0.1)
+    blind = dist.all_sum(0.0 if seen else 1.0)
+    if dist.main:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(f"output_dir={folder}: {int(blind)} of the {dist.world} processes cannot see the folder "
+                          f"the main process writes (process {dist.rank} on {socket.gethostname()} is "
+                          f"{'fine' if seen else 'one of them'}); put output_dir on a filesystem every node mounts")
+
+
+def world_change(saved: dict, dist: Dist) -> str | None:
+    """What a resume on another number of processes does, or None when the number is the same.
+    Checkpoints hold whole state dicts and the global batch is the config's, so any number resumes."""
+    before, mode = int(saved.get("world", 1)), saved.get("distributed", "none")
+    if before == dist.world:
+        return None
+    return (f"the checkpoint was written by {before} process{'es' if before > 1 else ''} ({mode}); resuming on "
+            f"{dist.world} ({dist.mode}): its state dicts are whole, so they are resharded and the run keeps the "
+            "same global batches and data position (only the order of floating-point sums changes)")
 
 
 def teardown(dist: Dist) -> None:

@@ -25,7 +25,7 @@ from ..data.batches import take_rows, to_device
 from ..errors import KdistillError
 from ..modeling import head_weight
 from . import checkpoint, debug
-from .distributed import Dist, StudentLoss, Whole, full_optimizer_state, load_into_shards, wrap
+from .distributed import Dist, StudentLoss, Whole, full_optimizer_state, load_into_shards, world_change, wrap
 from .tracking import open_trackers
 
 log = logging.getLogger("kdistill")
@@ -129,6 +129,9 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
         state.step, state.tokens = saved["step"], saved["tokens"]
         stream.load_state(saved["data"])
         source.load_state_dict(checkpoint.load_source_tensors(resume_from))
+        note = world_change(saved, dist)
+        if note and dist.main:
+            log.warning(note)
         log.info("resumed from %s at step %d", resume_from, state.step)
     metrics_path = output_dir / "metrics.jsonl"
 
@@ -136,7 +139,8 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
         plain, optimizer_state = whole.refresh(model), full_optimizer_state(optimizer, dist)  # collective
         if not dist.main:
             return None
-        extra = {"tokens": state.tokens, "data": stream.state(), **(record or {})}
+        extra = {"tokens": state.tokens, "data": stream.state(), "world": dist.world, "distributed": dist.mode,
+                 **(record or {})}  # any number of processes resumes: whole state dicts (`world_change`)
         with fsutil.writing(output_dir / "checkpoints" / f"step-{state.step:06d}"):
             path = checkpoint.save_checkpoint(output_dir, state.step, plain, tokenizer, optimizer, scheduler,
                                               extra, tc.keep_checkpoints, source.state_dict(), optimizer_state)
@@ -154,8 +158,9 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
             while state.step < tc.max_steps:
                 micro = [stream.next() for _ in range(tc.grad_accum)]
                 row = train_step(student, source, objective, micro, device, state.step / tc.max_steps, model, dist)
-                debugging = tc.debug_every > 0 and (state.step + 1) % tc.debug_every == 0 and dist.mode != "fsdp"
-                grads = debug.layer_grad_norms(student) if debugging else None
+                debugging = tc.debug_every > 0 and (state.step + 1) % tc.debug_every == 0
+                shards = dist if dist.mode == "fsdp" else None  # ddp gradients are already whole on every process
+                grads = debug.layer_grad_norms(student, shards) if debugging else None
                 norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)  # a DTensor under fsdp
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
                 if not math.isfinite(grad_norm):
@@ -174,7 +179,7 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
                 row.update(step=state.step, lr=lr, grad_norm=grad_norm, tokens_per_s=rate, tokens_seen=state.tokens,
                            time=time.time(), **getattr(stream, "last_info", {}),  # rollout_tokens, rollout_staleness
                            **objective.schedule_values((state.step - 1) / tc.max_steps),
-                           **(debug.layer_report(student, grads, before) if debugging else {}))
+                           **(debug.layer_report(student, grads, before, shards, dist.main) if debugging else {}))
                 if state.step % tc.eval_every == 0 or state.step == tc.max_steps:
                     plain = whole.refresh(model)  # collective under fsdp
                     if dist.main:

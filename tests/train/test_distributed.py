@@ -33,7 +33,7 @@ def _weights(out: Path) -> dict:
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_train_like_one(teacher_dir, tmp_path, mode):
-    common = [f"teacher.model={teacher_dir}", *FAST]
+    common = [f"teacher.model={teacher_dir}", *FAST, "train.debug_every=2"]
     distill(load_config(None, [*common, f"output_dir={tmp_path / 'one'}"]))
     done = torchrun([*common, f"output_dir={tmp_path / 'two'}", f"train.distributed={mode}"])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -46,6 +46,10 @@ def test_two_processes_train_like_one(teacher_dir, tmp_path, mode):
     single = [json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["loss"] == pytest.approx(single[1]["loss"], rel=1e-5)
     assert rows[1]["tokens"] == single[1]["tokens"]
+    debugged = [k for k in single[2] if k.startswith(("grad_norm/", "update_ratio/"))]
+    assert "grad_norm/layer_0" in debugged and "update_ratio/other" in debugged
+    for k in debugged:  # the debugger sees whole layers under ddp and sums the shards under fsdp
+        assert rows[2][k] == pytest.approx(single[2][k], rel=1e-3), k
 
 
 def test_more_processes_than_rows_is_refused(teacher_dir, tmp_path):
@@ -96,3 +100,45 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(teacher_dir, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == [0, 1, 2, 3, 4, 5]
+    if mode == "fsdp":  # one process goes on from the two processes' checkpoint, and says it resharded
+        more = subprocess.run([sys.executable, "-m", "kdistill", "distill", *args, f"output_dir={out}",
+                               "train.max_steps=6", "--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=240)
+        assert more.returncode == 0, more.stderr[-3000:]
+        assert "written by 2 processes (fsdp); resuming on 1" in more.stderr + more.stdout
+        assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()][-1] == 6
+
+
+def test_accelerate_launch_runs_two_processes_like_one(teacher_dir, tmp_path):
+    """accelerate 1.x has no --multi_cpu: --multi_gpu starts torch elastic, and on a CPU kdistill takes gloo."""
+    common = [f"teacher.model={teacher_dir}", *FAST]
+    distill(load_config(None, [*common, f"output_dir={tmp_path / 'one'}"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDISTILL_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "kdistill", "distill", *common, f"output_dir={tmp_path / 'two'}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 1 of 2 (ddp)" in done.stderr
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=2e-5)
+    assert [json.loads(r)["step"] for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()] == \
+        [0, 1, 2, 3]
+
+
+def test_an_accelerate_launch_that_started_one_process_says_so(monkeypatch, caplog):
+    import logging
+
+    from kdistill.train import distributed
+
+    cfg = load_config(None, [])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level(logging.WARNING, logger="kdistill"):
+        distributed.check(cfg)
+        assert "started one" not in caplog.text
+        # what `accelerate launch --cpu --num_processes 2` sets before running one process
+        monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        distributed.check(cfg)
+    assert "asked for several processes but started one" in caplog.text and "--multi_gpu" in caplog.text

@@ -88,6 +88,10 @@ def _report(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.bench == "step":
+        from .train import bench_step
+
+        return bench_step.main(args)
     from .losses import bench as loss_bench
 
     return loss_bench.main(args)

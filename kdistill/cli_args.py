@@ -20,6 +20,7 @@ EXAMPLES = {
     "report": "examples:\n  kdistill report runs/demo\n"
               "  kdistill report runs/small runs/medium runs/large --min-retention 0.9 --out runs/report",
     "bench": "example:\n  kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576",
+    "bench step": "example:\n  kdistill bench step --layers 4 --steps 5",
     "design": "examples:\n  kdistill design --teacher default --compression 4\n"
               "  kdistill design --teacher default --params 30M --out configs/student_30m.yaml",
     "cache": "examples:\n  kdistill cache --config configs/demo.yaml cache.out=runs/cache cache.k=50\n"
@@ -93,6 +94,17 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-retention", type=float, default=0.9,
                    help="recommend the smallest student that keeps this share of the teacher's quality")
     p.add_argument("--title", default="kdistill report")
+
+
+def bench_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `kdistill bench step` (kdistill.train.bench_step)."""
+    p.add_argument("--teacher", default="default", help="teacher spec, as teacher.model (default: the embedded one)")
+    p.add_argument("--layers", type=int, default=8, help="student layers (copied first/last from the teacher)")
+    p.add_argument("--batch", type=int, default=8, help="rows per step")
+    p.add_argument("--seq", type=int, default=128, help="tokens per row")
+    p.add_argument("--steps", type=int, default=5, help="timed steps of each part")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out first")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
 
 
 def bench_loss_arguments(p: argparse.ArgumentParser) -> None:
@@ -181,4 +193,7 @@ def add_subcommands(subs) -> None:
     bench = subs.choices["bench"].add_subparsers(dest="bench", required=True)
     bench_loss_arguments(bench.add_parser("loss", help="loss time and peak memory: seed-style reference vs kdistill",
                                           epilog=EXAMPLES["bench"],
+                                          formatter_class=argparse.RawDescriptionHelpFormatter))
+    bench_step_arguments(bench.add_parser("step", help="the KD step's share of the ceiling set by the teacher's "
+                                          "forward and the student's step", epilog=EXAMPLES["bench step"],
                                           formatter_class=argparse.RawDescriptionHelpFormatter))

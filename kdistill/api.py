@@ -49,13 +49,15 @@ def distill(config: Config | str | Path, overrides: list[str] = (), resume: bool
 def evaluate(student: str | Path | None = None, teacher: str | None = None, data: str | Path | None = None, *,
              run: str | Path | None = None, tasks: list[str] = (), seq_len: int = 128, batches: int = 8,
              limit: int | None = None, max_new_tokens: int | None = None, measure_speed: bool = True,
-             out: str | Path | None = None, lm_eval_dir: str | Path | None = None) -> dict:
+             heldout: bool = True, out: str | Path | None = None, lm_eval_dir: str | Path | None = None) -> dict:
     """Compare a student folder with its teacher, as `kdistill eval`; returns the result dict.
 
     Give `student` and `teacher` (hub id, folder, .gguf file or 'default'), with `data` a held-out file
     (else the teacher writes evaluation data), or `run` (a `kdistill distill` output folder: its student,
     teacher and held-out split; the result is merged into RUN/eval.json and that file is returned). `tasks`
-    are benchmark files (kdistill/evaluation/tasks.py). With `out` the result is also written there."""
+    are benchmark files (JSONL, BIG-bench task.json or lm-eval YAML; kdistill/evaluation/tasks.py);
+    `heldout=False` measures no held-out text (tasks, sizes, speed). With `out` the result is also merged
+    into that file (earlier measurements there are kept)."""
     from .evaluation.command import run_eval
 
     with tempfile.TemporaryDirectory(prefix="kdistill-eval-") as tmp:
@@ -63,7 +65,7 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
         args = argparse.Namespace(run=str(run) if run else None, student=str(student) if student else None,
                                   teacher=teacher, data=str(data) if data else None, seq_len=seq_len,
                                   batches=batches, tasks=[str(t) for t in tasks] or None, limit=limit,
-                                  max_new_tokens=max_new_tokens, no_speed=not measure_speed,
+                                  max_new_tokens=max_new_tokens, no_speed=not measure_speed, no_heldout=not heldout,
                                   lm_eval_dir=str(lm_eval_dir) if lm_eval_dir else None,
                                   out=str(target) if target else None)
         run_eval(args)
@@ -71,15 +73,20 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
 
 
 def export(model: str | Path, format: str, type: str | None = None, out: str | Path | None = None, *,  # noqa: A002
-           group_size: int = 32, keep_embeddings: bool = False, data: str | Path | None = None, seq_len: int = 128,
+           group_size: int | None = None, max_bits: float = 5.0, calibration: str | Path | None = None,
+           keep_embeddings: bool = False, data: str | Path | None = None, seq_len: int = 128,
            max_tokens: int = 2048, measure: bool = True) -> dict:
     """Export a student folder, as `kdistill export`: `format` gguf (with `type` F32, F16, Q8_0, Q5_0 or
-    Q4_0), int8 or int4. Returns {"out": path, "format": label, "card": model card path, "report": size
-    and KL(fp32 || export) on held-out text (`data`, else a built-in paragraph), None if not `measure`}."""
+    Q4_0), int8 or int4 (group size, clipping and int8 layers chosen by KL on `calibration` text within
+    `max_bits` a weight; `group_size` fixes the group). Returns {"out": path, "format": label, "card":
+    model card path, "report": size and KL(fp32 || export) on held-out text (`data`, else a built-in
+    paragraph), None if not `measure`; "warning": the line printed when that KL is far above the type's
+    bound, else None}."""
     from .export.cli import run_export
 
     args = argparse.Namespace(model=str(model), format=format, type=type, out=str(out) if out else None,
-                              group_size=group_size, keep_embeddings=keep_embeddings,
+                              group_size=group_size, max_bits=max_bits,
+                              calibration=str(calibration) if calibration else None, keep_embeddings=keep_embeddings,
                               data=str(data) if data else None, seq_len=seq_len, max_tokens=max_tokens,
                               no_eval=not measure)
     return run_export(args)

@@ -68,10 +68,11 @@ def _cache(args) -> int:
 
 
 def _generate(args) -> int:
-    from .generate import generate_text
+    from .generate import complete, load_for_generation
 
+    model, tokenizer = load_for_generation(args.model, args.chat)  # once for all prompts
     for prompt in args.prompt:
-        print(generate_text(args.model, prompt, args.max_new_tokens, args.temperature))
+        print(complete(model, tokenizer, prompt, args.max_new_tokens, args.temperature, chat=args.chat))
     return 0
 
 
@@ -109,7 +110,14 @@ def _export(args) -> int:
     return export_cli.main(args)
 
 
+def _map_layers(args) -> int:
+    from .students import map_command
+
+    return map_command.main(args)
+
+
 COMMANDS = {"distill": _distill, "cache": _cache, "generate": _generate, "eval": _eval, "report": _report,
+            "map-layers": _map_layers,
             "bench": _bench, "design": _design, "export": _export, "config": _config}
 
 

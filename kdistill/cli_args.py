@@ -14,7 +14,8 @@ EXAMPLES = {
                "  kdistill distill --config configs/demo.yaml train.max_steps=20 output_dir=runs/quick\n"
                "  kdistill distill --config configs/demo.yaml --dry-run\n"
                "  kdistill distill --config configs/demo.yaml --resume",
-    "generate": "example:\n  kdistill generate --model runs/demo/student \"Once upon a time\"",
+    "generate": "examples:\n  kdistill generate --model runs/demo/student \"Once upon a time\"\n"
+                "  kdistill generate --model runs/demo/student-q4_0.gguf --chat \"What is the capital of France?\"",
     "eval": "examples:\n  kdistill eval --student runs/demo/student --teacher default --data notes.txt --out e.json\n"
             "  kdistill eval --run runs/demo --tasks tests/fixtures/tasks/tiny_mc.jsonl --lm-eval-dir runs/lm_tasks",
     "report": "examples:\n  kdistill report runs/demo\n"
@@ -26,6 +27,8 @@ EXAMPLES = {
     "cache": "examples:\n  kdistill cache --config configs/demo.yaml cache.out=runs/cache cache.k=50\n"
              "  kdistill cache --inspect runs/cache\n"
              "  kdistill distill --config configs/demo.yaml teacher.cache=runs/cache",
+    "map-layers": "examples:\n  kdistill map-layers --teacher default --student runs/demo/student\n"
+                  "  kdistill map-layers --teacher default --student runs/demo --data notes.txt --out runs/map",
     "config": "examples:\n  kdistill config list\n"
               "  kdistill config show --config configs/demo.yaml train.max_steps=20\n"
               "  kdistill config cp demo my_run.yaml",
@@ -34,18 +37,20 @@ EXPORT_EPILOG = """\
 examples:
   # GGUF for llama.cpp / llama-cpp-python (F32, F16, Q8_0, Q5_0 or Q4_0)
   kdistill export --model runs/student/final --format gguf --type Q4_0 --out student-q4_0.gguf
-  # int4 (group 32) safetensors folder, KL measured on your own held-out text
+  # int4 folder, its scheme chosen by measured KL within 5 bits a weight, reported on your held-out text
   kdistill export --model runs/student/final --format int4 --out student-int4 --data heldout.txt
-  # load it back in Python
+  # load it back: transformers with `pip install compressed-tensors`, or kdistill without it
+  python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('student-int4')"
   python -c "from kdistill.export import load_quantized; m = load_quantized('student-int4')"
 
 The table reports the output size, the memory saved against the fp32 weights, and the mean per-token
-KL(fp32 student || exported) and top-1 agreement on held-out text (a built-in paragraph unless --data).
+KL(fp32 student || exported) and top-1 agreement on held-out text (a built-in paragraph unless --data),
+with the KL the type should give; a warning says when the export is far above it.
 """
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_0", "Q4_0")  # kdistill.export.gguf_writer.QTYPES
 INT_SCHEMES = ("int8", "int4")  # kdistill.export.quantize.SCHEMES
 BENCH_DIVERGENCES = ("forward_kl", "reverse_kl", "bidirectional_kl", "jsd", "skew_forward_kl", "skew_reverse_kl",
-                     "tvd", "selective", "reverse_kl_pg")  # kdistill.losses.config.KINDS without ce
+                     "tvd", "selective", "reverse_kl_pg", "uld", "hybrid")  # losses.config.KINDS without ce
 BENCH_DTYPES = ("float32", "bfloat16")  # kdistill.losses.bench.DTYPES
 
 
@@ -65,10 +70,13 @@ def cache_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True,
+                   help="a model folder, an int8/int4 folder from `kdistill export`, or a .gguf file")
     p.add_argument("prompt", nargs="+")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--chat", action="store_true",
+                   help="send each prompt as a user message through the tokenizer's chat template")
 
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,14 +84,18 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
                                  "the result is merged into RUN/eval.json")
     p.add_argument("--student", help="student folder (default with --run: RUN/student)")
     p.add_argument("--teacher", help="hub id, folder, .gguf file or 'default' (default with --run: from its config)")
-    p.add_argument("--data", help="data file (default: teacher-generated data)")
+    p.add_argument("--data", help="held-out data file (default: with --run the run's own held-out split, else "
+                                  "new teacher samples with a seed of their own)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--tasks", nargs="+", metavar="FILE.jsonl",
-                   help="benchmark files, multiple choice or generative (format: kdistill/evaluation/tasks.py)")
+    p.add_argument("--tasks", nargs="+", metavar="FILE",
+                   help="benchmark files: kdistill JSONL (kdistill/evaluation/tasks.py), BIG-bench task.json or "
+                        "lm-eval task YAML")
     p.add_argument("--limit", type=int, help="use at most this many records of each task")
     p.add_argument("--max-new-tokens", type=int, help="for completions, speed and generative tasks (default 32)")
     p.add_argument("--no-speed", action="store_true", help="skip the generation speed and memory measurement")
+    p.add_argument("--no-heldout", action="store_true",
+                   help="no held-out text (read or generated): tasks, sizes and speed only")
     p.add_argument("--lm-eval-dir", help="also write lm-eval task YAMLs for --tasks here")
     p.add_argument("--out", help="write the result as JSON here (default with --run: RUN/eval.json)")
 
@@ -144,13 +156,28 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=("gguf", *INT_SCHEMES), help="output format")
     p.add_argument("--type", choices=GGUF_TYPES, help="GGUF tensor type (default F16)")
     p.add_argument("--out", help="output .gguf file or folder (default: beside --model, named by type)")
-    p.add_argument("--group-size", type=int, default=32, help="int4 group length (default 32)")
+    p.add_argument("--group-size", type=int,
+                   help="int4 group length (default: 32, 64 and 128 measured, the lowest KL kept)")
+    p.add_argument("--max-bits", type=float, default=5.0,
+                   help="int4: bits a layer weight may cost on average, scales included (default 5.0; group 32 "
+                        "is 4.5, the rest moves the layers that matter most to int8)")
+    p.add_argument("--calibration", help="int4: UTF-8 text the scheme is chosen on (default: a built-in paragraph)")
     p.add_argument("--keep-embeddings", action="store_true",
                    help="int8/int4: keep the token embedding and output head in float (default int8)")
     p.add_argument("--data", help="held-out UTF-8 text for the KL measurement")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per measured sequence (default 128)")
     p.add_argument("--max-tokens", type=int, default=2048, help="held-out tokens measured (default 2048)")
     p.add_argument("--no-eval", action="store_true", help="skip loading the output back and measuring")
+
+
+def map_layers_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `kdistill map-layers` (kdistill/students/map_command.py)."""
+    p.add_argument("--teacher", required=True, help="hub id, folder, .gguf file or 'default'")
+    p.add_argument("--student", required=True, help="student folder, or a kdistill run folder (its student/)")
+    p.add_argument("--data", help="calibration text: any file data.path reads (default: a few built-in sentences)")
+    p.add_argument("--tokens", type=int, default=512, help="calibration tokens (512)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration row (128)")
+    p.add_argument("--out", default="runs/layer_map", help="folder for layer_map.yaml/.json/.png")
 
 
 def config_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,7 +199,7 @@ SUBCOMMANDS = [  # (name, help, add the arguments)
     ("distill", "Distill a teacher into a student (config file plus key.path=value overrides).", distill_arguments),
     ("cache", "Run the teacher once over the data and write a compact teacher cache (or --inspect one).",
      cache_arguments),
-    ("generate", "Generate text with a model folder.", generate_arguments),
+    ("generate", "Generate text with a model folder, an int8/int4 export or a .gguf file.", generate_arguments),
     ("eval", "Compare a student with its teacher: held-out agreement, benchmarks, size and speed.", eval_arguments),
     ("report", "An HTML page (and Markdown) of one or more runs: curves, tables, completions, quality vs size.",
      report_arguments),
@@ -180,6 +207,8 @@ SUBCOMMANDS = [  # (name, help, add the arguments)
     ("design", "Print candidate students for a teacher and a size; write the chosen one as a config.",
      design_arguments),
     ("export", "Quantise a student or export it as GGUF.", export_arguments),
+    ("map-layers", "Map student layers to teacher layers by linear CKA; write the pairs, a matrix and a heat map.",
+     map_layers_arguments),
     ("config", "Show every config key with its meaning, list the shipped configs, copy one.", config_arguments),
 ]
 

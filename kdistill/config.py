@@ -79,6 +79,11 @@ class StudentConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    tokenizer: str | None = None
+    """The student's own tokenizer (a folder, a .gguf, or `default`: SmolLM2's) when it is not the teacher's:
+    cross-tokenizer distillation with loss kinds hybrid or uld (kdistill/sources/cross.py). kind=llama:
+    the student is built around it (embeddings fresh, or the teacher's rows of matching strings with
+    init=teacher); kind=pretrained: give the student's folder. Empty = the teacher's tokenizer."""
 
 
 @dataclass
@@ -102,7 +107,8 @@ def _default_terms() -> list[dict]:
 @dataclass
 class LossConfig:
     terms: list[dict] = field(default_factory=_default_terms)
-    """Weighted terms; see README 'Losses' for the kinds and their keys."""
+    """Weighted terms; see README 'Losses' for the kinds and their keys (hidden_mse, hidden_cosine,
+    attention_output, attention_map: README 'Hidden states and attention')."""
     t2_scale: bool = True
     """Multiply KD terms by T^2 (Hinton et al.) so gradients keep their scale across temperatures."""
     chunk_size: int | None = None
@@ -146,8 +152,8 @@ class EvalConfig:
     measure_speed: bool = True
     """Measure generation tokens/s, time to first token and peak memory of both models (subprocesses)."""
     tasks: list[str] = field(default_factory=list)
-    """Benchmark JSONL files (multiple-choice or generative, see kdistill/evaluation/tasks.py) run on
-    teacher and student after training."""
+    """Benchmark files run on teacher and student after training: kdistill JSONL (multiple-choice or
+    generative, see kdistill/evaluation/tasks.py), BIG-bench task.json or lm-eval task YAML."""
 
 
 @dataclass

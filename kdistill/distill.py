@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .evaluation.compare import compare, format_table
 from .evaluation.exposure import exposure_metrics
 from .evaluation.heldout import HeldoutEvaluator, eval_row, heldout_key
+from .evaluation.record import distill_record
 from .hardware import pick_device, pick_dtype, set_threads
 from .losses import build_objective
 from .model_card import write_student_card
@@ -104,7 +105,9 @@ def load_data(cfg: Config, source, device, dist=None) -> Data:
 
 def make_student(cfg: Config, source, data: Data, device):
     teacher = source.init_model
-    calib = batching.to_device(batching.collate(data.train[:4], data.pad_id), device)  # layer choice, pruning
+    teacher_view = getattr(source, "calibration_batch", None)  # a source whose teacher reads other tokens
+    calib = batching.to_device(teacher_view(data.train[:4]) if teacher_view else
+                               batching.collate(data.train[:4], data.pad_id), device)  # layer choice, pruning
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)
     student.to(device)
@@ -112,6 +115,22 @@ def make_student(cfg: Config, source, data: Data, device):
         getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     print(describe_student(report, count_parameters(teacher)), flush=True)
     return student, report
+
+
+def feature_loss(objective, student, source, report: dict, data: Data, run, device):
+    """Hidden-state and attention terms (None without any): pairs resolved now, or read back from the
+    checkpoint a run resumes from, and kept in the record (`feature_pairs`) and the student's report."""
+    if not objective.features:
+        return None
+    from .train.features import pairs_record, plan
+
+    recorded = None
+    if run.resume_from is not None:
+        recorded = json.loads((run.resume_from / "trainer_state.json").read_text()).get("feature_pairs")
+    calib = batching.to_device(batching.collate(data.train[:4], data.pad_id), device)
+    features = plan(objective, student, source.init_model, report, calib, recorded).to(device)
+    report["feature_pairs"] = pairs_record(features)
+    return features
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -148,6 +167,8 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
         result["exposure"] = exposure_metrics(student, reference.model, data.heldout, source.tokenizer, device,
                                               cfg.eval.max_new_tokens, cfg.rollout.prompt_tokens,
                                               cfg.train.seq_len, cfg.train.seed)
+    result = distill_record(result, cfg, run.path, device, dtype, len(data.train),
+                            sum(len(b["input_ids"]) for b in data.heldout))  # when, how, data sizes, hardware
     with fsutil.writing(run.path / "eval.json"):
         fsutil.write_json(run.path / "eval.json", result)
     print(format_table(result), flush=True)
@@ -220,6 +241,7 @@ def _distill(cfg: Config, run, dist) -> dict:
     source.attach_student(student)  # a source that is the student itself (EMA) starts from it here
     objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
                                 memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
+    features = feature_loss(objective, student, source, report, data, run, device)
     evaluators = references(source, data, device, head_weight(student).shape[0], dist)
 
     def evaluate(step: int, model) -> dict:
@@ -230,9 +252,11 @@ def _distill(cfg: Config, run, dist) -> dict:
     stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id,
                                   collate_fn=lambda picked: source.collate(picked, data.pad_id))
     stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
-    record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report}
+    record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report,
+              **({"feature_pairs": report["feature_pairs"]} if features is not None else {})}
     trained = run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
-                           run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist).student
+                           run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist,
+                           features=features).student
     if not dist.main:
         return {}
     return finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)

@@ -126,6 +126,20 @@ def check_generate(cfg) -> None:
     check_generate_files(cfg)
 
 
+def check_features(cfg) -> None:
+    """Hidden-state and attention terms: a teacher with activations, layers that exist (train/feature_checks)."""
+    from .train.feature_checks import check
+
+    check(cfg)
+
+
+def check_cross_tokenizer(cfg) -> None:
+    """student.tokenizer: what a cross-tokenizer run cannot do, and the data read by both tokenizers."""
+    from .sources.cross_checks import check_cross
+
+    check_cross(cfg)
+
+
 def check_trackers(cfg) -> None:
     from .train import distributed
     from .train.tracking import check
@@ -134,8 +148,8 @@ def check_trackers(cfg) -> None:
     distributed.check(cfg)
 
 
-CHECKS = (check_trackers, check_sources, check_rollout, check_loss, check_tasks, check_student, check_teacher, check_data,
-          check_generate)
+CHECKS = (check_trackers, check_cross_tokenizer, check_sources, check_rollout, check_loss, check_features, check_tasks, check_student,
+          check_teacher, check_data, check_generate)
 
 
 def check(cfg) -> None:

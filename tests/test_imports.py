@@ -8,7 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "kdistill"
 COMMANDS = {"kdistill", "kdistill.cli", "kdistill.__main__", "kdistill.evaluation.command", "kdistill.cache.command",
             "kdistill.export.cli", "kdistill.report.command", "kdistill.losses.bench", "kdistill.train.bench_step", "kdistill.students.design",
-            "kdistill.cli_args", "kdistill.config_command", "kdistill.api"}
+            "kdistill.cli_args", "kdistill.config_command", "kdistill.api",
+            "kdistill.students.map_command"}
 LAYERS = [  # (rank, module prefixes); higher ranks may import lower ones only
     (3, ("kdistill.distill", "kdistill.preflight", "kdistill.rundir", "kdistill.dry_run")),
     (2, ("kdistill.sources", "kdistill.teacher", "kdistill.data", "kdistill.students", "kdistill.train",
@@ -16,7 +17,8 @@ LAYERS = [  # (rank, module prefixes); higher ranks may import lower ones only
          "kdistill.cache.writer", "kdistill.cache.reader", "kdistill.cache.signal", "kdistill.cache.inspect",
          "kdistill.model_card")),
     (1, ("kdistill.losses", "kdistill.cache", "kdistill.modeling", "kdistill.model_files", "kdistill.hardware",
-         "kdistill.config", "kdistill.config_generate", "kdistill.config_rollout", "kdistill.sandbox", "kdistill.console", "kdistill.lazy")),
+         "kdistill.config", "kdistill.config_generate", "kdistill.config_rollout", "kdistill.sandbox", "kdistill.console", "kdistill.lazy",
+         "kdistill.activations")),
     (0, ("kdistill.fsutil", "kdistill.errors")),
 ]
 

@@ -2,15 +2,22 @@
 
     kdistill eval --student runs/demo/student --teacher default --data notes.txt --out eval.json
     kdistill eval --run runs/demo --tasks tests/fixtures/tasks/tiny_mc.jsonl tests/fixtures/tasks/tiny_gen.jsonl
+    kdistill eval --run runs/demo --no-heldout --no-speed --tasks navigate/task.json
 
 `--run RUN_DIR` evaluates the student of a `kdistill distill` run against its teacher on the run's own
-held-out split (teacher, data and seq_len come from RUN_DIR/config.yaml) and merges the result into
-RUN_DIR/eval.json, which `kdistill report` reads. `--lm-eval-dir DIR` also writes lm-eval task YAMLs
-for the --tasks files and prints the `lm_eval` command that runs them on the student folder.
+held-out split (teacher, data and seq_len come from RUN_DIR/config.yaml; `--data FILE` measures on a file
+instead) and merges the result into RUN_DIR/eval.json, which `kdistill report` reads: each measurement
+keeps when and how it was taken, and one this command did not repeat (`--no-speed`, `--no-heldout`) stays
+(record.py). Without --run or --data the teacher writes new held-out samples with a seed of their own
+(eval_data.py). `--no-heldout` reads and generates no held-out text: tasks, sizes and speed only.
+`--lm-eval-dir DIR` also writes lm-eval task YAMLs for the --tasks files and prints the complete `lm_eval`
+commands that run them on the student and on the teacher's folder.
 """
 from __future__ import annotations
 
+import datetime
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -22,6 +29,7 @@ from ..errors import ConfigError, ModelError
 from ..hardware import pick_device, pick_dtype, set_threads
 from ..model_files import check_model_folder
 from ..teacher import load_teacher
+from . import cross_eval, eval_data, record
 from .compare import compare, format_table
 from .exposure import exposure_metrics
 from .lm_eval_tasks import lm_eval_command, write_task_yamls
@@ -32,23 +40,23 @@ def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
     probe = "Once upon a time, the king said: 42 × π ≈ 131.9 — ok?"
     if student_tok(probe)["input_ids"] != teacher_tok(probe)["input_ids"]:
         raise ModelError(f"{student_dir}: the student's tokenizer differs from the teacher's; distillation "
-                         "and this comparison need one vocabulary (train the student with the teacher's tokenizer)")
+                         "and this comparison need one vocabulary (train the student with the teacher's tokenizer; a "
+                         "student.tokenizer run is evaluated per byte with `kdistill eval --run RUN_DIR`)")
 
 
-def resolve_args(args) -> tuple[Config, str, str, bool]:
-    """(config, student folder, teacher spec, split held-out) from --run or --student/--teacher."""
+def resolve_args(args) -> tuple[Config, str, str]:
+    """(config, student folder, teacher spec) from --run or --student/--teacher."""
     if args.run:
         run = Path(args.run)
         if not (run / "config.yaml").is_file():
             raise ConfigError(f"--run {run}: no config.yaml there; give the output_dir of `kdistill distill`")
         cfg = load_config(run / "config.yaml")
-        student = args.student or str(run / "student")
-        return cfg, student, args.teacher or cfg.teacher.model, True
+        return cfg, args.student or str(run / "student"), args.teacher or cfg.teacher.model
     if not args.student or not args.teacher:
         raise ConfigError("give --run RUN_DIR, or both --student DIR and --teacher SPEC")
     cfg = Config()
-    cfg.data.path, cfg.train.seq_len = args.data, args.seq_len
-    return cfg, args.student, args.teacher, not args.data
+    cfg.train.seq_len = args.seq_len
+    return cfg, args.student, args.teacher
 
 
 def output_path(args) -> Path | None:
@@ -57,60 +65,125 @@ def output_path(args) -> Path | None:
     return Path(args.run) / "eval.json" if args.run else None
 
 
-def write_result(path: Path, result: dict) -> None:
-    """Write the result; keys of an existing file that this run did not produce (heldout_start) are kept."""
-    old = {}
+def write_result(path: Path, result: dict) -> dict:
+    """Merge the result into the file's earlier measurements (record.merge) and write it; returns what
+    was written."""
+    old, when = {}, None
     if path.is_file():
+        when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
         try:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
-            old = {}
-    fsutil.write_json(path, {**old, **result})
+            kept = path.with_name(path.name + ".unreadable")
+            path.replace(kept)
+            print(f"note: {path} was not valid JSON; kept as {kept}, a new one written")
+    merged = record.merge(old, result, when)
+    fsutil.write_json(path, merged)
+    return merged
 
 
-def run_eval(args) -> int:
+OPTIONS = [("run", "--run"), ("student", "--student"), ("teacher", "--teacher"), ("data", "--data"),
+           ("seq_len", "--seq-len"), ("batches", "--batches"), ("tasks", "--tasks"), ("limit", "--limit"),
+           ("max_new_tokens", "--max-new-tokens"), ("no_speed", "--no-speed"), ("no_heldout", "--no-heldout"),
+           ("lm_eval_dir", "--lm-eval-dir"), ("out", "--out")]
+DEFAULTS = {"seq_len": 128, "batches": 8}
+
+
+def command_line(args) -> str:
+    """The `kdistill eval` command these options make (also for the Python API, which has no argv)."""
+    parts = ["kdistill", "eval"]
+    for dest, flag in OPTIONS:
+        value = getattr(args, dest, None)
+        if value in (None, False, [], ()) or DEFAULTS.get(dest) == value:
+            continue
+        parts += [flag] if value is True else [flag, *map(shlex.quote, map(str, value if isinstance(value, list)
+                                                                              else [value]))]
+    return " ".join(parts)
+
+
+def load_models(args, cfg: Config, student_dir: str, teacher_spec: str):
+    """(teacher, tokenizer, teacher folder, teacher dtype, student, device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..data.load import load_examples
-    from ..sources.model import ModelSource
-
-    cfg, student_dir, teacher_spec, split = resolve_args(args)
-    tasks = list(getattr(args, "tasks", None) or [])
-    for path in tasks:
-        read_task(path)  # bad task files fail before any model is loaded
     set_threads(0)
     device = pick_device("auto")
     if not Path(student_dir).is_dir():
         raise ModelError(f"--student {student_dir}: no such folder")
     use_safetensors = check_model_folder(student_dir, "--student")
     t = cfg.teacher
-    teacher, tokenizer, teacher_dir = load_teacher(teacher_spec, device, pick_dtype("auto", device),
-                                                   t.trust_remote_code, max_memory=t.max_memory,
-                                                   offload_dir=t.offload_dir, allow_pickle=t.allow_pickle)
+    dtype = pick_dtype("auto", device)
+    teacher, tokenizer, teacher_dir = load_teacher(teacher_spec, device, dtype, t.trust_remote_code,
+                                                   max_memory=t.max_memory, offload_dir=t.offload_dir,
+                                                   allow_pickle=t.allow_pickle)
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, trust_remote_code=False,
                                                    use_safetensors=use_safetensors).to(device).eval()
     check_same_tokenizer(AutoTokenizer.from_pretrained(student_dir, trust_remote_code=False), tokenizer,
                          student_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    examples = load_examples(cfg, teacher, tokenizer, teacher_dir, device)
-    if split:
-        _, examples = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
-    batches = batching.heldout_batches(examples, cfg.train.batch_size, tokenizer.pad_token_id, args.batches)
+    return teacher, tokenizer, teacher_dir, dtype, student, device
+
+
+def heldout_examples(args, run: Path | None, run_cfg, teacher, tokenizer, teacher_dir, device):
+    """(held-out examples, eval.json's heldout_data, a warning or None); no examples with --no-heldout."""
+    from ..data.load import load_examples
+
+    p = eval_data.plan(args, run_cfg)
+    if p["kind"] == "none":
+        return [], None, None
+    examples = load_examples(p["cfg"], teacher, tokenizer, teacher_dir, device)
+    training = None
+    if p["split"]:
+        training, examples = batching.split(examples, p["cfg"].data.heldout_fraction, p["cfg"].train.seed)
+    elif run_cfg is not None:
+        training = eval_data.training_split(run_cfg, tokenizer, teacher_dir, device)
+    info = eval_data.source_record(p, args, examples, run)
+    warning = eval_data.check_overlap(info, examples, training, run, tokenizer)
+    return examples, info, warning
+
+
+def print_lm_eval(args, tasks: list, max_new: int, student_dir: str, teacher_dir: str, dtype, device) -> None:
+    names = write_task_yamls(tasks, args.lm_eval_dir, max_new)
+    where = torch.device(device).type if torch.device(device).type == "cpu" else str(device)
+    student = lm_eval_command(student_dir, args.lm_eval_dir, names, "float32", where)
+    teacher = lm_eval_command(teacher_dir, args.lm_eval_dir, names, str(dtype).replace("torch.", ""), where)
+    print(f"lm-eval tasks in {args.lm_eval_dir}; run them with:\n  student: {student}\n  teacher: {teacher}")
+
+
+def run_eval(args) -> int:
+    from ..sources.model import ModelSource
+
+    cfg, student_dir, teacher_spec = resolve_args(args)
+    run = eval_data.find_run(args.run, student_dir)
+    run_cfg = cfg if args.run else eval_data.run_config(run)
+    tasks = list(getattr(args, "tasks", None) or [])
+    for path in tasks:
+        read_task(path)  # bad task files fail before any model is loaded
+    if args.run and cross_eval.is_cross(cfg):  # the student has its own tokenizer: per group and per byte
+        return cross_eval.run_cross_eval(args, cfg, student_dir, teacher_spec, command_line(args), output_path(args),
+                                         write_result)
+    teacher, tokenizer, teacher_dir, dtype, student, device = load_models(args, cfg, student_dir, teacher_spec)
+    examples, info, warning = heldout_examples(args, run, run_cfg, teacher, tokenizer, teacher_dir, device)
+    batches = batching.heldout_batches(examples, cfg.train.batch_size, tokenizer.pad_token_id, args.batches) \
+        if examples else []
     max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
     reference = ModelSource(teacher, tokenizer, teacher_dir, teacher_spec)
     result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
                      measure_speed=not getattr(args, "no_speed", False), tasks=tasks,
                      task_limit=getattr(args, "limit", None))
-    result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,
-                                          cfg.rollout.prompt_tokens, cfg.train.seq_len, cfg.train.seed)
+    if batches:
+        result["heldout_data"] = info
+        result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,
+                                              cfg.rollout.prompt_tokens, cfg.train.seq_len, cfg.train.seed)
+    line = record.how(command_line(args), student_dir, f"{teacher_spec} ({teacher_dir})", device, dtype)
+    result = record.stamp(result, line)
     print(format_table(result))
+    if warning:
+        print(warning)
     out = output_path(args)
     if out is not None:
         write_result(out, result)
         print(f"\nwrote {out}")
     if getattr(args, "lm_eval_dir", None) and tasks:
-        names = write_task_yamls(tasks, args.lm_eval_dir, max_new)
-        print(f"lm-eval tasks in {args.lm_eval_dir}; run them with:\n  "
-              f"{lm_eval_command(student_dir, args.lm_eval_dir, names)}")
+        print_lm_eval(args, tasks, max_new, student_dir, teacher_dir, dtype, device)
     return 0

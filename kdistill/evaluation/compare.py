@@ -10,29 +10,20 @@
      "compression": teacher / student parameters, "size_ratio": teacher / student bytes on disk,
      "speedup": student / teacher tokens/s, "ttft_speedup": teacher / student time to first token,
      "memory_ratio": teacher / student model_rss_mb,
-     "benchmarks": {task: {kind, metric, n, teacher: {...}, student: {...}, retention}},  (with tasks)
-     "retention": mean benchmark retention, "prompts": [...], "completions": {"teacher": [...], ...}}
+     "benchmarks": {task: {kind, metric, n, chance, majority, baseline, teacher: {acc, acc_stderr, ...},
+                   student: {...}, retention (None where the teacher is not above the baseline), retention_note}},
+     "task_retention": mean over the tasks with a retention, "task_retention_tasks", "task_retention_excluded",
+     "prompts": [...], "completions": {"teacher": [...], ...}, "completion_settings": {...}}
 """
 from __future__ import annotations
 
 import torch
 
 from ..modeling import count_parameters
+from .completions import complete, completion_settings, describe
 from .heldout import heldout_metrics
 from .speed import folder_bytes, measure_in_subprocess
-from .tasks import mean_retention, run_tasks
-
-
-@torch.no_grad()
-def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, device) -> list[str]:
-    """Greedy completions with a mild repetition penalty, identical settings for every model."""
-    out = []
-    for p in prompts:
-        enc = tokenizer(p, return_tensors="pt").to(device)
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.2,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        out.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    return out
+from .tasks import retention_summary, run_tasks
 
 
 def _ratio(a, b):
@@ -52,12 +43,15 @@ def ratios(teacher: dict, student: dict) -> dict:
 def compare(student, reference, batches, device, student_dir, prompts, max_new_tokens: int = 32,
             measure_speed: bool = True, tasks=None, task_limit: int | None = None, heldout: dict | None = None) -> dict:
     """Every teacher-vs-student number against `reference`, a teacher source with a live model (`.model`,
-    `.folder`, `.tokenizer`); `heldout` reuses metrics already measured on `batches`; `tasks` are task
-    files (see `tasks.py`)."""
+    `.folder`, `.tokenizer`); `heldout` reuses metrics already measured on `batches`; no `batches` (None
+    or []) measures nothing held-out; `tasks` are task files (see `tasks.py`). Completions use the
+    student folder's own generation settings (completions.py)."""
     teacher, tokenizer = reference.model, reference.tokenizer
-    held = heldout if heldout is not None else heldout_metrics(student, reference, batches, device)
+    settings = completion_settings(student_dir, max_new_tokens)
+    result = {"prompts": prompts, "completions": {}, "completion_settings": settings}
+    if batches:
+        result["heldout"] = heldout if heldout is not None else heldout_metrics(student, reference, batches, device)
     models = {"teacher": (teacher, reference.folder), "student": (student, student_dir)}
-    result = {"heldout": held, "prompts": prompts, "completions": {}}
     for name, (model, folder) in models.items():
         info = {"parameters": count_parameters(model), "size_on_disk_mb": folder_bytes(folder) / 2**20
                 if folder else None}
@@ -65,13 +59,14 @@ def compare(student, reference, batches, device, student_dir, prompts, max_new_t
             info.update(measure_in_subprocess(str(folder), prompts, max_new_tokens,
                                               device=torch.device(device).type))
         result[name] = info
-        result["completions"][name] = complete(model, tokenizer, prompts, max_new_tokens, device)
+        own = getattr(reference, "student_tokenizer", tokenizer) if name == "student" else tokenizer  # cross-tokenizer
+        result["completions"][name] = complete(model, own, prompts, settings, device)
     result.update(ratios(result["teacher"], result["student"]))
     if tasks:
         bench = run_tasks({"teacher": teacher, "student": student}, tokenizer, list(tasks), device,
                           task_limit, max_new_tokens)
         result["benchmarks"] = bench
-        result["retention"] = mean_retention(bench)
+        result.update(retention_summary(bench))
     return result
 
 
@@ -97,13 +92,24 @@ RATIO_LABELS = [("compression", "compression"), ("size_ratio", "smaller on disk"
                 ("ttft_speedup", "first-token speed-up"), ("memory_ratio", "less memory")]
 
 
+def score_text(scores: dict, metric: str) -> str:
+    """'62.5% ±8.1' (score and its standard error in points)."""
+    se = scores.get(f"{metric}_stderr")
+    return _pct(scores.get(metric)) + ("" if se is None else f" ±{100 * se:.1f}")
+
+
 def benchmark_lines(benchmarks: dict) -> list[str]:
-    lines = [f"{'benchmark':28s}{'teacher':>16s}{'student':>16s}{'retention':>12s}"]
+    lines = [f"{'benchmark':28s}{'teacher':>16s}{'student':>16s}{'baseline':>10s}{'task retention':>16s}"]
+    notes = []
     for name, b in benchmarks.items():
         m = b["metric"]
-        lines.append(f"{(name + ' ' + m + ' (n=' + str(b['n']) + ')'):28s}{_pct(b['teacher'][m]):>16s}"
-                     f"{_pct(b['student'][m]):>16s}{_pct(b.get('retention')):>12s}")
-    return lines
+        ret = b.get("retention")
+        lines.append(f"{(name + ' ' + m + ' (n=' + str(b['n']) + ')'):28s}{score_text(b['teacher'], m):>16s}"
+                     f"{score_text(b['student'], m):>16s}{_pct(b.get('baseline')):>10s}"
+                     f"{(_pct(ret) if ret is not None else 'n/a'):>16s}")
+        if ret is None and b.get("retention_note"):
+            notes.append(f"  {name}: {b['retention_note']}")
+    return lines + notes
 
 
 def heldout_lines(h: dict, against: str = "teacher") -> list[str]:
@@ -113,9 +119,23 @@ def heldout_lines(h: dict, against: str = "teacher") -> list[str]:
              + (f"   JS: {h['js']:.3f}" if "js" in h else ""),
              f"top-1 agreement: {_pct(h['top1_agreement'])}"
              + (f"   top-10 agreement: {_pct(h['top10_agreement'])}" if "top10_agreement" in h else "")]
+    if "bpb_student" in h:  # another tokenizer: measured per aligned group and per byte (cross_metrics)
+        lines[0] = lines[0].replace("nats/token", "nats/group").replace("tokens", "student tokens", 1)
+        lines.append(f"bits per byte: teacher {h['bpb_teacher']:.3f}   student {h['bpb_student']:.3f}   "
+                     f"over {h['bytes']:,} bytes, {h['groups']:,} aligned groups")
     if "kl_quantiles" in h:
         lines.append("per-token KL: " + "  ".join(f"{k} {v:.3f}" for k, v in h["kl_quantiles"].items()))
     return lines
+
+
+def retention_line(result: dict) -> str:
+    """The mean task retention and which tasks it is over."""
+    kept = result.get("task_retention_tasks") or []
+    if result.get("task_retention") is None:
+        return "mean task retention: n/a (the teacher beats the baseline on no task)"
+    left = len(result.get("task_retention_excluded") or {})
+    return (f"mean task retention (student / teacher score): {_pct(result['task_retention'])} over {len(kept)} "
+            f"task{'s' if len(kept) != 1 else ''}" + (f"; {left} left out (teacher not above baseline)" if left else ""))
 
 
 def format_table(result: dict) -> str:
@@ -130,16 +150,18 @@ def format_table(result: dict) -> str:
             lines.append(f"{label:28s}{_fmt(t.get(key)):>16s}{_fmt(s.get(key)):>16s}")
     if "error" in t or "error" in s:
         lines.append(f"speed measurement failed: {t.get('error') or s.get('error')}")
-    for key in sorted(k for k in result if k == "heldout" or k.startswith("heldout_") and not k.endswith("start")):
+    for key in sorted(k for k in result if k == "heldout" or k.startswith("heldout_")
+                      and not k.endswith("start") and k != "heldout_data"):
         lines += heldout_lines(result[key], "teacher" if key == "heldout" else key[len("heldout_"):])
     ratio_line = "   ".join(f"{label}: {result[key]:.2f}x" for key, label in RATIO_LABELS if key in result)
     if ratio_line:
         lines.append(ratio_line)
     if result.get("benchmarks"):
         lines += [""] + benchmark_lines(result["benchmarks"])
-        if result.get("retention") is not None:
-            lines.append(f"mean retention (student / teacher): {_pct(result['retention'])}")
+        lines.append(retention_line(result))
     lines.append("")
+    if result.get("prompts") and result.get("completion_settings"):
+        lines.append(f"completions: {describe(result['completion_settings'])}")
     for i, p in enumerate(result.get("prompts", [])):
         lines.append(f"prompt: {p!r}")
         for name in ("teacher", "student"):

@@ -23,6 +23,8 @@ import math
 import torch
 
 from ..losses import SparseSignal
+from ..losses.cross import CrossSignal
+from .cross_metrics import cross_batch_sums, cross_summary
 from ..losses.divergences import divergence, forward_kl, jsd
 from ..data.batches import to_device
 
@@ -133,7 +135,7 @@ def heldout_metrics(student, source, batches, device, signals: dict | None = Non
     batch's signal so the teacher runs once however often the student is evaluated.
     """
     totals: dict[str, float] = {}
-    kl_parts, pos_parts = [], []
+    kl_parts, pos_parts, cross = [], [], False
     for i, batch in enumerate(batches):
         batch = to_device(batch, device)
         s_logits = _logits(student, batch)
@@ -143,6 +145,11 @@ def heldout_metrics(student, source, batches, device, signals: dict | None = Non
             signal = source.signal(batch, s_logits.shape[-1])
             if signals is not None:
                 signals[i] = signal
+        if isinstance(signal, CrossSignal):  # another tokenizer: per aligned group and per byte
+            cross = True
+            for k, v in cross_batch_sums(s_logits, signal, batch).items():
+                totals[k] = totals.get(k, 0.0) + v
+            continue
         mask = batch["mask"].bool()
         for r in range(mask.shape[0]):  # one sequence at a time: JS and top-k make (T, V) temporaries
             rows = mask[r].nonzero().squeeze(-1)
@@ -152,6 +159,8 @@ def heldout_metrics(student, source, batches, device, signals: dict | None = Non
             pos_parts.append(rows.cpu())
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + v
+    if cross:
+        return cross_summary(totals)
     kl_tokens = torch.cat(kl_parts) if kl_parts else torch.zeros(0)
     positions = torch.cat(pos_parts) if pos_parts else torch.zeros(0, dtype=torch.long)
     return summarize(totals, kl_tokens, positions)

@@ -1,12 +1,17 @@
-"""lm-eval task YAMLs for kdistill's JSONL task files, so the same benchmark runs under EleutherAI's harness.
+"""lm-eval task YAMLs for kdistill's task files, so the same benchmark runs under EleutherAI's harness.
 
     kdistill eval --student runs/demo/student --teacher default --tasks arc_tiny.jsonl --lm-eval-dir lm_tasks
-    lm_eval --model hf --model_args pretrained=runs/demo/student --include_path lm_tasks --tasks kd_arc_tiny
+    lm_eval --model hf --model_args pretrained=runs/demo/student,dtype=float32 --device cpu --batch_size 1 \\
+        --include_path lm_tasks --tasks kd_arc_tiny
 
-A student folder is a plain transformers folder, so `--model hf` loads it unchanged. The YAML reads the
-JSONL with the `json` dataset builder (no hub access) and states the scoring `tasks.py` uses: for
-multiple choice, " " + choice after the context, acc and acc_norm; for generative tasks, greedy
-decoding until a newline and exact_match ignoring case, punctuation and surrounding whitespace.
+A student folder is a plain transformers folder, so `--model hf` loads it unchanged; `eval` prints the
+command for the student and for the teacher's folder, each with the dtype and device kdistill scored it
+in. The YAML reads JSONL with the `json` dataset builder (no hub access) and states the scoring
+`tasks.py` uses: for multiple choice, the task's delimiter (" " for JSONL) + choice after the context, acc
+and acc_norm; for generative tasks, greedy decoding until the task's stop strings and exact_match
+ignoring case, punctuation and surrounding whitespace. A JSONL task's YAML points at the file itself; a
+BIG-bench or lm-eval YAML task is written out as the records kdistill scored (`kd_<name>.jsonl` beside
+its YAML), so both harnesses score the same text.
 """
 from __future__ import annotations
 
@@ -16,22 +21,37 @@ from pathlib import Path
 from .tasks import read_task
 
 PREFIX = "kd_"
+MC_METRICS = ["metric_list:", "  - metric: acc", "    aggregation: mean", "    higher_is_better: true",
+              "  - metric: acc_norm", "    aggregation: mean", "    higher_is_better: true"]
 
 
-def task_yaml(path: str | Path, max_new_tokens: int = 32) -> tuple[str, str]:
-    """(lm-eval task name, YAML text) for one kdistill task file. JSON strings are valid YAML scalars."""
+def _records_file(task: dict, out_dir: Path, name: str) -> Path:
+    """The task's records as JSONL in out_dir (every MC record with its `answers` list when any has several)."""
+    several = any("answers" in r for r in task["records"])
+    rows = [{**r, "answers": r.get("answers", [r["answer"]])} if several else r for r in task["records"]]
+    path = out_dir / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def task_yaml(path: str | Path, max_new_tokens: int = 32, out_dir: str | Path | None = None) -> tuple[str, str]:
+    """(lm-eval task name, YAML text) for one task file. JSON strings are valid YAML scalars. A task that is
+    not kdistill JSONL has its records written to out_dir first."""
     task = read_task(path)
     name = PREFIX + task["name"]
+    data = Path(path) if task["format"] == "jsonl" else _records_file(task, Path(out_dir or "."), name)
     head = [f"task: {name}", "dataset_path: json", "dataset_kwargs:", "  data_files:",
-            f"    test: {json.dumps(str(Path(path).resolve()))}", "test_split: test"]
+            f"    test: {json.dumps(str(data.resolve()))}", "test_split: test"]
     if task["kind"] == "multiple_choice":
+        several = any("answers" in r for r in task["records"])
         body = ["output_type: multiple_choice", 'doc_to_text: "{{context}}"', 'doc_to_choice: "{{choices}}"',
-                'doc_to_target: "{{answer}}"', "metric_list:",
-                "  - metric: acc", "    aggregation: mean", "    higher_is_better: true",
-                "  - metric: acc_norm", "    aggregation: mean", "    higher_is_better: true"]
+                f'doc_to_target: "{{{{{"answers" if several else "answer"}}}}}"',
+                f"target_delimiter: {json.dumps(task.get('delimiter', ' '))}", *MC_METRICS]
     else:
+        until = task.get("until") or ["\n"]
         body = ["output_type: generate_until", 'doc_to_text: "{{prompt}}"', 'doc_to_target: "{{answer}}"',
-                "generation_kwargs:", '  until: ["\\n"]', "  do_sample: false", f"  max_gen_toks: {max_new_tokens}",
+                "generation_kwargs:", f"  until: {json.dumps(until)}", "  do_sample: false",
+                f"  max_gen_toks: {task.get('max_new_tokens') or max_new_tokens}",
                 "metric_list:", "  - metric: exact_match", "    aggregation: mean", "    higher_is_better: true",
                 "    ignore_case: true", "    ignore_punctuation: true",
                 '    regexes_to_ignore: ["^\\\\s+", "\\\\s+$"]']
@@ -44,12 +64,14 @@ def write_task_yamls(paths: list, out_dir: str | Path, max_new_tokens: int = 32)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for path in paths:
-        name, text = task_yaml(path, max_new_tokens)
+        name, text = task_yaml(path, max_new_tokens, out_dir)
         (out_dir / f"{name}.yaml").write_text(text)
         names.append(name)
     return names
 
 
-def lm_eval_command(model_dir: str, out_dir: str | Path, names: list[str]) -> str:
-    return (f"lm_eval --model hf --model_args pretrained={model_dir} --include_path {out_dir} "
-            f"--tasks {','.join(names)}")
+def lm_eval_command(model_dir: str, out_dir: str | Path, names: list[str], dtype: str = "float32",
+                    device: str = "cpu", batch_size: int = 1) -> str:
+    """The whole `lm_eval` command line for one model folder, in the dtype and on the device kdistill used."""
+    return (f"lm_eval --model hf --model_args pretrained={model_dir},dtype={dtype} --device {device} "
+            f"--batch_size {batch_size} --include_path {out_dir} --tasks {','.join(names)}")

@@ -5,6 +5,8 @@ KL(fp || q) is taken per token at temperature 1 with the float student as the re
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import torch
@@ -31,6 +33,30 @@ def mean(values):
 Questions people often ask: why is the sky blue? Sunlight is scattered by the molecules of the air, and
 short blue wavelengths are scattered much more than red ones, so blue light reaches us from every part
 of the sky. At sunset the light crosses more air, the blue is scattered away, and the sky turns orange.
+"""
+
+
+# Calibration text for choosing the int4 scheme (`choose.py`) when the user gives none: written for
+# kdistill, and different from HELD_OUT_TEXT, so the reported KL is not measured on what chose it.
+CALIBRATION_TEXT = """\
+The train left the valley at dawn. Mist lay over the river, and the fields on either side were still
+grey; a farmer walking his dog raised a hand as the carriages went by. By the time the line began to
+climb, the sun had reached the upper slopes and the snow there shone so brightly that the passengers
+pulled down their blinds.
+
+How to plant a tree: dig a hole twice as wide as the root ball and no deeper. Loosen the roots, set the
+tree so that the top of the root ball is level with the ground, fill the hole with the soil you took
+out, and water it well. A ring of mulch keeps the soil moist, but keep it away from the trunk.
+
+def count_words(text):
+    counts = {}
+    for word in text.lower().split():
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+Why do we have seasons? The Earth's axis is tilted, so for half the year one hemisphere leans toward
+the Sun and receives more direct light for longer days; that is its summer. Six months later it leans
+away, the light arrives at a lower angle, and the days are short and cold.
 """
 
 
@@ -102,8 +128,9 @@ def load_gguf(path) -> torch.nn.Module:
 
     path = Path(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                    trust_remote_code=False).eval()
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' own tqdm bar per tensor
+            return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                        trust_remote_code=False).eval()
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{path}: transformers cannot load this GGUF back ({e})") from e
 

@@ -24,9 +24,15 @@ Conventions (every function in this package follows them; they are written here 
   backward, for every term; the chunk size comes from the vocabulary and a memory budget unless given.
 - Shape letters: B batch, T time, V vocab, D width, K top-k, N flattened tokens (rows).
 
+Feature terms (hidden states, attention of mapped layers) are the other kind of term: `features` holds
+their per-token formulas, `feature_terms` their config; `Objective.features` lists them and
+`train/features.FeatureLoss` computes them, with the projections they train.
+
 Files: divergences (per-token formulas), signals (teacher signals, supports, missing mass), selective
 (entropy-gated top-k), schedules, reduction, chunked (fused output layer), config (term validation),
-objective (`build_objective`), bench (`kdistill bench loss`).
+objective (`build_objective`), bench (`kdistill bench loss`); across tokenizers: alignment (byte-offset
+groups, vocabulary pairs by string), cross (`CrossSignal`, group distributions, `uld`, `hybrid`; a value
+per group, reduced by the count of student tokens), cross_objective (chunks of whole groups).
 """
 from kdistill.losses.config import Term, parse_terms
 from kdistill.losses.objective import LossOutput, Objective, build_objective

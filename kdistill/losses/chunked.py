@@ -49,8 +49,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_weight else None
         total = torch.zeros((), dtype=dtype, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
+        for rows in chunk_slices(hidden.shape[0], chunk_size):
             h = hidden[rows].to(matmul_dtype)
             logits = (h @ w.T).to(dtype).requires_grad_(needs_hidden or needs_weight)
             with torch.enable_grad():
@@ -80,11 +79,20 @@ class _FusedLinearLoss(torch.autograd.Function):
         return *(g.detach() if g is not None else None for g in ctx.grads), None, None
 
 
+def chunk_slices(n: int, chunk_size: int | list[slice]) -> list[slice]:
+    """Row chunks of n rows: every chunk_size rows, or the given slices (a loss whose rows form groups)."""
+    if isinstance(chunk_size, list):
+        return chunk_size
+    return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]
+
+
 def fused_linear_loss(hidden: Tensor, weight: Tensor, chunk_loss: Callable[[Tensor, slice], Tensor],
-                      chunk_size: int) -> Tensor:
+                      chunk_size: int | list[slice]) -> Tensor:
     """Σ over row chunks of chunk_loss(hidden[rows] @ weight.T in fp32, rows), never all logits at once.
 
     `chunk_loss` must be a sum over its rows (so chunks add up) and differentiable in its logits.
+    `chunk_size`: rows per chunk, or the chunks themselves as slices covering 0..N in order.
     Shapes: hidden (N, D), weight (V, D) -> ()
     """
-    return _FusedLinearLoss.apply(hidden, weight, chunk_loss, max(1, int(chunk_size)))
+    chunks = chunk_size if isinstance(chunk_size, list) else max(1, int(chunk_size))
+    return _FusedLinearLoss.apply(hidden, weight, chunk_loss, chunks)

@@ -15,6 +15,8 @@ A term is a dict, e.g. `{"kind": "jsd", "weight": 1.0, "temperature": 2.0, "beta
 | entropy_threshold| selective                  | keep positions whose teacher entropy (nats, at T) exceeds it (0.5) |
 | label_smoothing  | ce                         | ε in [0, 1) (0.0)                                             |
 | gamma, normalize, advantage_clip, ratio_clip | reverse_kl_pg | discount (0), ÷ discount weights (true), clips (10, 5) (`policy`) |
+| top_k            | uld, hybrid                | probabilities of each side compared by uld (100) (`cross`)    |
+| divergence       | hybrid                     | exact divergence on the matched strings ("forward_kl")        |
 """
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ import difflib
 from dataclasses import dataclass, field, replace
 
 from kdistill.errors import ConfigError
-from kdistill.losses import policy
+from kdistill.losses import cross, policy
 from kdistill.losses.divergences import DIVERGENCES
 from kdistill.losses.schedules import EntropyTemperature, Schedule
 from kdistill.losses.signals import MISSING_MASS
 
-KINDS = (*DIVERGENCES, "selective", "ce", policy.KIND)
+KINDS = (*DIVERGENCES, "selective", "ce", policy.KIND, *cross.KINDS)
 COMMON_KEYS = ("kind", "weight", "temperature", "name")
 SELECTIVE_KEYS = ("divergence", "top_k", "entropy_threshold", "missing_mass")
 SCHEDULE_KEYS = {"constant": ("value",), "linear": ("start", "end"), "cosine": ("start", "end"),
@@ -132,15 +134,15 @@ def _divergence_params(spec: dict, divergence: str, key: str) -> dict:
     return params
 
 
-def _kind(spec: dict, key: str) -> tuple[str, str]:
+def _kind(spec: dict, key: str, extra=()) -> tuple[str, str]:
     """The term's kind and the divergence it computes (selective's choice, "" for ce)."""
     kind = spec.get("kind")
     if kind is None:
         raise ConfigError(f"{key}.kind: missing; expected one of {', '.join(KINDS)}")
     if kind not in KINDS:
-        raise ConfigError(f"{key}.kind: unknown divergence {kind!r}{_suggest(kind, KINDS)}")
-    if kind != "selective":
-        return kind, "" if kind == "ce" else kind
+        raise ConfigError(f"{key}.kind: unknown divergence {kind!r}{_suggest(kind, (*KINDS, *extra))}")
+    if kind not in ("selective", "hybrid"):
+        return kind, "" if kind in ("ce", "uld") else kind
     divergence = spec.get("divergence", "forward_kl")
     if divergence not in DIVERGENCES:
         raise ConfigError(f"{key}.divergence: unknown divergence {divergence!r}{_suggest(divergence, DIVERGENCES)}")
@@ -152,15 +154,21 @@ def _valid_keys(kind: str, divergence: str) -> tuple[str, ...]:
         return (*COMMON_KEYS, "label_smoothing")
     if kind == policy.KIND:
         return (*COMMON_KEYS, "missing_mass", *policy.DEFAULTS)
-    own = SELECTIVE_KEYS if kind == "selective" else ("missing_mass",)
+    if kind == "uld":
+        return (*COMMON_KEYS, "top_k", "missing_mass")
+    own = SELECTIVE_KEYS if kind == "selective" else ("divergence", "top_k", "missing_mass") if kind == "hybrid" \
+        else ("missing_mass",)
     return (*COMMON_KEYS, *own, *DIVERGENCES[divergence][1])
 
 
-def parse_term(spec, key: str) -> Term:
-    """One term dict (kind, weight, temperature, per-kind keys) as a Term; ConfigError names the key."""
+def parse_term(spec, key: str, extra: dict | None = None) -> Term:
+    """One term dict (kind, weight, temperature, per-kind keys) as a Term; ConfigError names the key.
+    `extra`: kind -> parser for kinds defined elsewhere (feature terms: `feature_terms.PARSERS`)."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{key}: expected a mapping with a 'kind', got {spec!r}")
-    kind, divergence = _kind(spec, key)
+    if extra and spec.get("kind") in extra:
+        return extra[spec["kind"]](spec, key)
+    kind, divergence = _kind(spec, key, tuple(extra or ()))
     _check_keys(spec, _valid_keys(kind, divergence), key)
     missing_mass = spec.get("missing_mass", "renormalize")
     if missing_mass not in MISSING_MASS:
@@ -169,7 +177,7 @@ def parse_term(spec, key: str) -> Term:
         name=str(spec.get("name", kind)), kind=kind, divergence=divergence, missing_mass=missing_mass,
         weight=parse_schedule(spec.get("weight", 1.0), f"{key}.weight", positive=False),
         temperature=parse_schedule(spec.get("temperature", 1.0), f"{key}.temperature", positive=True,
-                                   allow_entropy=kind not in ("ce", policy.KIND)),
+                                   allow_entropy=kind not in ("ce", policy.KIND, *cross.KINDS)),
         params=policy.parse_params(spec, key) if kind == policy.KIND
         else _divergence_params(spec, divergence, key) if divergence else {},
         label_smoothing=number(spec.get("label_smoothing", 0.0), f"{key}.label_smoothing", 0.0, 1.0,
@@ -185,11 +193,11 @@ def _top_k(value, key: str) -> int:
     return int(value)
 
 
-def parse_terms(specs, key: str = "loss") -> list[Term]:
+def parse_terms(specs, key: str = "loss", extra: dict | None = None) -> list[Term]:
     """The config's list of term dicts as Terms with unique names (`kind_i` when a kind repeats)."""
     if not isinstance(specs, (list, tuple)) or not specs:
         raise ConfigError(f"{key}.terms: expected a non-empty list of terms, got {specs!r}")
-    terms = [parse_term(spec, f"{key}.terms[{i}]") for i, spec in enumerate(specs)]
+    terms = [parse_term(spec, f"{key}.terms[{i}]", extra) for i, spec in enumerate(specs)]
     explicit = [t.name for t, s in zip(terms, specs) if "name" in s]
     renamed = []
     for i, (term, spec) in enumerate(zip(terms, specs)):

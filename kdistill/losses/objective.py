@@ -20,8 +20,10 @@ from torch import Tensor
 from kdistill.errors import ConfigError
 from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
 from kdistill.losses.config import Term, number, parse_terms
+from kdistill.losses import cross
 from kdistill.losses import policy
 from kdistill.losses.divergences import cross_entropy, divergence
+from kdistill.losses.feature_terms import PARSERS as FEATURE_PARSERS, FeatureTerm
 from kdistill.losses.mixture import Mixture
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
@@ -76,6 +78,10 @@ def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | N
                              normaliser(temperature)), temperature
     if term.kind == policy.KIND:
         return policy.term_value(term, student_logits, teacher, targets, temperature, extras), temperature
+    if term.kind in cross.KINDS:  # one tokenizer: every token is a group (a CrossSignal goes to cross_objective)
+        lse = normaliser(1.0) if isinstance(teacher, SparseSignal) and term.missing_mass == "residual" else None
+        return cross.token_level(term.kind, student_logits, teacher, temperature, term.divergence, term.top_k,
+                                 term.missing_mass, lse, **term.params), temperature
     if term.kind == "selective":
         return selective(student_logits, teacher, temperature, term.divergence, term.top_k,
                          term.entropy_threshold, term.missing_mass, **term.params), temperature
@@ -90,7 +96,9 @@ class Objective:
 
     def __init__(self, terms: list[Term], t2_scale: bool = True, chunk_size: int | None = None,
                  memory_budget_mb: float = 256.0):
-        self.terms, self.t2_scale = terms, t2_scale
+        # feature terms (hidden states, attention) are computed by train/features.FeatureLoss, not here
+        self.features = [t for t in terms if isinstance(t, FeatureTerm)]
+        self.terms, self.t2_scale = [t for t in terms if not isinstance(t, FeatureTerm)], t2_scale
         self.chunk_size, self.memory_budget_mb = chunk_size, memory_budget_mb
 
     @property
@@ -119,7 +127,7 @@ class Objective:
 
     def schedule_values(self, progress: float = 0.0) -> dict[str, float]:
         """Current weight and temperature of each term, for logging (entropy temperatures are per token)."""
-        values = {f"weight/{t.name}": t.weight(progress) for t in self.terms}
+        values = {f"weight/{t.name}": t.weight(progress) for t in (*self.terms, *self.features)}
         values.update({f"temperature/{t.name}": t.temperature(progress) for t in self.terms
                        if not isinstance(t.temperature, EntropyTemperature)})
         return values
@@ -189,6 +197,11 @@ class Objective:
         Shapes: hidden (B, T, D), head_weight (V, D), teacher over (B, T), targets (B, T), mask (B, T) -> ()
         """
         self._check(head_weight.shape[0], teacher, targets)
+        if isinstance(teacher, cross.CrossSignal):  # another tokenizer: the loss is per aligned group
+            from kdistill.losses.cross_objective import cross_loss
+
+            return LossOutput(*cross_loss(self, hidden, head_weight, teacher, targets, mask, num_tokens, progress,
+                                          token_weight))
         teacher = teacher if self.needs_teacher else None
         rows = mask.reshape(-1).nonzero().squeeze(-1)
         student_rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
@@ -243,4 +256,4 @@ def build_objective(terms: list[dict], t2_scale: bool = True, chunk_size: int | 
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ConfigError(f"{key}.chunk_size: expected a whole number >= 1 or null (automatic), got {chunk_size!r}")
     budget = number(memory_budget_mb, f"{key}.memory_budget_mb", 0.0, low_open=True)
-    return Objective(parse_terms(terms, key), t2_scale, chunk_size, budget)
+    return Objective(parse_terms(terms, key, FEATURE_PARSERS), t2_scale, chunk_size, budget)

@@ -55,6 +55,17 @@ def _line(ax, steps, values, c, label, style="-"):
     ax.plot(steps, values, style, color=c, label=label, linewidth=1.5)
 
 
+def log_if_decades(ax, values: list[float], axis: str = "y") -> None:
+    """A log axis when the positive values span more than a factor of 10 (perplexity from step 0 on)."""
+    positive = [v for v in values if isinstance(v, (int, float)) and v > 0]
+    if positive and max(positive) / min(positive) > 10 and len(positive) == len([v for v in values if v is not None]):
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def _plotted(ax) -> list[float]:
+    return [float(v) for line in ax.get_lines() for v in line.get_ydata()]
+
+
 def curves_png(runs: list[dict]) -> bytes | None:
     """Training loss and its terms (left); training KL term with the held-out KL points (right)."""
     if not any(series(r["metrics"], "loss")[0] for r in runs):
@@ -74,6 +85,8 @@ def curves_png(runs: list[dict]) -> bytes | None:
                        label=f"{prefix}held-out KL to the {against}")
     loss_ax.set(title="training loss and its terms", xlabel="step", ylabel="per token")
     kl_ax.set(title="KL(teacher ‖ student): training and held-out", xlabel="step", ylabel="nats per token")
+    for ax in (loss_ax, kl_ax):
+        log_if_decades(ax, _plotted(ax))
     return _png(fig)
 
 
@@ -86,13 +99,34 @@ def heldout_png(runs: list[dict]) -> bytes | None:
         rows, c, label = r["metrics"], color(i), r["name"]
         agree_ax.plot(*series(rows, "eval_top1"), "o-", color=c, label=f"{label} top-1", markersize=4)
         if series(rows, "eval_top10")[0]:
-            agree_ax.plot(*series(rows, "eval_top10"), "s--", color=c, label=f"{label} top-10", markersize=4)
+            agree_ax.plot(*series(rows, "eval_top10"), "s--", color=c, label=f"{label} top-10 overlap", markersize=4)
         ppl_ax.plot(*series(rows, "eval_ppl"), "o-", color=c, label=f"{label} student", markersize=4)
         teacher_ppl = ((r["eval"] or {}).get("heldout") or {}).get("ppl_teacher")
         if teacher_ppl:
             ppl_ax.axhline(teacher_ppl, color=c, linestyle=":", label=f"{label} teacher")
-    agree_ax.set(title="held-out agreement with the teacher", xlabel="step", ylabel="share of tokens", ylim=(0, 1.02))
+    agree_ax.set(title="held-out agreement with the teacher", xlabel="step", ylabel="share", ylim=(0, 1.02))
     ppl_ax.set(title="held-out perplexity", xlabel="step", ylabel="perplexity")
+    log_if_decades(ppl_ax, _plotted(ppl_ax))
+    return _png(fig)
+
+
+def optimiser_png(runs: list[dict]) -> bytes | None:
+    """Learning rate (left) and gradient norm before clipping, with the clip threshold (right)."""
+    if not any(series(r["metrics"], "lr")[0] or series(r["metrics"], "grad_norm")[0] for r in runs):
+        return None
+    fig, (lr_ax, norm_ax) = _figure(11, 3.4, panels=2)
+    for i, r in enumerate(runs):
+        c, prefix = color(i), f"{r['name']}: " if len(runs) > 1 else ""
+        if series(r["metrics"], "lr")[0]:
+            lr_ax.plot(*series(r["metrics"], "lr"), color=c, label=f"{prefix}lr", linewidth=1.5)
+        if series(r["metrics"], "grad_norm")[0]:
+            _line(norm_ax, *series(r["metrics"], "grad_norm"), c, f"{prefix}gradient norm")
+        clip = ((r["config"] or {}).get("train") or {}).get("grad_clip")
+        if isinstance(clip, (int, float)) and clip > 0:
+            norm_ax.axhline(clip, color=c, linestyle=":", label=f"{prefix}clip at {clip:g}")
+    lr_ax.set(title="learning rate", xlabel="step", ylabel="lr")
+    norm_ax.set(title="gradient norm (before clipping)", xlabel="step", ylabel="L2 norm")
+    log_if_decades(norm_ax, _plotted(norm_ax))
     return _png(fig)
 
 
@@ -125,10 +159,10 @@ def tradeoff_png(pts: list[dict], front: list[str], min_retention: float, source
     if len(frontier) > 1:
         ax.plot([p["compression"] for p in frontier], [p["retention"] for p in frontier], "-", color="grey",
                 label="Pareto frontier", zorder=2)
-    ax.axhline(min_retention, color="red", linestyle="--", label=f"retention bar {min_retention:.0%}")
+    ax.axhline(min_retention, color="red", linestyle="--", label=f"bar {min_retention:.0%}")
     xs = [p["compression"] for p in pts]
     if max(xs) / max(1e-9, min(xs)) > 8:
         ax.set_xscale("log")
     ax.set(title="quality vs size", xlabel="compression (teacher / student parameters)",
-           ylabel=f"retention: {source_label.split(' (')[0]}")
+           ylabel=source_label.split(' (')[0])
     return _png(fig)

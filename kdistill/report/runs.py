@@ -13,7 +13,8 @@ import yaml
 from ..errors import DataError
 
 # metrics.jsonl keys that are not loss terms
-META = {"step", "loss", "tokens", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "time"}
+META = {"step", "loss", "tokens", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "time", "rollout_tokens",
+        "rollout_staleness"}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -69,11 +70,13 @@ def load_runs(paths: list) -> list[dict]:
 
 
 def term_keys(rows: list[dict]) -> list[str]:
-    """The loss-term names logged in metrics rows (e.g. forward_kl, ce), in first-seen order."""
+    """The loss-term names logged in metrics rows (e.g. forward_kl, ce), in first-seen order; `weight/...`,
+    `temperature/...` (schedules) and `grad_norm/...` (the debugger) are not terms."""
     keys: list[str] = []
     for r in rows:
         for k, v in r.items():
-            if k not in META and not k.startswith("eval_") and isinstance(v, (int, float)) and k not in keys:
+            if k not in META and not k.startswith("eval_") and "/" not in k and isinstance(v, (int, float)) \
+                    and k not in keys:
                 keys.append(k)
     return keys
 

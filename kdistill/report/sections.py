@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime
 
-from . import plots, tradeoff
+from ..evaluation.chance import task_retention
+from ..evaluation.completions import describe
+from . import facts, plots, tradeoff
 from .gradient_flow import gradient_flow_png
 from .runs import series
 
@@ -33,7 +35,6 @@ def kl_start(run: dict):
 
 
 def overview(runs: list[dict], pts: list[dict], source: str) -> list:
-    retention = {p["name"]: p["retention"] for p in pts}
     rows = []
     for r in runs:
         e = r["eval"] or {}
@@ -42,23 +43,35 @@ def overview(runs: list[dict], pts: list[dict], source: str) -> list:
         rows.append([r["name"], steps[-1] if steps else "-", num(s.get("parameters")), times(e.get("compression")),
                      f"{num(kl_start(r))} → {num(h.get('kl'))}", pct(h.get("top1_agreement")),
                      pct(h.get("top10_agreement")), f"{num(h.get('ppl_student'), 2)} / {num(h.get('ppl_teacher'), 2)}",
-                     times(e.get("speedup")), pct(retention.get(r["name"]))])
+                     pct(tradeoff.perplexity_ratio(e)), pct(tradeoff.task_retention(e)), times(speedup(e))])
     header = ["run", "steps", "student parameters", "compression", "held-out KL start → end", "top-1",
-              "top-10", "perplexity student / teacher", "speed-up", "retention"]
-    return [("h2", "Overview"), ("table", header, rows, ""),
-            ("p", f"Retention is the {tradeoff.SOURCES[source]}. KL is KL(teacher ‖ student) at T=1 in nats per "
-                  "held-out token; agreement is the share of tokens whose top-1 (top-10) predictions match.")]
+              "top-10 overlap", "perplexity student / teacher", "perplexity ratio", "task retention", "speed-up"]
+    return [("h2", "Overview"), ("table", header, rows, ""), ("p", METRICS_NOTE)]
+
+
+METRICS_NOTE = ("KL is KL(teacher ‖ student) at T=1 in nats per held-out token. Top-1: the share of held-out tokens "
+                "where student and teacher rank the same next token first. Top-10 overlap: the mean share of the "
+                "student's 10 most likely next tokens that are among the teacher's 10. Perplexity ratio: teacher "
+                "perplexity / student perplexity on the held-out text (100% = the student predicts it as well as "
+                "the teacher). Task retention: the mean of student score / teacher score over the tasks where the "
+                "teacher beats the baseline (chance or majority class) by 2 standard errors; '-' without tasks.")
+
+
+def speedup(e: dict) -> float | None:
+    """Generation speed-up, only when both speeds it comes from are in eval.json."""
+    t, s = e.get("teacher") or {}, e.get("student") or {}
+    return e.get("speedup") if "tokens_per_s" in t and "tokens_per_s" in s else None
 
 
 def tradeoff_section(runs: list[dict], min_retention: float) -> list:
     pts, source = tradeoff.points(runs)
     front = tradeoff.pareto(pts)
-    advice = tradeoff.recommend(pts, min_retention)
+    advice = tradeoff.recommend(pts, min_retention, source)
     blocks = [("h2", "Quality vs size"), ("note", advice["text"])]
     png = plots.tradeoff_png(pts, front, min_retention, tradeoff.SOURCES[source], [r["name"] for r in runs])
     if png:
-        blocks.append(("figure", "tradeoff.png", png, f"Retention ({tradeoff.SOURCES[source]}) against "
-                       "compression; grey: the Pareto frontier, red: the retention bar."))
+        blocks.append(("figure", "tradeoff.png", png, f"{tradeoff.SOURCES[source][0].upper()}"
+                       f"{tradeoff.SOURCES[source][1:]} against compression; grey: the Pareto frontier, red: the bar."))
     if len(pts) > 1:
         blocks.append(("p", "Pareto-optimal runs (no other run is both smaller and better): " + ", ".join(front)))
     return blocks
@@ -66,10 +79,16 @@ def tradeoff_section(runs: list[dict], min_retention: float) -> list:
 
 def training_section(runs: list[dict]) -> list:
     blocks = [("h2", "Training")]
+    blocks += [("note", f"{r['name']}: {w}" if len(runs) > 1 else w) for r in runs if (w := facts.data_warning(r))]
     figures = [("loss_kl.png", plots.curves_png(runs), "Training loss and its terms (left); the training KL "
-                "term and the held-out KL points (right). Long runs show a moving average over the faint raw curve."),
-               ("heldout.png", plots.heldout_png(runs), "Held-out top-1 agreement with the teacher and "
-                "perplexity over training (dotted: the teacher's perplexity)."),
+                "term and the held-out KL points (right). Long runs show a moving average over the faint raw curve; "
+                "an axis whose values span more than 10x is logarithmic."),
+               ("heldout.png", plots.heldout_png(runs), "Held-out agreement over training (left): top-1, the share "
+                "of tokens where student and teacher rank the same next token first, and top-10 overlap, the mean "
+                "share of the student's 10 most likely tokens among the teacher's 10. Held-out perplexity of the "
+                "student (right; dotted: the teacher's), on a log axis when it spans more than 10x."),
+               ("optimiser.png", plots.optimiser_png(runs), "Learning rate (left) and gradient norm before "
+                "clipping (right; dotted: the clip threshold)."),
                ("kl_position.png", plots.position_png(runs), "Mean held-out KL at each position after training.")]
     figures += [(f"gradient_flow_{r['name']}.png", gradient_flow_png(r), "Gradient flow by layer "
                  f"(train.debug_every): log10 gradient norm and log10 update-to-weight ratio per layer group "
@@ -110,12 +129,15 @@ def versus(ratio: float | None, word: str) -> str:
 
 
 def comparison_table(e: dict) -> list:
+    """Teacher and student side by side; a ratio only where both numbers it comes from are there."""
     t, s, h = e.get("teacher") or {}, e.get("student") or {}, e.get("heldout") or {}
-    rows = [["held-out perplexity", num(h.get("ppl_teacher"), 2), num(h.get("ppl_student"), 2), ""]]
+    rows = [["held-out perplexity", num(h.get("ppl_teacher"), 2), num(h.get("ppl_student"), 2), ""]] if h else []
     for label, key, ratio, word in EFFICIENCY:
         if key in t or key in s:
             rows.append([label, num(t.get(key)), num(s.get(key)),
-                         versus(e.get(ratio), word) if ratio else ""])
+                         versus(e.get(ratio), word) if ratio and key in t and key in s else ""])
+    if "error" in t or "error" in s:
+        rows.append(["speed measurement", "failed", t.get("error") or s.get("error"), ""])
     return [("table", ["", "teacher", "student", "student vs teacher"], rows, "")]
 
 
@@ -123,36 +145,69 @@ def agreement_table(h: dict) -> list:
     q = h.get("kl_quantiles") or {}
     rows = [["KL(teacher ‖ student), nats/token", num(h.get("kl"), 4)],
             ["Jensen-Shannon, nats/token", num(h.get("js"), 4)],
-            ["top-1 agreement", pct(h.get("top1_agreement"))], ["top-10 agreement", pct(h.get("top10_agreement"))]]
+            ["top-1 agreement (same most likely token)", pct(h.get("top1_agreement"))],
+            ["top-10 overlap (student's top 10 among the teacher's)", pct(h.get("top10_agreement"))]]
     rows += [[f"per-token KL {k}", num(v, 4)] for k, v in q.items()]
     rows.append(["held-out tokens", num(h.get("tokens"))])
     return [("table", ["held-out agreement", "value"], rows, "")]
 
 
+def score(scores: dict, metric: str) -> str:
+    """'62.5% ± 8.1' (a score and its standard error in points)."""
+    se = scores.get(f"{metric}_stderr")
+    return pct(scores.get(metric)) + ("" if se is None else f" ± {100 * se:.1f}")
+
+
 def benchmark_table(bench: dict) -> list:
+    """Each task's scores with standard errors, its baseline, and task retention (n/a at the baseline)."""
     rows = []
     for name, b in bench.items():
         metrics = ["acc", "acc_norm"] if b["kind"] == "multiple_choice" else ["exact_match"]
         for m in metrics:
             t, s = b["teacher"].get(m), b["student"].get(m)
-            ret = b.get("retention") if m == b["metric"] else (s / t if t else None)
-            rows.append([name, b["kind"].replace("_", " "), m, b["n"], pct(t), pct(s), pct(ret)])
-    return [("table", ["task", "kind", "metric", "n", "teacher", "student", "retention"], rows, "")]
+            if m == b["metric"] or b.get("baseline") is None:
+                ret = b.get("retention") if m == b["metric"] else (s / t if t else None)
+            else:
+                ret = task_retention(s, t, b["baseline"], b["n"])[0]
+            base = (f"{pct(b['baseline'])} (chance {pct(b.get('chance'))}, majority {pct(b.get('majority'))})"
+                    if b.get("baseline") is not None else "-")
+            rows.append([name, b["kind"].replace("_", " "), m, b["n"], score(b["teacher"], m), score(b["student"], m),
+                         base, pct(ret) if ret is not None else "n/a" if b.get("baseline") is not None else "-"])
+    notes = [f"{name}: {b['retention_note']}" for name, b in bench.items() if b.get("retention_note")]
+    return [("table", ["task", "kind", "metric", "n", "teacher", "student", "baseline", "task retention"], rows, ""),
+            ("p", "Scores ± one standard error. Task retention = student / teacher score, n/a where the teacher "
+                  "does not beat the baseline by 2 standard errors of a scorer at that baseline"
+                  + (" — " + "; ".join(notes) if notes else "") + ".")]
+
+
+def completions_block(e: dict) -> list:
+    completions, prompts = e.get("completions") or {}, e.get("prompts") or []
+    if not (prompts and completions.get("teacher") and completions.get("student")):
+        return []
+    rows = [[p, t, s] for p, t, s in zip(prompts, completions["teacher"], completions["student"])]
+    how = describe(e["completion_settings"]) if e.get("completion_settings") else (
+        "made by an older kdistill with a repetition penalty of 1.2 that the student's generation_config.json "
+        "does not carry; rerun `kdistill eval --run` to redo them with the saved settings")
+    return [("h3", "Seed prompts, side by side"), ("p", f"Completions: {how}."),
+            ("table", ["prompt", "teacher", "student"], rows, "text")]
 
 
 def run_section(run: dict) -> list:
-    blocks = [("h2", f"Run {run['name']}"), ("p", f"{run['path']}: {config_line(run['config'])}")]
+    blocks = [("h2", f"Run {run['name']}"), ("p", f"{run['path']}: {config_line(run['config'])}"),
+              ("table", ["run", ""], facts.fact_rows(run), "")]
     e = run["eval"]
     if not e:
         return blocks + [("p", "No eval.json yet (the run has not finished); only its curves are shown above.")]
-    blocks += [("h3", "Teacher vs student")] + comparison_table(e) + agreement_table(e.get("heldout") or {})
+    blocks += [("h3", "Teacher vs student")] + comparison_table(e)
+    if e.get("heldout"):
+        blocks += agreement_table(e["heldout"])
     if e.get("benchmarks"):
         blocks += [("h3", "Benchmarks")] + benchmark_table(e["benchmarks"])
-    completions = e.get("completions") or {}
-    prompts = e.get("prompts") or []
-    if prompts and completions.get("teacher") and completions.get("student"):
-        rows = [[p, t, s] for p, t, s in zip(prompts, completions["teacher"], completions["student"])]
-        blocks += [("h3", "Seed prompts, side by side"), ("table", ["prompt", "teacher", "student"], rows, "text")]
+    blocks += completions_block(e)
+    measured = facts.measured_rows(run)
+    if measured:
+        blocks += [("h3", "When each number was measured"), ("table", ["measurement", "time (UTC)", "command"],
+                                                               measured, "")]
     return blocks
 
 

@@ -1,35 +1,44 @@
 """Quality against size across runs (the guide's quality-size analysis, measured instead of predicted).
 
-Each evaluated run is a point: compression = teacher parameters / student parameters, and retention =
-student quality / teacher quality. Retention comes from one source for all runs, stated on the page:
-the mean benchmark retention (`kdistill eval --tasks`) when every run has it, otherwise held-out
-perplexity retention = teacher perplexity / student perplexity (1.0 means the student predicts the
-data as well as the teacher). A run is Pareto-optimal when no other run is both at least as small and
-at least as good, and strictly better in one. The recommendation is the smallest student (highest
-compression) whose retention is at least `min_retention`.
+Each evaluated run is a point: compression = teacher parameters / student parameters, and a quality
+ratio = student quality / teacher quality, named by what it measures and the same for all runs: the
+mean task retention (`kdistill eval --tasks`: student / teacher task score over the tasks where the
+teacher beats the baseline) when every run has it, otherwise the perplexity ratio = teacher perplexity
+/ student perplexity on held-out text (1.0 means the student predicts the data as well as the teacher).
+A run is Pareto-optimal when no other run is both at least as small and at least as good, and strictly
+better in one. The recommendation is the smallest student (highest compression) whose ratio is at least
+`min_retention`.
 """
 from __future__ import annotations
 
 SOURCES = {
-    "benchmarks": "mean benchmark retention (student score / teacher score)",
-    "perplexity": "held-out perplexity retention (teacher perplexity / student perplexity)",
+    "benchmarks": "mean task retention (student / teacher task score, tasks where the teacher beats the baseline)",
+    "perplexity": "perplexity ratio (teacher perplexity / student perplexity on held-out text)",
 }
+NAMES = {"benchmarks": "task retention", "perplexity": "perplexity ratio"}
+
+
+def task_retention(result: dict) -> float | None:
+    """Mean task retention (`retention` in eval.json files written before it had that name)."""
+    return result.get("task_retention", result.get("retention"))
+
+
+def perplexity_ratio(result: dict) -> float | None:
+    held = result.get("heldout") or {}
+    return held["ppl_teacher"] / held["ppl_student"] if held.get("ppl_student") and held.get("ppl_teacher") else None
 
 
 def pick_source(evals: list[dict]) -> str:
     evals = [e for e in evals if e]
-    if evals and all(e.get("retention") is not None for e in evals):
+    if evals and all(task_retention(e) is not None for e in evals):
         return "benchmarks"
     return "perplexity"
 
 
 def retention_of(result: dict, source: str) -> float | None:
     if source == "benchmarks":
-        return result.get("retention")
-    held = result.get("heldout") or {}
-    if not held.get("ppl_student"):
-        return None
-    return held["ppl_teacher"] / held["ppl_student"]
+        return task_retention(result)
+    return perplexity_ratio(result)
 
 
 def points(runs: list[dict]) -> tuple[list[dict], str]:
@@ -58,8 +67,10 @@ def pareto(pts: list[dict]) -> list[str]:
     return front
 
 
-def recommend(pts: list[dict], min_retention: float) -> dict:
-    """{"pick": the smallest point with retention >= min_retention or None, "text": a sentence saying so}."""
+def recommend(pts: list[dict], min_retention: float, source: str = "perplexity") -> dict:
+    """{"pick": the smallest point with retention >= min_retention or None, "text": a sentence saying so,
+    naming the ratio (task retention or perplexity ratio)}."""
+    name = NAMES[source]
     if not pts:
         return {"pick": None, "text": "No run has an eval.json yet, so there is nothing to recommend; "
                                       "run `kdistill eval --run RUN_DIR` on finished runs."}
@@ -67,10 +78,10 @@ def recommend(pts: list[dict], min_retention: float) -> dict:
     if ok:
         pick = max(ok, key=lambda p: (p["compression"], p["retention"]))
         return {"pick": pick, "text": (
-            f"Recommended: {pick['name']}, the smallest student that keeps at least {min_retention:.0%} of the "
-            f"teacher's quality: {pick['compression']:.2f}x fewer parameters, retention {pick['retention']:.1%}"
+            f"Recommended: {pick['name']}, the smallest student with a {name} of at least {min_retention:.0%}: "
+            f"{pick['compression']:.2f}x fewer parameters, {name} {pick['retention']:.1%}"
             f" ({len(ok)} of {len(pts)} runs meet the bar).")}
     best = max(pts, key=lambda p: p["retention"])
     return {"pick": None, "text": (
-        f"No run keeps {min_retention:.0%} of the teacher's quality; the best is {best['name']} with "
+        f"No run reaches a {name} of {min_retention:.0%}; the best is {best['name']} with "
         f"{best['retention']:.1%} at {best['compression']:.2f}x. Train longer, or try a larger student.")}

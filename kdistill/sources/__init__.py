@@ -7,7 +7,7 @@ final comparison only use the interface below and never ask which kind they have
 | member                        | meaning                                                              |
 |-------------------------------|----------------------------------------------------------------------|
 | against                       | what metrics measured with it are against: "teacher", "cache", ...  |
-| tokenizer, vocab_size         | the teacher's tokenizer and output rows (a padded vocabulary counts) |
+| tokenizer, vocab_size         | the tokenizer the student reads (the teacher's, but for `student.tokenizer`) and its rows |
 | static                        | its signal for a batch never changes (False for an EMA of the student) |
 | can_score_new_text            | False for a cache: it holds signals for its own tokens only          |
 | provides_activations          | True when intermediate activations can be asked for                  |
@@ -15,6 +15,7 @@ final comparison only use the interface below and never ask which kind they have
 | load_examples(cfg, device)    | the run's token examples (a cache holds its own)                     |
 | collate(examples, pad_id)     | a batch: input_ids, attention_mask, targets, mask (+ what it needs)  |
 | signal(batch, vocab_size)     | DenseSignal or SparseSignal at every position, on the student's vocab |
+| signal_and_activations(batch, vocab_size, request) | the signal and {layer: {name: tensor}} from one forward (`activations.capture`); sources without activations raise ConfigError |
 | references()                  | sources to evaluate against during training (self, maybe the teacher) |
 | final_reference(cfg, ...)     | a model source for the final comparison, or None                     |
 | identity()                    | JSON-able name and fingerprint, recorded in checkpoints              |
@@ -27,7 +28,8 @@ from __future__ import annotations
 
 
 def open_source(cfg, device, dtype):
-    """The run's teacher source: several (`teacher.sources`), a cache (`teacher.cache`), else the model."""
+    """The run's teacher source: several (`teacher.sources`), a cache (`teacher.cache`), else the model (read
+    through its own tokenizer when the student has another: `student.tokenizer`, `cross.py`)."""
     if cfg.teacher.sources:
         from .multi import MultiSource
 
@@ -38,4 +40,10 @@ def open_source(cfg, device, dtype):
         return CacheSource.open(cfg, device, dtype)
     from .model import ModelSource
 
-    return ModelSource.load(cfg, device, dtype)
+    teacher = ModelSource.load(cfg, device, dtype)
+    if cfg.student.tokenizer:  # the student reads another tokenizer: signals per aligned group of tokens
+        from .cross import CrossTokenizerSource, load_student_tokenizer
+
+        return CrossTokenizerSource(teacher, load_student_tokenizer(cfg.student.tokenizer), cfg.student.tokenizer,
+                                    copy_embeddings=cfg.student.kind == "llama" and cfg.student.init == "teacher")
+    return teacher

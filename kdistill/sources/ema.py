@@ -14,7 +14,7 @@ import copy
 import torch
 
 from ..data import batches as batching
-from .model import teacher_signal
+from .model import signal_with_activations, teacher_signal
 
 
 class EmaSource:
@@ -55,6 +55,10 @@ class EmaSource:
 
     def signal(self, batch: dict, vocab_size: int):
         return teacher_signal(self.model, batch, vocab_size)
+
+    def signal_and_activations(self, batch: dict, vocab_size: int, request: dict):
+        """Activations of the shadow (the student's own layers, averaged)."""
+        return signal_with_activations(self.model, batch, vocab_size, request)
 
     def collate(self, examples: list[dict], pad_id: int) -> dict:
         return batching.collate(examples, pad_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..data import batches as batching
+from ..activations import capture
 from ..data.load import load_examples
 from ..losses import DenseSignal
 from ..modeling import final_hidden, head_weight, logits_from_hidden_ok, unwrap
@@ -43,6 +44,13 @@ def teacher_signal(teacher, batch: dict, vocab_size: int) -> DenseSignal:
     return DenseSignal(logits=torch.cat([logits, pad], dim=-1))
 
 
+@torch.no_grad()
+def signal_with_activations(model, batch: dict, vocab_size: int, request: dict) -> tuple:
+    with capture(model, request) as found:
+        signal = teacher_signal(model, batch, vocab_size)
+    return signal, found
+
+
 class ModelSource(Quiet):
     """A frozen teacher model. Build with `ModelSource.load(cfg, device, dtype)` or from a loaded model."""
 
@@ -77,6 +85,11 @@ class ModelSource(Quiet):
 
     def signal(self, batch: dict, vocab_size: int) -> DenseSignal:
         return teacher_signal(self.model, batch, vocab_size)
+
+    def signal_and_activations(self, batch: dict, vocab_size: int, request: dict):
+        """The signal and the activations `request` names ({layer: names}, `activations.capture`), both
+        from the same forward under no_grad."""
+        return signal_with_activations(self.model, batch, vocab_size, request)
 
     def references(self) -> list:
         return [self]

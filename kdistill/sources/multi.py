@@ -27,6 +27,7 @@ from ..data import batches as batching
 from ..data.load import load_examples
 from ..errors import ConfigError, DataError, ModelError
 from ..losses.mixture import Mixture, MixtureDistribution, Part
+from .base import no_activations
 from .cached import CacheSource, init_teacher, open_for_training
 from .ema import EmaSource
 from .model import ModelSource
@@ -161,7 +162,7 @@ class MultiSource:
             if M.tokenizer_fingerprint(c.tokenizer) != first:
                 raise ModelError(f"teacher.sources: {c.against} ({_where(c)}) has another tokenizer than "
                                  f"{named[0].against} ({_where(named[0])}); teachers combined here must share the "
-                                 "student's tokenizer (cross-tokenizer distillation is not available yet)")
+                                 "student's tokenizer (cross-tokenizer distillation takes one teacher: student.tokenizer)")
         caches = [c for c in self.children if isinstance(c, CacheSource)]
         for c in caches[1:]:
             if c.cache.manifest["data"]["sha256"] != caches[0].cache.manifest["data"]["sha256"]:
@@ -230,6 +231,9 @@ class MultiSource:
             local[flat] = torch.arange(flat.numel(), device=flat.device)
             parts.append(Part(child.against, 1.0, child.signal(sub, vocab_size), local=local))
         return Mixture(tuple(parts))
+
+    def signal_and_activations(self, batch: dict, vocab_size: int, request: dict):
+        raise no_activations(self)
 
     def references(self) -> list:
         refs = [c for c in self.children]

@@ -33,7 +33,10 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
     """LLaMA student; with init=teacher: chosen teacher layers, cut to the student's width if narrower
     (LLaMA-family teachers), else the teacher's embeddings and random layers."""
     sizes = resolve_sizes(cfg.student, teacher.config)
-    student = build_llama(sizes, teacher.config, vocab_size)
+    own_ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")} \
+        if cfg.student.tokenizer else None
+    student = build_llama(sizes, teacher.config, vocab_size, own_ids)
+    fresh = student.get_input_embeddings().weight.detach().clone() if cfg.student.tokenizer else None
     report = {"kind": "llama", "sizes": sizes, "teacher_architecture": getattr(teacher.config, "model_type", None)}
     blocks_missing = llama_blocks_missing(teacher.config)
     if cfg.student.init == "random":
@@ -53,6 +56,10 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
         else:  # wider or deeper than the teacher in some size: nothing to slice, project the embeddings
             report.update(init_from_teacher(student, teacher, None))
     report["parameters"] = count_parameters(student)
+    if fresh is not None:  # its own tokenizer: no embedding row means the teacher's row of the same id
+        from .own_tokenizer import use_tokenizer
+
+        report.update(use_tokenizer(student, tokenizer, fresh))
     return student, report
 
 

@@ -136,5 +136,9 @@ def student_config(sizes: dict, teacher_config, vocab_size: int) -> LlamaConfig:
     )
 
 
-def build_llama(sizes: dict, teacher_config, vocab_size: int) -> LlamaForCausalLM:
-    return LlamaForCausalLM(student_config(sizes, teacher_config, vocab_size))
+def build_llama(sizes: dict, teacher_config, vocab_size: int, token_ids: dict | None = None) -> LlamaForCausalLM:
+    """`token_ids`: bos/eos/pad ids of the student's own tokenizer (student.tokenizer), else the teacher's."""
+    config = student_config(sizes, teacher_config, vocab_size)
+    for name, value in (token_ids or {}).items():
+        setattr(config, name, value)
+    return LlamaForCausalLM(config)

@@ -72,7 +72,8 @@ def check_tokenizer(folder: str, spec: str, model, teacher_tokenizer) -> str:
         differ = sorted(set(theirs.items()) ^ set(mine.items()), key=lambda kv: kv[1])[:3]
         raise ModelError(f"student.model {spec!r} uses a different tokenizer from the teacher ({len(mine)} vs "
                          f"{len(theirs)} tokens; first differences {differ}). Distillation compares token by "
-                         "token, so pick a student that shares the teacher's tokenizer")
+                         f"token, so pick a student that shares the teacher's tokenizer, or set student.tokenizer={spec} to "
+                         "distil across tokenizers (loss kinds hybrid or uld)")
     return "same as the teacher's"
 
 
@@ -103,7 +104,8 @@ def build_pretrained(cfg, teacher, tokenizer=None) -> tuple:
     folder = student_folder(s.model, teacher)
     model = load_model(folder, s.model, cfg.teacher.trust_remote_code)
     report = {"kind": "pretrained", "model": s.model, "folder": folder,
-              "tokenizer": check_tokenizer(folder, s.model, model, tokenizer),
+              "tokenizer": check_tokenizer(folder, s.model, model, tokenizer) if not s.tokenizer else
+              f"its own ({s.tokenizer}): distilled across tokenizers",
               "parameters": count_parameters(model)}
     model.requires_grad_(True)
     if s.lora_rank > 0:

@@ -25,6 +25,7 @@ from .. import fsutil
 from ..errors import KdistillError
 
 SOURCE_TENSORS = "source.safetensors"
+FEATURE_TENSORS = "features.safetensors"  # projections of hidden-state terms (train/features.py), never in student/
 STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
 SAME_CONFIG = "resume with the config the run was started with"
@@ -45,6 +46,12 @@ def _step_dirs(output_dir: str | Path) -> list[Path]:
 def load_source_tensors(path: Path) -> dict:
     """The teacher source's tensors saved with the checkpoint at `path` ({} if it saved none)."""
     f = Path(path) / SOURCE_TENSORS
+    return load_file(str(f)) if f.is_file() else {}
+
+
+def load_feature_tensors(path: Path) -> dict:
+    """The feature-term projections saved with the checkpoint at `path` ({} if it saved none)."""
+    f = Path(path) / FEATURE_TENSORS
     return load_file(str(f)) if f.is_file() else {}
 
 
@@ -157,7 +164,8 @@ def _load_optimizer(optimizer, tensors: dict, meta: dict, load=None) -> None:
 
 
 def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
-                    keep: int, source_tensors: dict | None = None, optimizer_state: dict | None = None) -> Path:
+                    keep: int, source_tensors: dict | None = None, optimizer_state: dict | None = None,
+                    feature_tensors: dict | None = None) -> Path:
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
     tensors, opt_meta = _optimizer_tensors(optimizer, optimizer_state)
     rng = {"torch": torch.get_rng_state()}
@@ -171,6 +179,8 @@ def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, schedule
         if source_tensors:  # a teacher source's own tensors (an EMA shadow of the student)
             save_file({k: v.detach().contiguous().cpu() for k, v in source_tensors.items()},
                       str(tmp / SOURCE_TENSORS))
+        if feature_tensors:
+            save_file(feature_tensors, str(tmp / FEATURE_TENSORS))
         state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
                  "python_rng": _encode_py_rng(random.getstate()), **extra}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..activations import capture
 from ..errors import ConfigError
 from ..hardware import autocast
 from ..modeling import decoder_layers, final_hidden, head_weight
@@ -188,20 +189,31 @@ def device_for(dist_world: int, device: torch.device) -> torch.device:
 class StudentLoss(nn.Module):
     """The student's forward and the fused objective as one module: what a DDP/FSDP wrapper runs.
 
-    Shapes: batch input_ids (B, T) ... -> loss (), terms dict of floats"""
+    Shapes: batch input_ids (B, T) ... -> loss (), terms dict of floats
 
-    def __init__(self, student, objective):
+    `features` (train/features.FeatureLoss: hidden-state and attention terms with their projections) is
+    a submodule, so the wrapper sees the projections; the student's activations are captured by hooks
+    inside this forward and compared with `teacher_acts` (the source's, same batch)."""
+
+    def __init__(self, student, objective, features=None):
         super().__init__()
-        self.student, self.objective = student, objective
+        self.student, self.objective, self.features = student, objective, features
 
-    def forward(self, batch: dict, signal, num_tokens: int, progress: float):
+    def forward(self, batch: dict, signal, num_tokens: int, progress: float, teacher_acts: dict | None = None):
         device = batch["input_ids"].device
-        with autocast(device):
+        request = self.features.student_request if self.features is not None else {}
+        with autocast(device), capture(self.student, request) as found:
             hidden = final_hidden(self.student, batch["input_ids"], batch["attention_mask"])
-        out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],
-                             num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"),
-                             token_weight=batch.get("weight"))
-        return out.loss, out.terms
+        loss, terms = hidden.new_zeros((), dtype=torch.float32), {}
+        if self.objective.terms:
+            out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],
+                                 num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"),
+                                 token_weight=batch.get("weight"))
+            loss, terms = out.loss, out.terms
+        if self.features is not None:
+            extra, logs = self.features(found, teacher_acts, batch, num_tokens, progress)
+            loss, terms = loss + extra, {**terms, **logs}
+        return loss, terms
 
 
 def wrap(module: StudentLoss, dist: Dist, device: torch.device) -> nn.Module:

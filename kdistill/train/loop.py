@@ -48,21 +48,25 @@ class RunState:
 
 
 def train_step(student, source, objective, micro_batches, device, progress: float, model=None,
-               dist: Dist | None = None) -> dict:
+               dist: Dist | None = None, features=None) -> dict:
     """Forward/backward over the micro-batches of one optimizer step. Returns summed loss and terms.
 
     The micro-batches are the global batch; with several processes each keeps its own rows
     (`dist.local_rows`) and the token count that divides the loss stays the global one. `model` is the
-    (wrapped) `StudentLoss` of student and objective."""
+    (wrapped) `StudentLoss` of student and objective; `features` (train/features.FeatureLoss, inside
+    `model`) asks the source for the teacher's activations of its layers with each signal."""
     dist = dist or Dist()
-    model = model if model is not None else StudentLoss(student, objective)
+    model = model if model is not None else StudentLoss(student, objective, features)
     num_tokens = sum(int(b["mask"].sum()) for b in micro_batches)
     vocab = head_weight(student).shape[0]
     total, terms = 0.0, {}
     for batch in micro_batches:
         batch = to_device(take_rows(batch, dist.local_rows(batch["mask"].shape[0])), device)
-        signal = source.signal(batch, vocab)
-        loss, parts = model(batch, signal, num_tokens, progress)
+        if features is None:
+            signal, acts = source.signal(batch, vocab), None
+        else:
+            signal, acts = source.signal_and_activations(batch, vocab, features.teacher_request)
+        loss, parts = model(batch, signal, num_tokens, progress, acts)
         (loss * dist.loss_scale if dist.active else loss).backward()
         total += loss.item()
         for k, v in parts.items():
@@ -107,16 +111,19 @@ def _postfix(row: dict, rate: float) -> dict:
 
 
 def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, device, output_dir,
-                 resume_from=None, record: dict | None = None, on_checkpoint=None, dist: Dist | None = None) -> RunState:
+                 resume_from=None, record: dict | None = None, on_checkpoint=None, dist: Dist | None = None,
+                 features=None) -> RunState:
     """Train to cfg.train.max_steps; `evaluate(step, student)` returns a dict of held-out metrics.
 
     `record` goes into every checkpoint's trainer_state.json (the resolved config, the teacher's
     identity); `on_checkpoint(path)` is called after each checkpoint is complete. With several
-    processes (`dist`) every process trains its rows of each global batch; only the main one writes."""
+    processes (`dist`) every process trains its rows of each global batch; only the main one writes.
+    `features` (train/features.FeatureLoss): hidden-state/attention terms; their projections train with the
+    student and are checkpointed beside it (features.safetensors), never in student/."""
     tc, dist = cfg.train, dist or Dist()
     whole = Whole(student, dist)  # before sharding: under fsdp a plain copy for evaluation and checkpoints
-    model = wrap(StudentLoss(student, objective), dist, device)
-    params = [p for p in student.parameters() if p.requires_grad]
+    model = wrap(StudentLoss(student, objective, features), dist, device)
+    params = [p for p in student.parameters() if p.requires_grad] + list(features.parameters() if features else [])
     from .schedule import make_optimizer, warmup_cosine
 
     optimizer = make_optimizer(params, tc)
@@ -129,6 +136,8 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
         state.step, state.tokens = saved["step"], saved["tokens"]
         stream.load_state(saved["data"])
         source.load_state_dict(checkpoint.load_source_tensors(resume_from))
+        if features is not None:
+            features.load_tensors(checkpoint.load_feature_tensors(resume_from))
         note = world_change(saved, dist)
         if note and dist.main:
             log.warning(note)
@@ -143,7 +152,8 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
                  **(record or {})}  # any number of processes resumes: whole state dicts (`world_change`)
         with fsutil.writing(output_dir / "checkpoints" / f"step-{state.step:06d}"):
             path = checkpoint.save_checkpoint(output_dir, state.step, plain, tokenizer, optimizer, scheduler,
-                                              extra, tc.keep_checkpoints, source.state_dict(), optimizer_state)
+                                              extra, tc.keep_checkpoints, source.state_dict(), optimizer_state,
+                                              features.tensors() if features is not None else None)
         if on_checkpoint is not None:
             on_checkpoint(path)
         return path
@@ -157,7 +167,8 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
         with StopFlag() as stop:
             while state.step < tc.max_steps:
                 micro = [stream.next() for _ in range(tc.grad_accum)]
-                row = train_step(student, source, objective, micro, device, state.step / tc.max_steps, model, dist)
+                row = train_step(student, source, objective, micro, device, state.step / tc.max_steps, model, dist,
+                                 features)
                 debugging = tc.debug_every > 0 and (state.step + 1) % tc.debug_every == 0
                 shards = dist if dist.mode == "fsdp" else None  # ddp gradients are already whole on every process
                 grads = debug.layer_grad_norms(student, shards) if debugging else None

@@ -52,11 +52,17 @@ def test_ratios_are_teacher_over_student_where_bigger_is_better():
                           "ppl_teacher": 8.0, "tokens": 12, "kl_quantiles": {"p50": 0.4, "max": 2.0}},
               "teacher": teacher, "student": student, "prompts": ["Hi"],
               "completions": {"teacher": ["there"], "student": ["you"]}, **r,
-              "benchmarks": {"arc": {"kind": "multiple_choice", "metric": "acc", "n": 4, "teacher": {"acc": 0.5},
-                                     "student": {"acc": 0.25}, "retention": 0.5}}, "retention": 0.5}
+              "benchmarks": {"arc": {"kind": "multiple_choice", "metric": "acc", "n": 4, "baseline": 0.25,
+                                     "teacher": {"acc": 0.5, "acc_stderr": 0.289}, "student": {"acc": 0.25},
+                                     "retention": 0.5},
+                             "gen": {"kind": "generative", "metric": "exact_match", "n": 3, "baseline": 0.0,
+                                     "teacher": {"exact_match": 0.0}, "student": {"exact_match": 0.0},
+                                     "retention": None, "retention_note": "n/a: teacher 0.0% is not above"}},
+              "task_retention": 0.5, "task_retention_tasks": ["arc"], "task_retention_excluded": {"gen": "n/a"}}
     table = format_table(result)
     for text in ("compression: 4.00x", "speed-up: 2.50x", "top-10 agreement: 80.0%", "JS: 0.100",
-                 "arc acc (n=4)", "mean retention (student / teacher): 50.0%", "p50 0.400"):
+                 "arc acc (n=4)", "50.0% ±28.9", "  gen: n/a: teacher 0.0% is not above",
+                 "mean task retention (student / teacher score): 50.0% over 1 task; 1 left out", "p50 0.400"):
         assert text in table
 
 

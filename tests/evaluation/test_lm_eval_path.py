@@ -36,11 +36,13 @@ def test_student_folder_runs_under_lm_eval_and_agrees_with_kdistill(tmp_path, mo
 
     names = write_task_yamls(TASKS, tmp_path / "yaml", MAX_NEW)
     assert names == ["kd_tiny_mc", "kd_tiny_gen"]
-    assert lm_eval_command(str(student), tmp_path / "yaml", names).startswith(
-        f"lm_eval --model hf --model_args pretrained={student} --include_path")
+    command = lm_eval_command(str(student), tmp_path / "yaml", names).split()  # run what `eval` prints
+    option = {flag: command[i + 1] for i, flag in enumerate(command) if flag.startswith("--")}
+    assert option["--model_args"] == f"pretrained={student},dtype=float32" and option["--device"] == "cpu"
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={student},dtype=float32,device=cpu", tasks=names, batch_size=1,
-        task_manager=TaskManager(include_path=str(tmp_path / "yaml"), include_defaults=False), log_samples=True)
+        model=option["--model"], model_args=option["--model_args"], device=option["--device"],
+        tasks=option["--tasks"].split(","), batch_size=int(option["--batch_size"]),
+        task_manager=TaskManager(include_path=option["--include_path"], include_defaults=False), log_samples=True)
 
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
     ours = run_tasks({"student": model}, AutoTokenizer.from_pretrained(student), TASKS, "cpu",

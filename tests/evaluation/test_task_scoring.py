@@ -13,8 +13,8 @@ import torch
 
 from helpers import tiny_tokenizer
 from kdistill.errors import DataError
-from kdistill.evaluation.tasks import (encode_pair, mean_retention, normalize, read_task, retention, run_tasks,
-                                       score_generative, score_multiple_choice)
+from kdistill.evaluation.tasks import (encode_pair, mean_retention, normalize, read_task, retention,
+                                       retention_summary, run_tasks, score_generative, score_multiple_choice)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tasks"
 VOCAB = [" ", "a", "b", "c", "\n"]
@@ -100,9 +100,35 @@ def test_run_tasks_gives_retention_student_over_teacher(tmp_path):
     assert task["kind"] == "multiple_choice" and task["metric"] == "acc" and task["n"] == 2
     # uniform over 6 ids: ll = -len(continuation) ln 6; record 1 picks "b" (wrong), record 2 ties -> "c" (wrong)
     assert task["teacher"]["acc"] == 0.5 and task["student"]["acc"] == 0.0
-    assert task["retention"] == 0.0
+    # both answers are position 1: "always the second choice" scores 100%, so the teacher's 50% says nothing
+    assert task["chance"] == 0.5 and task["majority"] == 1.0 and task["baseline"] == 1.0
+    assert task["retention"] is None and task["retention_note"].startswith("n/a: teacher 50.0% is not above")
     assert retention(0.3, 0.6) == 0.5 and retention(0.3, 0.0) is None
     assert mean_retention({"a": {"retention": 0.5}, "b": {"retention": None}, "c": {"retention": 1.0}}) == 0.75
+
+
+# Under ROWS a choice's log-likelihood depends on the choice alone: P(a|' ') .5 > P(b|' ') .25 > P(c|' ') .125
+ABOVE = [{"context": "a", "choices": ["a", "b", "c"], "answer": 0}, {"context": "b", "choices": ["c", "b", "cc"], "answer": 1},
+         {"context": "c", "choices": ["cc", "c", "ccc"], "answer": 1}, {"context": "a", "choices": ["bb", "ca", "a"], "answer": 2}]
+
+
+def test_retention_counts_only_where_the_teacher_beats_the_baseline(tmp_path):
+    above, at = tmp_path / "above.jsonl", tmp_path / "at.jsonl"
+    above.write_text("".join(json.dumps(r) + "\n" for r in ABOVE * 2))
+    at.write_text("".join(json.dumps(r) + "\n" for r in MC))
+    result = run_tasks({"teacher": Bigram(ROWS), "student": Bigram({})}, CharTokenizer(), [above, at], "cpu")
+    task = result["above"]
+    # right texts a, b, c, a and positions 0, 1, 1, 2: majority 50%, chance 1/3; threshold .5 + 2 sqrt(.25 / 8) = 85.4%
+    assert task["chance"] == pytest.approx(1 / 3) and task["majority"] == 0.5 and task["baseline"] == 0.5
+    assert task["teacher"]["acc"] == 1.0 and task["teacher"]["acc_stderr"] == 0.0
+    # the uniform student picks the shortest choice (the first of equal ones): right, wrong, right, right
+    assert task["student"]["acc"] == 0.75
+    assert task["student"]["acc_stderr"] == pytest.approx(math.sqrt(0.75 * 0.25 / 7))  # lm-eval's mean_stderr
+    assert task["retention"] == 0.75 and "retention_note" not in task
+    summary = retention_summary(result)
+    assert summary["task_retention"] == 0.75 and summary["task_retention_tasks"] == ["above"]
+    assert list(summary["task_retention_excluded"]) == ["at"]
+    assert summary["task_retention_excluded"]["at"].startswith("n/a: teacher 50.0%")
 
 
 def test_shipped_fixtures_read_as_their_kinds():
@@ -123,6 +149,7 @@ def test_shipped_fixtures_read_as_their_kinds():
     (['{"context": " ", "choices": ["b", "c"], "answer": 0}'], "line 1: context is empty"),
     (['{"question": "a"}'], "either multiple choice"),
     ([], "no records"),
+    (['{"context": "a", "choices": ["b", "c"], "answer": 0, "answers": [0, 2]}'], "answers must list the indices"),
 ])
 def test_bad_task_files_name_the_file_and_line(tmp_path, lines, message):
     path = tmp_path / "bad.jsonl"

@@ -1,7 +1,8 @@
 """Weight-only int8/int4: per-weight error bounds, packing, model surgery, and the KL it costs.
 
-Bounds: every weight is within half a quantisation step of the original (|w - w_hat| <= scale / 2,
-with 1e-6 relative slack for fp32 arithmetic). On the tiny student (hidden 64, random weights), mean
+Bounds: every weight is within half a quantisation step of the original (|w - w_hat| <= |scale| / 2,
+with 1e-6 relative slack for fp32 arithmetic; int4's top code is 7, so weights beyond +7.5 steps are
+within one step). On the tiny student (hidden 64, random weights), mean
 KL(fp || q) is below 1e-4 nats/token for int8 and below 2e-2 for int4; top-1 agreement, low on
 near-flat random logits, is at least 95% and 70%.
 """
@@ -14,7 +15,9 @@ from transformers import AutoModelForCausalLM
 from kdistill.errors import ModelError
 from kdistill.export import QuantEmbedding, QuantLinear, kl_per_token, quant_report, quantize_model
 from kdistill.export.measure import compare_logits
-from kdistill.export.quantize import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from kdistill.export.packing import unpack_int4
+from kdistill.export.quantize import (CLIP_RATIOS, dequantize_int4, dequantize_int8, dequantize_model,
+                                      quantize_int4, quantize_int8)
 
 
 def weights(rows=16, cols=96, seed=0):
@@ -37,34 +40,47 @@ def test_int8_error_is_at_most_half_a_step():
     assert torch.all(dequantize_int8(codes, scale)[5] == 0)
 
 
-@pytest.mark.parametrize("cols", [96, 70, 33])
-def test_int4_error_is_at_most_half_a_step(cols):
-    """Rows of 70 or 33 are not whole groups of 32: they are padded and trimmed again."""
+@pytest.mark.parametrize("cols,group", [(96, 32), (64, 64), (40, 8)])
+def test_int4_error_is_at_most_half_a_step(cols, group):
+    """Q4_0's rule: the group's largest-magnitude weight is code -8 exactly (the scale carries its sign);
+    the rest is within half a step, but for weights beyond +7.5 steps (the top code is 7): one step."""
     w = weights(cols=cols)
-    packed, scale, low = quantize_int4(w, 32)
-    groups = -(-cols // 32)
-    assert packed.dtype == torch.uint8 and packed.shape == (16, groups * 16)
-    assert scale.shape == low.shape == (16, groups) and scale.dtype == torch.float16
-    rebuilt = dequantize_int4(packed, scale, low, cols)
-    assert rebuilt.shape == w.shape
-    step = scale.float().repeat_interleave(32, dim=1)[:, :cols]
-    assert torch.all((rebuilt - w).abs() <= step / 2 + 1e-6 * w.abs())
-    assert torch.equal(rebuilt[5], w[5]) and torch.equal(rebuilt[6, :32], w[6, :32])  # exact cases
+    packed, scale = quantize_int4(w, group)
+    assert packed.dtype == torch.int32 and packed.shape == (16, cols // 8)
+    assert scale.shape == (16, cols // group) and scale.dtype == torch.float16
+    rebuilt = dequantize_int4(packed, scale, cols)
+    step = scale.float().abs().repeat_interleave(group, dim=1)
+    ratio = (w / scale.float().repeat_interleave(group, dim=1))
+    half = (rebuilt - w).abs() <= step / 2 + 1e-6 * w.abs()
+    assert torch.all(half | ((ratio > 7.5) & ((rebuilt - w).abs() <= step * (1 + 1e-3))))
+    assert torch.equal(rebuilt[5], w[5]) and torch.equal(rebuilt[6, :32], torch.full((32,), 0.25))
+    peak = w.abs().argmax(dim=1)
+    codes = unpack_int4(packed, cols)
+    assert torch.all(codes[torch.arange(16), peak][w.abs().amax(1) > 0] == -8)
 
 
-def test_int4_uses_all_sixteen_levels():
-    w = torch.linspace(-1, 1, 32).repeat(2, 1)
-    packed, scale, low = quantize_int4(w, 32)
-    codes = torch.stack([packed & 15, packed >> 4], -1).flatten(1)
-    assert codes.min() == 0 and codes.max() == 15
-    assert low[0, 0].item() <= -1 and low[0, 0].float() + 15 * scale[0, 0].float() >= 1 - 1e-6
+def test_int4_clipping_search_never_increases_squared_error():
+    """The clipping search keeps each group's scale with the least squared error, the Q4_0 scale included."""
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(1)) * 0.05
+    w[0, 3] = 0.9  # an outlier, where clipping pays
+    plain = dequantize_int4(*quantize_int4(w, 32), 128)
+    clipped = dequantize_int4(*quantize_int4(w, 32, clip=True), 128)
+    plain_err = (plain - w).square().reshape(32, 4, 32).sum(-1)
+    clipped_err = (clipped - w).square().reshape(32, 4, 32).sum(-1)
+    assert torch.all(clipped_err <= plain_err + 1e-9) and clipped_err.sum() < plain_err.sum()
+    assert 1.0 in CLIP_RATIOS
+
+
+def test_int4_needs_whole_groups():
+    with pytest.raises(ModelError, match="whole groups of 32"):
+        quantize_int4(torch.randn(4, 48), 32)
 
 
 def test_bad_scheme_and_group_size_are_refused():
     model = nn.Sequential(nn.Linear(8, 8))
     with pytest.raises(ModelError, match="int3"):
         quantize_model(model, "int3")
-    with pytest.raises(ModelError, match="even"):
+    with pytest.raises(ModelError, match="multiple of 8"):
         quantize_model(model, "int4", group_size=31)
 
 
@@ -136,3 +152,16 @@ def test_compare_logits_masks_and_empty_input(student, input_ids):
                                                                         "attention_mask": mask}])
     assert report["tokens"] == input_ids.shape[1] - 5
     assert compare_logits(student, student, [])["kl_mean"] == 0.0
+
+
+def test_dequantize_model_gives_the_same_logits(student, input_ids):
+    """Float layers holding the dequantised values: the same logits, the tied matrix still shared."""
+    quant = quantize_model(student, "int4", int8_layers=["model.layers.0.mlp.up_proj"])
+    assert quant.model.layers[0].mlp.up_proj.scheme == "int8" and quant.kdistill_quantization["int8_layers"] == [
+        "model.layers.0.mlp.up_proj"]
+    with torch.no_grad():
+        expected = quant(input_ids).logits
+        plain = dequantize_model(quant)
+        torch.testing.assert_close(plain(input_ids).logits, expected, rtol=0, atol=0)
+    assert not any(isinstance(m, (QuantLinear, QuantEmbedding)) for m in plain.modules())
+    assert plain.lm_head.weight is plain.get_input_embeddings().weight

@@ -65,17 +65,17 @@ def test_report_of_several_runs_has_every_section(make_run, tmp_path):
     page = open(paths["html"]).read()
     markdown = open(paths["markdown"]).read()
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 4 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert len(images) == 5 and all(base64.b64decode(i).startswith(PNG) for i in images)
     assert not re.search(r'(src|href)="(?!data:)', page) and "<link" not in page  # nothing outside the page
     for text in ("Overview", "Quality vs size", "Training", "Run medium", "Teacher vs student", "Benchmarks",
                  "Seed prompts, side by side", "No eval.json yet"):
         assert text in page and text in markdown
     # medium is the smallest student that keeps 90%: 4x compression, retention 95%
-    assert "Recommended: medium" in page and "4.00x fewer parameters, retention 95.0%" in markdown
-    assert "mean benchmark retention" in page
+    assert "Recommended: medium" in page and "4.00x fewer parameters, task retention 95.0%" in markdown
+    assert "Mean task retention (student / teacher task score, tasks where the teacher beats the baseline)" in page
     assert "there was a &lt;b&gt;fox&lt;/b&gt; | ok" in page and "<b>fox" not in page  # escaped
     assert "there was a <b>fox</b> \\| ok" in markdown
-    for name in ("loss_kl.png", "heldout.png", "kl_position.png", "tradeoff.png"):
+    for name in ("loss_kl.png", "heldout.png", "optimiser.png", "kl_position.png", "tradeoff.png"):
         assert f"]({name})" in markdown and (tmp_path / "out" / name).read_bytes().startswith(PNG)
 
 
@@ -87,7 +87,8 @@ def test_cli_report_writes_next_to_the_runs(make_run, capsys):
     assert out == a.parent / "report" and (out / "report.html").is_file() and (out / "report.md").is_file()
     page = (out / "report.html").read_text()
     # no benchmarks: retention = teacher / student perplexity; a: 10/12 = 83% at 5x, b: 10/10.8 = 92.6% at 2.5x
-    assert "held-out perplexity retention" in page and "Recommended: b" in page and "92.6%" in page
+    assert "Perplexity ratio (teacher perplexity / student perplexity" in page and "Recommended: b" in page
+    assert "92.6%" in page
     assert default_out([a]) == a / "report"
     assert main(["report", str(a.parent / "nothing")]) == 2
     assert "no such folder" in capsys.readouterr().err

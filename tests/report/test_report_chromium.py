@@ -48,7 +48,7 @@ def test_report_renders_in_headless_chromium_with_its_images(make_run, tmp_path)
     assert done.returncode == 0 and found and found.group(1), done.stderr[-2000:]
     seen = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
     assert seen["title"] == "kdistill report <test>"
-    assert len(seen["images"]) == expected_images == 4
+    assert len(seen["images"]) == expected_images == 5
     for img in seen["images"]:
         assert img["complete"] and img["natural"] > 300 and img["shown"] > 300, img
     assert seen["height"] > 2000 and not seen["overflow"]

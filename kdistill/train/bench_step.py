@@ -4,7 +4,7 @@
     kdistill bench step --teacher DIR --layers 4 --batch 4 --seq 256 --steps 8
 
 Times, alternated step by step so all three see the same machine load: the teacher's forward alone
-(`source.signal`, no grad), the student's forward + backward + optimizer step alone (cross-entropy on the
+(`source.signal` and its output layer, no grad), the student's forward + backward + optimizer step alone (cross-entropy on the
 same batch, no teacher), and the full KD step (teacher signal + the config's loss + optimizer step). The
 ceiling of a step that must do both parts is `1 / (1/teacher + 1/student)` in tokens/s, i.e. their times
 added; the KD step's share of it is `(t_teacher + t_student) / t_kd` (1.0 = no cost beyond the parts).
@@ -68,13 +68,21 @@ def measure(args) -> dict[str, list[float]]:
     times = {"teacher forward": [], "student step": [], "KD step": []}
     for i in range(args.steps + args.warmup):
         batch = batches[i % len(batches)]
-        got = {"teacher forward": _timed(lambda: source.signal(batch, vocab)),
+        got = {"teacher forward": _timed(lambda: _teacher_logits(source, batch, vocab)),
                "student step": _timed(lambda: step(ce, no_teacher, batch)),
                "KD step": _timed(lambda: step(kd, source, batch))}
         if i >= args.warmup:
             for k, v in got.items():
                 times[k].append(v)
     return times
+
+
+def _teacher_logits(source, batch: dict, vocab: int):
+    """The teacher's whole forward, output layer included (a signal may keep its logits as hidden + weight
+    until the loss reads them chunk by chunk). Shapes: batch (B, T) -> logits (B, T, V)"""
+    signal = source.signal(batch, vocab)
+    hidden = getattr(signal, "hidden", None)
+    return signal.logits if hidden is None else hidden @ signal.weight.T
 
 
 class _NoTeacher:

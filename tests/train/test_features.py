@@ -12,7 +12,7 @@ from kdistill.config import load_config
 from kdistill.distill import distill
 from kdistill.losses import build_objective
 from kdistill.sources.model import ModelSource
-from kdistill.train import checkpoint, loop
+from kdistill.train import checkpoint
 from kdistill.train.features import plan
 from kdistill.train.loop import train_step
 
@@ -140,33 +140,46 @@ FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.gener
         "loss.terms=[{kind: forward_kl}, {kind: hidden_mse, pairs: from_init}, {kind: attention_map, pairs: uniform}]"]
 
 
-class Crash(Exception):
-    pass
+def _distill_process(args: list[str]):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kdistill", "distill", *args], env=env, cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_projections_are_checkpointed_resume_exactly_and_stay_out_of_the_student(tmp_path, monkeypatch):
-    """A run that dies right after its step-2 checkpoint and resumes ends like one that never stopped."""
+def test_projections_are_checkpointed_resume_exactly_after_kill_9_and_stay_out_of_the_student(tmp_path):
+    """A run killed with SIGKILL after a checkpoint and resumed ends like one that never stopped."""
+    import os
+    import signal
+    import time
+
     from helpers import save_tiny_teacher
 
     teacher = save_tiny_teacher(tmp_path / "t", num_hidden_layers=4)
-    cfg = lambda out: load_config(None, [f"teacher.model={teacher}", *FAST, "train.checkpoint_every=2",
-                                         "train.max_steps=4", f"output_dir={tmp_path / out}"])
-    distill(cfg("a"))
-    calls = []
-
-    def dies_in_step_3(*args, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash
-        return train_step(*args, **kw)
-
-    monkeypatch.setattr(loop, "train_step", dies_in_step_3)
-    with pytest.raises(Crash):
-        distill(cfg("b"))
-    monkeypatch.setattr(loop, "train_step", train_step)
-    assert checkpoint.load_feature_tensors(tmp_path / "b" / "checkpoints" / "step-000002")
-    distill(cfg("b"), resume=True)
-    a, b = tmp_path / "a" / "checkpoints" / "step-000004", tmp_path / "b" / "checkpoints" / "step-000004"
+    steps = 30
+    args = lambda out: [f"teacher.model={teacher}", *FAST, "train.checkpoint_every=2", f"train.max_steps={steps}",
+                        f"output_dir={tmp_path / out}"]
+    distill(load_config(None, args("a")))
+    run = _distill_process(args("b"))
+    deadline = time.time() + 200
+    while not checkpoint.list_checkpoints(tmp_path / "b") or checkpoint.list_checkpoints(tmp_path / "b")[-1].name < \
+            "step-000004":
+        assert run.poll() is None, run.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    newest = checkpoint.list_checkpoints(tmp_path / "b")[-1]
+    assert newest.name < f"step-{steps:06d}", "killed too late to test resume"
+    assert checkpoint.load_feature_tensors(newest)
+    resumed = _distill_process([*args("b"), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    a, b = (tmp_path / x / "checkpoints" / f"step-{steps:06d}" for x in "ab")
     pa, pb = checkpoint.load_feature_tensors(a), checkpoint.load_feature_tensors(b)
     assert pa and pa.keys() == pb.keys()
     for k in pa:

@@ -3,6 +3,7 @@
     python scripts/bench_features.py                     # 40 steps per run (the demo's), table at the end
     python scripts/bench_features.py --steps 10          # quicker
     python scripts/bench_features.py --targets           # massive activations: residual vs normed targets
+    python scripts/bench_features.py --steps 20 --feature-weight 0.5 --objectives logits +hidden+attention
 
 Workload: configs/demo.yaml (the embedded SmolLM2-135M teacher, its teacher-written data, batch 8 x 128,
 AdamW at the demo's LR) with two students, each trained from the same start for the same steps:
@@ -85,7 +86,13 @@ def setup(student_args: list[str], layers: list[int] | None, terms: list[dict]):
     return cfg, source, train, heldout, pad
 
 
-def worker(student_args: list[str], layers: list[int] | None, objective: str, steps: int) -> dict:
+def scaled(terms: list[dict], weight: float) -> list[dict]:
+    """The objective's terms with every feature term's weight multiplied by `weight` (logit terms as they are)."""
+    return [{**t, "weight": t["weight"] * weight} if t not in LOGITS else t for t in terms]
+
+
+def worker(student_args: list[str], layers: list[int] | None, objective: str, steps: int,
+           feature_weight: float = 1.0) -> dict:
     import torch
 
     from kdistill.data import batches as B
@@ -96,7 +103,7 @@ def worker(student_args: list[str], layers: list[int] | None, objective: str, st
     from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer, warmup_cosine
 
-    cfg, source, train, heldout, pad = setup(student_args, layers, OBJECTIVES[objective])
+    cfg, source, train, heldout, pad = setup(student_args, layers, scaled(OBJECTIVES[objective], feature_weight))
     calib = B.collate(train[:4], pad)
     torch.manual_seed(0)
     student, report = build_student(cfg, source.model, source.vocab_size, calib, source.tokenizer)
@@ -160,6 +167,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--targets", action="store_true", help="print the residual vs normed measurement and stop")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="multiplies every feature term's weight")
+    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=list(OBJECTIVES))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -167,13 +176,14 @@ def main() -> None:
         return targets()
     if args.worker:
         job = json.loads(args.worker)
-        print(json.dumps(worker(job["student"], job["layers"], job["objective"], args.steps)))
+        print(json.dumps(worker(job["student"], job["layers"], job["objective"], args.steps, job["feature_weight"])))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     results, layers = {}, None
     for student, student_args in STUDENTS.items():
-        for objective in OBJECTIVES:
-            job = json.dumps({"student": student_args, "layers": layers, "objective": objective})
+        for objective in args.objectives:
+            job = json.dumps({"student": student_args, "layers": layers, "objective": objective,
+                              "feature_weight": args.feature_weight})
             out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--worker", job], env=env,
                                  capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
             r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -181,7 +191,7 @@ def main() -> None:
             results[(student, objective)] = r
             print(f"{student:>13} {objective:>18}: KL {r['kl']:.3f}, {r['step_s']:.2f} s/step, "
                   f"step peak {r['step_peak_mb']:.0f} MB, terms {r['terms']}", flush=True)
-    print(f"\n{args.steps} steps each, layers {layers}\n" + table(results))
+    print(f"\n{args.steps} steps each, feature weight x{args.feature_weight:g}, layers {layers}\n" + table(results))
 
 
 if __name__ == "__main__":

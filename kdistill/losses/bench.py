@@ -14,7 +14,9 @@ kernel's peak-RSS mark (writing 5 to /proc/self/clear_refs; Linux >= 4.0), runs 
 and reads VmHWM from /proc/self/status. "Peak extra" = VmHWM - RSS before the run: every byte the method
 touched on top of its inputs (logits, temporaries, gradients), whoever allocated it. torch keeps no CPU
 allocator statistics and tracemalloc does not see torch. Without clear_refs, ru_maxrss is used (an
-upper bound). Time: median of --repeat further runs in the same process.
+upper bound). Time: median of --repeat further runs in the same process. The floor is the same output-layer
+matmuls with nothing else (teacher head, student head forward, its backward to hidden and weight): what no
+loss can beat; ours/floor says how much the divergence and the chunking cost on top.
 """
 from __future__ import annotations
 
@@ -103,6 +105,17 @@ def run_ours(x: dict, args) -> torch.Tensor:
     return out.loss.detach()
 
 
+def run_floor(x: dict, args) -> torch.Tensor:
+    """The floor: the same projections as plain matmuls and nothing else — the teacher's output layer
+    (with --teacher hidden), the student's forward, and its backward to hidden and weight."""
+    if "teacher_hidden" in x:
+        with torch.no_grad():
+            x["teacher_hidden"] @ x["teacher_weight"].T
+    logits = x["hidden"] @ x["weight"].T
+    logits.backward(torch.ones_like(logits))
+    return torch.zeros(())
+
+
 def _rss_kib(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -124,7 +137,7 @@ def _reset_peak() -> bool:
 def worker(method: str, args) -> dict:
     """Measure one method in this (fresh) process; returns peak extra MiB, run times and the loss."""
     x = _inputs(args)
-    run = run_reference if method == "reference" else run_ours
+    run = {"reference": run_reference, "ours": run_ours, "floor": run_floor}[method]
     before = _rss_kib("VmRSS") or 0
     exact = _reset_peak()
     loss = run(x, args)
@@ -168,7 +181,8 @@ def main(args) -> int:
     print(f"ours: chunked fused output layer, {chunk} rows/chunk "
           f"({'given' if args.chunk_size else f'auto, budget {args.memory_budget_mb:g} MiB'}); teacher: {teacher}")
     print("reference: full logits, F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')")
-    results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours")}
+    print("floor: the same projections (teacher head, student head forward and backward) as plain matmuls")
+    results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours", "floor")}
     print(f"memory: {results['ours']['method']}, peak RSS growth over the inputs, one process per method")
     print(f"{'method':<10} {'time_s':>9} {'peak_extra_MiB':>15} {'loss':>12}")
     for name, r in results.items():
@@ -178,6 +192,7 @@ def main(args) -> int:
     ref, ours = results["reference"], results["ours"]
     print(f"ratio ours/reference: time {ours['median'] / ref['median']:.3f}  "
           f"peak memory {ours['peak_extra_mib'] / max(ref['peak_extra_mib'], 1e-9):.3f}")
+    print(f"ratio ours/floor: time {ours['median'] / results['floor']['median']:.3f}")
     return 0
 
 
@@ -185,7 +200,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.add_argument("--worker", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["reference", "ours", "floor"], help=argparse.SUPPRESS)
     cli_args = parser.parse_args()
     if cli_args.worker:
         print(json.dumps(worker(cli_args.worker, cli_args)))

@@ -1,5 +1,6 @@
 """`kdistill bench loss` on a tiny shape: both methods run, agree on the value, and the ratios print."""
 import argparse
+import re
 
 from kdistill.losses import bench
 
@@ -18,6 +19,7 @@ def test_bench_prints_both_methods_and_ratios(capsys, monkeypatch):
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("reference ", "ours "))}
     assert rows["reference"][3] == rows["ours"][3]  # same forward KL value (6 decimals)
     assert "ratio ours/reference: time" in out and "peak memory" in out and "16 rows/chunk (given)" in out
+    assert re.search(r"ratio ours/floor: time \d+\.\d+", out) and re.search(r"^floor\s+\d", out, re.M)
 
 
 def test_worker_runs_in_a_fresh_process():

@@ -1,0 +1,88 @@
+"""Quality per unit of compute: held-out KL, top-1 agreement and perplexity at steps 0, 20 and 60 for
+shallow students of the embedded teacher, kdistill's defaults against a seed-style baseline, in one run.
+
+    python scripts/bench_quality.py                         # 4- and 8-layer students, 60 steps of 8 x 128
+    python scripts/bench_quality.py --layers 4 --steps 20 --eval-every 10
+    python scripts/bench_quality.py --recipe "name=train.lr=1e-3 loss.t2_scale=false"   # a candidate row
+
+Every row is `kdistill distill --config configs/demo.yaml` (the embedded SmolLM2-135M teacher and its
+teacher-written corpus, cached in $KDISTILL_CACHE after the first run, batch 8 x 128, 1 thread) with the
+row's overrides; the numbers are the held-out rows of its metrics.jsonl (the run's own held-out split,
+against the real teacher). Rows:
+- default: kdistill's defaults (importance-chosen layers, forward KL + 0.1 CE, warmup + cosine);
+- seed-style: `α·T²·kl_div(batchmean) + (1−α)·CE` with T=2, α=0.5, constant lr, evenly spaced layers;
+- each --recipe NAME=OVERRIDES: the defaults plus those overrides (a candidate for a better recipe).
+Runs of one size use the same data and steps, so rows compare at equal tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_STYLE = ["loss.terms=[{kind: forward_kl, weight: 0.5, temperature: 2.0}, {kind: ce, weight: 0.5}]",
+              "loss.t2_scale=true", "train.warmup_steps=0", "train.min_lr_ratio=1.0",
+              "student.layer_selection=even"]
+
+
+def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Path) -> dict[int, dict]:
+    """Held-out metrics by step of one `kdistill distill` run."""
+    args = [sys.executable, "-m", "kdistill", "distill", "--config", "configs/demo.yaml", "--overwrite",
+            f"output_dir={out}", f"student.num_layers={layers}", f"train.max_steps={steps}",
+            f"train.eval_every={eval_every}", f"train.checkpoint_every={steps}", "train.threads=1",
+            "eval.measure_speed=false", "eval.prompts=[Once upon a time]", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDISTILL_THREADS": "1"}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)}\nfailed:\n{done.stderr[-3000:]}")
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "eval_kl" in r}
+
+
+def table(results: dict, steps: list[int]) -> str:
+    head = "| layers | recipe | " + " | ".join(f"KL@{s} | top-1@{s} | ppl@{s}" for s in steps) + " |"
+    lines = [head, "|" + "---|" * (2 + 3 * len(steps))]
+    for (layers, name), by_step in results.items():
+        cells = []
+        for s in steps:
+            r = by_step.get(s, {})
+            cells += [f"{r['eval_kl']:.3f}" if "eval_kl" in r else "–",
+                      f"{100 * r['eval_top1']:.1f}%" if "eval_top1" in r else "–",
+                      f"{r['eval_ppl']:.4g}" if "eval_ppl" in r else "–"]
+        lines.append(f"| {layers} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--eval-every", type=int, default=20)
+    p.add_argument("--recipe", action="append", default=[], metavar="NAME=OVERRIDES",
+                   help="a candidate row: the defaults plus space-separated key.path=value overrides")
+    args = p.parse_args()
+    recipes = {"default": [], "seed-style": SEED_STYLE}
+    for spec in args.recipe:
+        name, _, overrides = spec.partition("=")
+        recipes[name] = overrides.split()
+    print("load average:", os.getloadavg(), flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="kdistill-quality-") as tmp:
+        for layers in args.layers:
+            for name, overrides in recipes.items():
+                by_step = run(layers, args.steps, args.eval_every, overrides, Path(tmp) / f"{layers}-{name}")
+                results[(layers, name)] = by_step
+                last = by_step[max(by_step)]
+                print(f"{layers} layers, {name}: held-out KL {by_step[0]['eval_kl']:.3f} -> {last['eval_kl']:.3f}, "
+                      f"top-1 {100 * last['eval_top1']:.1f}%", flush=True)
+    steps = sorted({0, args.eval_every, args.steps} & {s for r in results.values() for s in r})
+    print(f"\n{args.steps} steps of 8 x 128 tokens each\n" + table(results, steps))
+
+
+if __name__ == "__main__":
+    main()

@@ -120,7 +120,7 @@ def bench_step_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bench_loss_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `kdistill bench loss` (as kdistill.losses.bench.add_arguments)."""
+    """The options of `kdistill bench loss` (kdistill.losses.bench.add_arguments is this function)."""
     p.add_argument("--tokens", type=int, default=4096, help="rows (batch x sequence) of the loss")
     p.add_argument("--vocab", type=int, default=49152, help="vocabulary size V")
     p.add_argument("--hidden", type=int, default=576, help="student width D (teacher width too)")
@@ -137,7 +137,7 @@ def bench_loss_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def design_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `kdistill design` (as kdistill.students.design.add_arguments)."""
+    """The options of `kdistill design` (kdistill.students.design.add_arguments is this function)."""
     p.add_argument("--teacher", required=True, help="hub id, folder, .gguf file or 'default'")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--params", help="student parameters, e.g. 30M or 1.1B")

@@ -21,15 +21,13 @@ before -> 13.15 after; top-1 agreement per group 0.000 -> 0.017; ULD 0.746.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_teacher import join_parts  # noqa: E402  (one join, shared with scripts/real_teacher.py)
+from real_teacher import run_on_qwen  # noqa: E402  (one join and command line, shared with scripts/real_teacher.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["student.tokenizer=default", "student.num_layers=4", "student.layer_selection=even",
@@ -64,15 +62,7 @@ def summary(result: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cache = Path(os.environ.get("KDISTILL_CACHE", Path.home() / ".cache" / "kdistill"))
-    p.add_argument("--folder", type=Path, default=cache / "real_teacher", help="where the joined .gguf goes")
-    p.add_argument("--out", type=Path, default=Path("runs/cross_tokenizer_real"), help="the run's output_dir")
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--set", nargs="*", default=[], metavar="key.path=value", help="more distill overrides")
-    args = p.parse_args()
-    gguf = join_parts(args.folder)
-    print(summary(distill(gguf, args.out.resolve(), args.steps, args.set)))
+    run_on_qwen(__doc__, distill, summary, "runs/cross_tokenizer_real", 15)
 
 
 if __name__ == "__main__":

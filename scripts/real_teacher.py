@@ -100,16 +100,21 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_on_qwen(doc: str, distill_fn, summary_fn, out: str, steps: int) -> None:
+    """The command line of a script that distills the joined Qwen GGUF: parse, join, distill, summarise."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     cache = Path(os.environ.get("KDISTILL_CACHE", Path.home() / ".cache" / "kdistill"))
     p.add_argument("--folder", type=Path, default=cache / "real_teacher", help="where the joined .gguf goes")
-    p.add_argument("--out", type=Path, default=Path("runs/real_teacher"), help="the run's output_dir")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", type=Path, default=Path(out), help="the run's output_dir")
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--set", nargs="*", default=[], metavar="key.path=value", help="more distill overrides")
     args = p.parse_args()
     gguf = join_parts(args.folder)
-    print(summary(distill(gguf, args.out.resolve(), args.steps, args.set)))
+    print(summary_fn(distill_fn(gguf, args.out.resolve(), args.steps, args.set)))
+
+
+def main() -> None:
+    run_on_qwen(__doc__, distill, summary, "runs/real_teacher", 10)
 
 
 if __name__ == "__main__":

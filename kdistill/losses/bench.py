@@ -33,28 +33,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.config import KINDS
+from kdistill.cli_args import bench_loss_arguments
 from kdistill.losses.objective import build_objective
 from kdistill.losses.signals import DenseSignal
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `kdistill bench loss`."""
-    parser.add_argument("--tokens", type=int, default=4096, help="rows (batch x sequence) of the loss")
-    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size V")
-    parser.add_argument("--hidden", type=int, default=576, help="student width D (teacher width too)")
-    parser.add_argument("--divergence", default="forward_kl", choices=[k for k in KINDS if k != "ce"],
-                        help="our loss term; the reference is always the seed-style forward KL")
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: automatic)")
-    parser.add_argument("--memory-budget-mb", type=float, default=256.0, help="budget for the automatic chunk")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="dtype of hidden and weights")
-    parser.add_argument("--teacher", default="hidden", choices=["hidden", "logits"],
-                        help="teacher given as hidden states + head (chunked) or as full logits")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs after the measured one")
-    parser.add_argument("--seed", type=int, default=0)
+add_arguments = bench_loss_arguments  # defined without torch, so `kdistill bench loss --help` is quick
 
 
 def _inputs(args) -> dict:

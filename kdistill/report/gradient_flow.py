@@ -26,14 +26,14 @@ def flow(rows: list[dict], prefix: str) -> tuple[list[int], list[str], list[list
 
 def gradient_flow_png(run: dict) -> bytes | None:
     """Two heat maps for one run, or None when it logged no debug rows (train.debug_every=0)."""
-    steps, groups, _ = flow(run["metrics"], PREFIXES[0])
+    flows = [flow(run["metrics"], prefix) for prefix in PREFIXES]
+    steps, groups, _ = flows[0]
     if not steps:
         return None
     import io
 
     fig, axes = _figure(11, 0.9 + 0.28 * len(groups), panels=2)
-    for ax, prefix, title in zip(axes, PREFIXES, ("log10 gradient norm", "log10 update / weight norm")):
-        _, names, values = flow(run["metrics"], prefix)
+    for ax, (_, names, values), title in zip(axes, flows, ("log10 gradient norm", "log10 update / weight norm")):
         image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis",
                           extent=(min(steps) - 0.5, max(steps) + 0.5, len(names) - 0.5, -0.5))
         ax.set_yticks(range(len(names)), names, fontsize=7)

@@ -23,6 +23,7 @@ import re
 
 import yaml
 
+from ..cli_args import design_arguments
 from ..errors import ConfigError
 from .llama import llama_blocks_missing, teacher_sizes, text_config
 
@@ -193,11 +194,4 @@ def main(args) -> int:
     return 0
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--teacher", required=True, help="hub id, folder, .gguf file or 'default'")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--params", help="student parameters, e.g. 30M or 1.1B")
-    size.add_argument("--compression", type=float, help="teacher parameters / student parameters, e.g. 4")
-    p.add_argument("--context", type=int, default=512, help="context length for FLOPs per token (512)")
-    p.add_argument("--choose", type=int, help="write candidate N instead of the first (deepest)")
-    p.add_argument("--out", default="runs/design/student.yaml", help="where to write the chosen config")
+add_arguments = design_arguments  # defined without torch, so `kdistill design --help` is quick

@@ -68,6 +68,10 @@ class StudentConfig:
     """importance (greedy removal by measured KL on calibration data), even, first_last, or explicit."""
     layers: list[int] | None = None
     """Teacher layer indices to copy when layer_selection=explicit."""
+    repair_steps: int = 0
+    """init=teacher with layers copied from the teacher: fit every norm gain and each layer's attention and
+    MLP output scale to the teacher on calibration rows for this many Adam steps before training, which
+    repairs the residual stream the dropped layers built (kdistill/students/repair.py); 0 = off."""
     model: str | None = None
     """For kind=pretrained: the student's hub id or folder."""
     fractal_steps: int = 10
@@ -127,6 +131,9 @@ class TrainConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    freeze_embeddings: bool = False
+    """Keep the student's token embeddings (and the output layer tied to them) as initialised from the
+    teacher: fewer weights to fit from little data, and no output-layer weight gradient to compute."""
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -346,6 +353,7 @@ def validate(cfg: Config) -> None:
         ("teacher.load_in", cfg.teacher.load_in in ("full", "8bit", "4bit"), "must be full, 8bit or 4bit"),
         ("teacher.combine", cfg.teacher.combine in ("sum", "route"), "must be sum or route"),
         ("student.lora_rank", cfg.student.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
+        ("student.repair_steps", cfg.student.repair_steps >= 0, "must be 0 (no repair) or a number of steps"),
         ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
          "must be importance, even, first_last or explicit"),
         ("output_dir", bool(cfg.output_dir), "must be set"),
@@ -364,6 +372,11 @@ def validate(cfg: Config) -> None:
     validate_generate(cfg)
     if cfg.student.layer_selection == "explicit" and not cfg.student.layers:
         raise ConfigError("student.layers must list teacher layer indices when student.layer_selection=explicit")
+    if cfg.train.freeze_embeddings and (cfg.student.init == "random" or cfg.student.tokenizer):
+        raise ConfigError("train.freeze_embeddings=true keeps the embeddings the student starts with; with "
+                          f"student.init={cfg.student.init}"
+                          + (f" and student.tokenizer={cfg.student.tokenizer}" if cfg.student.tokenizer else "")
+                          + " some are not the teacher's: set train.freeze_embeddings=false")
     if cfg.student.kind == "pretrained" and not cfg.student.model:
         raise ConfigError("student.model must name a model (hub id or folder) when student.kind=pretrained")
 

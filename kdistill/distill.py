@@ -29,7 +29,7 @@ from .evaluation.compare import compare, format_table
 from .evaluation.exposure import exposure_metrics
 from .evaluation.heldout import HeldoutEvaluator, eval_row, heldout_key
 from .evaluation.record import distill_record
-from .hardware import pick_device, pick_dtype, set_threads
+from .hardware import pick_device, pick_dtype, release_memory, set_threads
 from .losses import build_objective
 from .model_card import write_student_card
 from .modeling import count_parameters, head_weight
@@ -103,14 +103,22 @@ def load_data(cfg: Config, source, device, dist=None) -> Data:
     return Data(train, heldout, pad)
 
 
+CALIBRATION_ROWS = 16
+
+
 def make_student(cfg: Config, source, data: Data, device):
     teacher = source.init_model
     teacher_view = getattr(source, "calibration_batch", None)  # a source whose teacher reads other tokens
-    calib = batching.to_device(teacher_view(data.train[:4]) if teacher_view else
-                               batching.collate(data.train[:4], data.pad_id), device)  # layer choice, pruning
+    rows = data.train[:CALIBRATION_ROWS]  # layer choice (its first 256 tokens), pruning (4 rows), repair (all)
+    calib = batching.to_device(teacher_view(rows) if teacher_view else batching.collate(rows, data.pad_id), device)
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)
     student.to(device)
+    if cfg.train.freeze_embeddings:  # the tied output layer is the same tensor
+        student.get_input_embeddings().weight.requires_grad_(False)
+        if student.get_output_embeddings() is not None:
+            student.get_output_embeddings().weight.requires_grad_(False)
+        report["embeddings_frozen"] = True
     if cfg.train.gradient_checkpointing:  # transformers >= 5 renamed it; both exist on some versions
         getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     print(describe_student(report, count_parameters(teacher)), flush=True)
@@ -257,6 +265,7 @@ def _distill(cfg: Config, run, dist) -> dict:
     trained = run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
                            run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist,
                            features=features).student
+    release_memory(trained)  # optimizer state and gradients: not held through evaluation
     if not dist.main:
         return {}
     return finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)

@@ -4,6 +4,7 @@ shallow students of the embedded teacher, kdistill's defaults against a seed-sty
     python scripts/bench_quality.py                         # 4- and 8-layer students, 60 steps of 8 x 128
     python scripts/bench_quality.py --layers 4 --steps 20 --eval-every 10
     python scripts/bench_quality.py --recipe "name=train.lr=1e-3 loss.t2_scale=false"   # a candidate row
+    python scripts/bench_quality.py --jobs 2 --keep runs/quality      # two rows at once, 1 thread each
 
 Every row is `kdistill distill --config configs/demo.yaml` (the embedded SmolLM2-135M teacher and its
 teacher-written corpus, cached in $KDISTILL_CACHE after the first run, batch 8 x 128, 1 thread) with the
@@ -12,16 +13,22 @@ against the real teacher). Rows:
 - default: kdistill's defaults (importance-chosen layers, forward KL + 0.1 CE, warmup + cosine);
 - seed-style: `α·T²·kl_div(batchmean) + (1−α)·CE` with T=2, α=0.5, constant lr, evenly spaced layers;
 - each --recipe NAME=OVERRIDES: the defaults plus those overrides (a candidate for a better recipe).
-Runs of one size use the same data and steps, so rows compare at equal tokens.
+Runs of one size use the same data and steps, so rows compare at equal tokens. An override that holds
+spaces is quoted inside the recipe (shell-style: `"name=train.lr=1e-3 'loss.terms=[{kind: ce}]'"`).
+Quality does not depend on timing, so `--jobs 2` runs two rows side by side; the step-time column is
+then shared cores and only compares rows run the same way.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +48,16 @@ def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Pat
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)}\nfailed:\n{done.stderr[-3000:]}")
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in rows if "eval_kl" in r}
+    by_step = {r["step"]: r for r in rows if "eval_kl" in r}
+    times = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])
+             if "loss" in a and "loss" in b and "eval_kl" not in b and b["step"] == a["step"] + 1]
+    by_step["step_s"] = statistics.median(times) if times else float("nan")
+    return by_step
 
 
 def table(results: dict, steps: list[int]) -> str:
-    head = "| layers | recipe | " + " | ".join(f"KL@{s} | top-1@{s} | ppl@{s}" for s in steps) + " |"
-    lines = [head, "|" + "---|" * (2 + 3 * len(steps))]
+    head = "| layers | recipe | " + " | ".join(f"KL@{s} | top-1@{s} | ppl@{s}" for s in steps) + " | s/step |"
+    lines = [head, "|" + "---|" * (3 + 3 * len(steps))]
     for (layers, name), by_step in results.items():
         cells = []
         for s in steps:
@@ -54,8 +65,20 @@ def table(results: dict, steps: list[int]) -> str:
             cells += [f"{r['eval_kl']:.3f}" if "eval_kl" in r else "–",
                       f"{100 * r['eval_top1']:.1f}%" if "eval_top1" in r else "–",
                       f"{r['eval_ppl']:.4g}" if "eval_ppl" in r else "–"]
-        lines.append(f"| {layers} | {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {layers} | {name} | " + " | ".join(cells) + f" | {by_step['step_s']:.2f} |")
     return "\n".join(lines)
+
+
+def print_kept(folder: Path) -> None:
+    """The table of every row a --keep run left in `folder` (rows of several invocations together)."""
+    kept = [json.loads(f.read_text()) for f in sorted(folder.glob("*/quality.json"))]
+    kept.sort(key=lambda r: (r["layers"], r["recipe"] not in ("default", "seed-style"), r["recipe"] != "default"))
+    results = {(r["layers"], r["recipe"]): {(int(k) if k.isdigit() else k): v for k, v in r["by_step"].items()}
+               for r in kept}
+    steps = sorted({s for r in results.values() for s in r if isinstance(s, int)})
+    print(table(results, steps))
+    for r in kept:
+        print(f"- {r['layers']}-layer {r['recipe']}: {' '.join(r['overrides']) or '(defaults)'}")
 
 
 def main() -> None:
@@ -65,22 +88,38 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=OVERRIDES",
                    help="a candidate row: the defaults plus space-separated key.path=value overrides")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these rows (default and seed-style included)")
+    p.add_argument("--jobs", type=int, default=1, help="rows run at once (1 thread each)")
+    p.add_argument("--keep", type=Path, help="keep each row's run folder and results.json here")
+    p.add_argument("--table", type=Path, metavar="DIR", help="only print the table of the rows kept in DIR")
     args = p.parse_args()
+    if args.table:
+        return print_kept(args.table)
     recipes = {"default": [], "seed-style": SEED_STYLE}
     for spec in args.recipe:
         name, _, overrides = spec.partition("=")
-        recipes[name] = overrides.split()
+        recipes[name] = shlex.split(overrides)
+    if args.only:
+        recipes = {k: v for k, v in recipes.items() if k in args.only}
     print("load average:", os.getloadavg(), flush=True)
-    results = {}
+    rows = [(layers, name) for layers in args.layers for name in recipes]
     with tempfile.TemporaryDirectory(prefix="kdistill-quality-") as tmp:
-        for layers in args.layers:
-            for name, overrides in recipes.items():
-                by_step = run(layers, args.steps, args.eval_every, overrides, Path(tmp) / f"{layers}-{name}")
-                results[(layers, name)] = by_step
-                last = by_step[max(by_step)]
-                print(f"{layers} layers, {name}: held-out KL {by_step[0]['eval_kl']:.3f} -> {last['eval_kl']:.3f}, "
-                      f"top-1 {100 * last['eval_top1']:.1f}%", flush=True)
-    steps = sorted({0, args.eval_every, args.steps} & {s for r in results.values() for s in r})
+        base = args.keep or Path(tmp)
+
+        def one(row):
+            layers, name = row
+            by_step = run(layers, args.steps, args.eval_every, recipes[name], base / f"{layers}-{name}")
+            (base / f"{layers}-{name}" / "quality.json").write_text(json.dumps(
+                {"layers": layers, "recipe": name, "overrides": recipes[name], "steps": args.steps,
+                 "by_step": {str(k): v for k, v in by_step.items()}}, indent=1))
+            last = by_step[max(k for k in by_step if isinstance(k, int))]
+            print(f"{layers} layers, {name}: held-out KL {by_step[0]['eval_kl']:.3f} -> {last['eval_kl']:.3f}, "
+                  f"top-1 {100 * last['eval_top1']:.1f}%", flush=True)
+            return by_step
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            results = dict(zip(rows, pool.map(one, rows)))
+    steps = sorted({0, args.eval_every, args.steps} & {s for r in results.values() for s in r if isinstance(s, int)})
     print(f"\n{args.steps} steps of 8 x 128 tokens each\n" + table(results, steps))
 
 

@@ -77,8 +77,9 @@ def _objective(args):
                            chunk_size=args.chunk_size, memory_budget_mb=args.memory_budget_mb)
 
 
-def run_ours(x: dict, args) -> torch.Tensor:
-    """Our chunked objective, forward + backward; returns the loss."""
+def run_ours(x: dict, args, closed_form: bool = True) -> torch.Tensor:
+    """Our chunked objective, forward + backward; returns the loss. `closed_form=False`: the chunk
+    gradients by autograd even where the closed form applies (forward KL, CE)."""
     if "teacher_logits" in x:
         teacher = DenseSignal(logits=x["teacher_logits"][None])
     else:
@@ -86,7 +87,9 @@ def run_ours(x: dict, args) -> torch.Tensor:
     n = x["hidden"].shape[0]
     mask = torch.ones(1, n, dtype=torch.bool)
     targets = torch.zeros(1, n, dtype=torch.long)
-    out = _objective(args)(x["hidden"][None], x["weight"], teacher, targets, mask, n)
+    objective = _objective(args)
+    objective.use_closed_form = closed_form
+    out = objective(x["hidden"][None], x["weight"], teacher, targets, mask, n)
     out.loss.backward()
     return out.loss.detach()
 
@@ -123,7 +126,8 @@ def _reset_peak() -> bool:
 def worker(method: str, args) -> dict:
     """Measure one method in this (fresh) process; returns peak extra MiB, run times and the loss."""
     x = _inputs(args)
-    run = {"reference": run_reference, "ours": run_ours, "floor": run_floor}[method]
+    run = {"reference": run_reference, "ours": run_ours, "floor": run_floor,
+           "autograd": lambda x, a: run_ours(x, a, closed_form=False)}[method]
     before = _rss_kib("VmRSS") or 0
     exact = _reset_peak()
     loss = run(x, args)
@@ -167,8 +171,9 @@ def main(args) -> int:
     print(f"ours: chunked fused output layer, {chunk} rows/chunk "
           f"({'given' if args.chunk_size else f'auto, budget {args.memory_budget_mb:g} MiB'}); teacher: {teacher}")
     print("reference: full logits, F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')")
+    print("autograd: ours with every chunk's gradient by autograd (what terms without a closed form take)")
     print("floor: the same projections (teacher head, student head forward and backward) as plain matmuls")
-    results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours", "floor")}
+    results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours", "autograd", "floor")}
     print(f"memory: {results['ours']['method']}, peak RSS growth over the inputs, one process per method")
     print(f"{'method':<10} {'time_s':>9} {'peak_extra_MiB':>15} {'loss':>12}")
     for name, r in results.items():
@@ -186,7 +191,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.add_argument("--worker", choices=["reference", "ours", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["reference", "ours", "autograd", "floor"], help=argparse.SUPPRESS)
     cli_args = parser.parse_args()
     if cli_args.worker:
         print(json.dumps(worker(cli_args.worker, cli_args)))

@@ -54,10 +54,14 @@ class _FusedLinearLoss(torch.autograd.Function):
             logits = (h @ w.T).to(dtype).requires_grad_(needs_hidden or needs_weight)
             with torch.enable_grad():
                 loss = chunk_loss(logits, rows)
+            grad_logits = None
+            if isinstance(loss, tuple):  # the chunk's loss and its gradient in closed form
+                loss, grad_logits = loss
             total += loss.detach()
             if not (needs_hidden or needs_weight):
                 continue
-            (grad_logits,) = torch.autograd.grad(loss, logits)
+            if grad_logits is None:
+                (grad_logits,) = torch.autograd.grad(loss, logits)
             if needs_hidden:
                 grad_hidden[rows] = grad_logits.to(matmul_dtype) @ w
             if needs_weight:
@@ -90,7 +94,8 @@ def fused_linear_loss(hidden: Tensor, weight: Tensor, chunk_loss: Callable[[Tens
                       chunk_size: int | list[slice]) -> Tensor:
     """Σ over row chunks of chunk_loss(hidden[rows] @ weight.T in fp32, rows), never all logits at once.
 
-    `chunk_loss` must be a sum over its rows (so chunks add up) and differentiable in its logits.
+    `chunk_loss` must be a sum over its rows (so chunks add up) and differentiable in its logits, or
+    return (loss, d loss / d logits) itself (`closed_form.py`).
     `chunk_size`: rows per chunk, or the chunks themselves as slices covering 0..N in order.
     Shapes: hidden (N, D), weight (V, D) -> ()
     """

@@ -20,7 +20,7 @@ from torch import Tensor
 from kdistill.errors import ConfigError
 from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
 from kdistill.losses.config import Term, number, parse_terms
-from kdistill.losses import cross
+from kdistill.losses import closed_form, cross
 from kdistill.losses import policy
 from kdistill.losses.divergences import cross_entropy, divergence
 from kdistill.losses.feature_terms import PARSERS as FEATURE_PARSERS, FeatureTerm
@@ -100,6 +100,7 @@ class Objective:
         self.features = [t for t in terms if isinstance(t, FeatureTerm)]
         self.terms, self.t2_scale = [t for t in terms if not isinstance(t, FeatureTerm)], t2_scale
         self.chunk_size, self.memory_budget_mb = chunk_size, memory_budget_mb
+        self.use_closed_form = True  # forward KL + CE on a dense teacher: chunk gradients without autograd
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -215,11 +216,16 @@ class Objective:
         if token_weight is not None:
             extras = {**extras, TOKEN_WEIGHT: token_weight.reshape(-1).float()}
 
-        def chunk_loss(logits: Tensor, chunk: slice) -> Tensor:
+        closed = self.use_closed_form and closed_form.eligible(self.terms, teacher, extras)
+
+        def chunk_loss(logits: Tensor, chunk: slice) -> Tensor | tuple[Tensor, Tensor]:
             r = rows[chunk]
-            return self.rows_loss(logits, None if teacher is None else teacher.take(r),
-                                  None if flat_targets is None else flat_targets[r], num_tokens, progress, logs,
-                                  {k: v[r] for k, v in extras.items()})
+            signal, chunk_targets = None if teacher is None else teacher.take(r), \
+                None if flat_targets is None else flat_targets[r]
+            found = closed_form.chunk_loss_and_grad(self.terms, self.t2_scale, logits, signal, chunk_targets,
+                                                    num_tokens, progress, logs) if closed else None
+            return found if found is not None else self.rows_loss(
+                logits, signal, chunk_targets, num_tokens, progress, logs, {k: v[r] for k, v in extras.items()})
 
         loss = fused_linear_loss(student_rows, head_weight, chunk_loss, chunk_size)
         return LossOutput(loss, {name: float(v) for name, v in logs.items()})

@@ -49,8 +49,13 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             layers = choose_layers(cfg, teacher, sizes["num_layers"], calib_batch)
             report["layer_selection"] = cfg.student.layer_selection
             same_width = all(sizes[k] == base[k] for k in SIZE_KEYS if k != "num_layers")
+            first = calib_batch and {k: v[:4] for k, v in calib_batch.items()}  # pruning: its first rows
             report.update(init_from_teacher(student, teacher, layers) if same_width
-                          else prune_into(student, teacher, layers, calib_batch))
+                          else prune_into(student, teacher, layers, first))
+            if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer:
+                from .repair import repair_from_teacher
+
+                report["repair"] = repair_from_teacher(student, teacher, calib_batch, cfg.student.repair_steps)
             if window_dropped(teacher.config):
                 report["attention_window"] = window_dropped(teacher.config)
         else:  # wider or deeper than the teacher in some size: nothing to slice, project the embeddings

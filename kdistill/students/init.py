@@ -100,6 +100,15 @@ class TeacherTargets:
         self.negentropy = (probs * teacher_logprobs).nan_to_num().sum(-1)  # (N,), 0 log 0 = 0
         self.mean_row = probs.to(head_weight.dtype) @ head_weight  # (N, D): p W
 
+    @classmethod
+    def concat(cls, parts: list["TeacherTargets"]) -> "TeacherTargets":
+        """The rows of several, in order (built a few rows at a time: never all (N, V) at once)."""
+        whole = cls.__new__(cls)
+        whole.weight = parts[0].weight
+        whole.negentropy = torch.cat([t.negentropy for t in parts])
+        whole.mean_row = torch.cat([t.mean_row for t in parts])
+        return whole
+
     def kl(self, hidden: torch.Tensor) -> float:
         """Mean KL over rows. Shapes: hidden (N, D) -> float"""
         lse = (hidden @ self.weight.T).float().logsumexp(-1)

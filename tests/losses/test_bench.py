@@ -20,6 +20,7 @@ def test_bench_prints_both_methods_and_ratios(capsys, monkeypatch):
     assert rows["reference"][3] == rows["ours"][3]  # same forward KL value (6 decimals)
     assert "ratio ours/reference: time" in out and "peak memory" in out and "16 rows/chunk (given)" in out
     assert re.search(r"ratio ours/floor: time \d+\.\d+", out) and re.search(r"^floor\s+\d", out, re.M)
+    assert re.search(r"^autograd\s+\d", out, re.M)
 
 
 def test_worker_runs_in_a_fresh_process():

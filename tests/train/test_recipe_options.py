@@ -1,0 +1,47 @@
+"""Recipe options end to end on a tiny teacher: frozen embeddings stay the teacher's while the layers
+train, the residual-stream repair runs and is reported, and both are refused where they cannot apply."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdistill.config import load_config
+from kdistill.distill import distill
+from kdistill.errors import ConfigError
+
+FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
+        "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4",
+        "eval.measure_speed=false", "train.max_steps=3", "train.eval_every=3", "eval.prompts=[Once]"]
+
+
+def _cfg(teacher_dir, out, *extra):
+    return load_config(None, [f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, *extra])
+
+
+def test_frozen_embeddings_stay_the_teachers_and_layers_train(teacher_dir, tmp_path):
+    distill(_cfg(teacher_dir, tmp_path / "run", "train.freeze_embeddings=true"))
+    student = load_file(tmp_path / "run" / "student" / "model.safetensors")
+    teacher = load_file(Path(teacher_dir) / "model.safetensors")
+    key = "model.embed_tokens.weight"
+    assert torch.equal(student[key], teacher[key])
+    copied = json.loads((tmp_path / "run" / "eval.json").read_text())["student_init"]["layers"][0]
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(student[name], teacher[name.replace("layers.0", f"layers.{copied}")])
+
+
+def test_repair_is_reported_and_lowers_the_calibration_kl(teacher_dir, tmp_path):
+    distill(_cfg(teacher_dir, tmp_path / "run", "student.repair_steps=5"))
+    repair = json.loads((tmp_path / "run" / "eval.json").read_text())["student_init"]["repair"]
+    assert repair["steps"] == 5 and repair["calibration_kl_after"] <= repair["calibration_kl_before"]
+    assert len(repair["attention_scales"]) == len(repair["mlp_scales"]) == 1
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["train.freeze_embeddings=true", "student.init=random"], "train.freeze_embeddings"),
+    (["student.repair_steps=-1"], "student.repair_steps"),
+])
+def test_refused_before_loading(teacher_dir, tmp_path, extra, named):
+    with pytest.raises(ConfigError, match=named):
+        _cfg(teacher_dir, tmp_path / "run", *extra)

@@ -10,7 +10,9 @@ Every row is `kdistill distill --config configs/demo.yaml` (the embedded SmolLM2
 teacher-written corpus, cached in $KDISTILL_CACHE after the first run, batch 8 x 128, 1 thread) with the
 row's overrides; the numbers are the held-out rows of its metrics.jsonl (the run's own held-out split,
 against the real teacher). Rows:
-- default: kdistill's defaults (importance-chosen layers, forward KL + 0.1 CE, warmup + cosine);
+- default: kdistill's defaults (importance-chosen layers, residual-stream repair, forward KL + 0.1 CE,
+  lr 2e-3 with warmup + cosine);
+- previous: the defaults before the repair and the short-run learning rate (no repair, lr 5e-4);
 - seed-style: `α·T²·kl_div(batchmean) + (1−α)·CE` with T=2, α=0.5, constant lr, evenly spaced layers;
 - each --recipe NAME=OVERRIDES: the defaults plus those overrides (a candidate for a better recipe).
 Runs of one size use the same data and steps, so rows compare at equal tokens. An override that holds
@@ -33,8 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_STYLE = ["loss.terms=[{kind: forward_kl, weight: 0.5, temperature: 2.0}, {kind: ce, weight: 0.5}]",
-              "loss.t2_scale=true", "train.warmup_steps=0", "train.min_lr_ratio=1.0",
-              "student.layer_selection=even"]
+              "loss.t2_scale=true", "train.lr=5e-4", "train.warmup_steps=0", "train.min_lr_ratio=1.0",
+              "student.layer_selection=even", "student.repair_steps=0"]
+PREVIOUS = ["student.repair_steps=0", "train.lr=5e-4"]  # the defaults before the repair and the short-run lr
 
 
 def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Path) -> dict[int, dict]:
@@ -55,9 +58,11 @@ def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Pat
     return by_step
 
 
-def table(results: dict, steps: list[int]) -> str:
-    head = "| layers | recipe | " + " | ".join(f"KL@{s} | top-1@{s} | ppl@{s}" for s in steps) + " | s/step |"
-    lines = [head, "|" + "---|" * (3 + 3 * len(steps))]
+def table(results: dict, steps: list[int], step_time: bool = True) -> str:
+    """Markdown rows; `step_time`: add the median seconds per step (meaningful only for rows run alike)."""
+    head = "| layers | recipe | " + " | ".join(f"KL@{s} | top-1@{s} | ppl@{s}" for s in steps) + " |"
+    head += " s/step |" if step_time else ""
+    lines = [head, "|" + "---|" * (2 + step_time + 3 * len(steps))]
     for (layers, name), by_step in results.items():
         cells = []
         for s in steps:
@@ -65,18 +70,20 @@ def table(results: dict, steps: list[int]) -> str:
             cells += [f"{r['eval_kl']:.3f}" if "eval_kl" in r else "–",
                       f"{100 * r['eval_top1']:.1f}%" if "eval_top1" in r else "–",
                       f"{r['eval_ppl']:.4g}" if "eval_ppl" in r else "–"]
-        lines.append(f"| {layers} | {name} | " + " | ".join(cells) + f" | {by_step['step_s']:.2f} |")
+        time_cell = f" {by_step['step_s']:.2f} |" if step_time else ""
+        lines.append(f"| {layers} | {name} | " + " | ".join(cells) + " |" + time_cell)
     return "\n".join(lines)
 
 
 def print_kept(folder: Path) -> None:
     """The table of every row a --keep run left in `folder` (rows of several invocations together)."""
     kept = [json.loads(f.read_text()) for f in sorted(folder.glob("*/quality.json"))]
-    kept.sort(key=lambda r: (r["layers"], r["recipe"] not in ("default", "seed-style"), r["recipe"] != "default"))
+    order = {"default": 0, "previous": 1, "seed-style": 2}
+    kept.sort(key=lambda r: (r["layers"], order.get(r["recipe"], 3), r["recipe"]))
     results = {(r["layers"], r["recipe"]): {(int(k) if k.isdigit() else k): v for k, v in r["by_step"].items()}
                for r in kept}
-    steps = sorted({s for r in results.values() for s in r if isinstance(s, int)})
-    print(table(results, steps))
+    steps = sorted({0, 20, max(r["steps"] for r in kept)})
+    print(table(results, steps, step_time=False))
     for r in kept:
         print(f"- {r['layers']}-layer {r['recipe']}: {' '.join(r['overrides']) or '(defaults)'}")
 
@@ -88,14 +95,15 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=OVERRIDES",
                    help="a candidate row: the defaults plus space-separated key.path=value overrides")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these rows (default and seed-style included)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these rows (default, previous, seed-style "
+                   "and the --recipe names)")
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (1 thread each)")
     p.add_argument("--keep", type=Path, help="keep each row's run folder and results.json here")
     p.add_argument("--table", type=Path, metavar="DIR", help="only print the table of the rows kept in DIR")
     args = p.parse_args()
     if args.table:
         return print_kept(args.table)
-    recipes = {"default": [], "seed-style": SEED_STYLE}
+    recipes = {"default": [], "previous": PREVIOUS, "seed-style": SEED_STYLE}
     for spec in args.recipe:
         name, _, overrides = spec.partition("=")
         recipes[name] = shlex.split(overrides)

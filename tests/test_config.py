@@ -62,3 +62,13 @@ def test_every_shipped_config_loads():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_learning_rate_default_depends_on_the_student():
+    from kdistill.config import OTHER_LR, SHALLOW_LR
+
+    assert load_config(None, []).train.lr == SHALLOW_LR  # a LLaMA student built from teacher layers
+    for extra in (["student.kind=fractal"], ["student.kind=pretrained", "student.model=x"], ["student.init=random"]):
+        assert load_config(None, extra).train.lr == OTHER_LR, extra
+    assert load_config(None, ["train.lr=1e-4"]).train.lr == 1e-4
+    assert load_config(None, ["train.lr=1e-4", "student.kind=fractal"]).train.lr == 1e-4

@@ -52,7 +52,8 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             first = calib_batch and {k: v[:4] for k, v in calib_batch.items()}  # pruning: its first rows
             report.update(init_from_teacher(student, teacher, layers) if same_width
                           else prune_into(student, teacher, layers, first))
-            if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer:
+            whole = same_width and len(layers) == len(decoder_layers(teacher))  # an exact copy: nothing to repair
+            if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
                 from .repair import repair_from_teacher
 
                 report["repair"] = repair_from_teacher(student, teacher, calib_batch, cfg.student.repair_steps)

@@ -18,6 +18,7 @@ compute" (scripts/bench_quality.py).
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 import torch.utils.checkpoint
@@ -150,11 +151,15 @@ def teacher_targets(teacher, batch: dict, weight: torch.Tensor, rows: int = 4) -
                          use_cache=False).logits
         lp = logits[batch["mask"][i:i + rows].bool()][:, :weight.shape[0]].float().log_softmax(-1)
         del logits
+        if lp.shape[1] < weight.shape[0]:  # the student's padded rows: ids the teacher never predicts
+            lp = torch.nn.functional.pad(lp, (0, weight.shape[0] - lp.shape[1]), value=float("-inf"))
         parts.append(TeacherTargets(lp, weight.detach()))
     return TeacherTargets.concat(parts)
 
 
 def repair_from_teacher(student, teacher, batch: dict, steps: int) -> dict:
     """`repair_scales` against `teacher` on `batch`, the student on the batch's device for the fit."""
+    start = time.perf_counter()
     student.to(batch["input_ids"].device)
-    return repair_scales(student, batch, teacher_targets(teacher, batch, head_weight(student)), steps=steps)
+    report = repair_scales(student, batch, teacher_targets(teacher, batch, head_weight(student)), steps=steps)
+    return {**report, "seconds": round(time.perf_counter() - start, 1)}

@@ -48,7 +48,9 @@ def test_two_copies_of_one_teacher_are_that_teacher(teachers, tmp_path):
     plain = _run(tmp_path / "plain", f"teacher.model={a}")
     two = _run(tmp_path / "two", _sources({"name": "x", "model": a}, {"name": "y", "model": a}))
     for k in plain:
-        torch.testing.assert_close(two[k], plain[k], rtol=1e-4, atol=2e-5)  # Adam: tiny-gradient entries
+        # the plain teacher's chunks take the closed-form gradient, the mixture's autograd: equal to fp32
+        # rounding, which Adam's normalisation magnifies on entries whose gradient is nearly zero
+        torch.testing.assert_close(two[k], plain[k], rtol=1e-4, atol=1e-4)
     rows = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["forward_kl/x"] == pytest.approx(rows[1]["forward_kl/y"]) == pytest.approx(rows[1]["forward_kl"])
     assert "eval_x_kl" in rows[-1] and "eval_mixture_kl" in rows[-1]

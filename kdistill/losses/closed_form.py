@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.signals import DenseSignal
 
@@ -28,14 +29,7 @@ def eligible(terms, teacher, extras: dict) -> bool:
     if extras or not (teacher is None or isinstance(teacher, DenseSignal)):
         return False
     return all(t.kind in KINDS and not t.params and not isinstance(t.temperature, EntropyTemperature)
-               and (t.kind == "ce" or t.divergence == "forward_kl") for t in terms)
-
-
-def _per_token(total: Tensor, num_tokens) -> Tensor:
-    """As `reduction.reduce_tokens` with mask=None: a sum over the chunk's rows / the global count."""
-    if isinstance(num_tokens, Tensor):
-        return total / num_tokens.to(total.dtype).clamp(min=1)
-    return total / max(float(num_tokens), 1.0)
+               for t in terms)
 
 
 def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSignal | None,
@@ -51,7 +45,7 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
         t = teacher.logits.to(s.dtype)
         if torch.isneginf(t).any():
             return None
-    count = _per_token(torch.ones((), dtype=s.dtype, device=s.device), num_tokens)  # 1 / global tokens
+    count = reduce_tokens(torch.ones((), dtype=s.dtype, device=s.device), None, num_tokens)  # 1 / global tokens
     student_at: dict[float, list] = {}  # T -> [s / T, lse, q, coefficient of q in the gradient]
 
     def student(temperature: float):
@@ -88,7 +82,7 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
             del log_p
             minus.append((p, c))
         value = values.sum()
-        logs[term.name] = logs[term.name] + _per_token(value, num_tokens)
+        logs[term.name] = logs[term.name] + reduce_tokens(value, None, num_tokens)
         loss = loss + c * temperature * value
     grad = None
     for _z, _lse, q, coefficient in student_at.values():  # q is not needed after this: scaled in place

@@ -77,9 +77,8 @@ def _names(student, modules: list[nn.Module]) -> list[str]:
     return [where[id(m)] for m in modules]
 
 
-def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20, lr: float = 0.05,
-                  per_channel: bool = True) -> dict:
-    """Fit norm gains (per channel, or one per norm) and residual output scales of `student` in place;
+def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20, lr: float = 0.05) -> dict:
+    """Fit norm gains (per channel) and residual output scales of `student` in place;
     returns a report. `targets` holds the teacher's distributions at the batch's masked positions in
     row-major order, against the student's own (tied) output layer. Adam at a constant `lr` on every
     row; the step with the lowest KL is kept (step 0, the plain copy, included: never worse than it).
@@ -92,7 +91,7 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
     gains0 = [n.weight.detach().clone() for n in norms]
     outs0 = {f"{n}.{k}": getattr(m, k).detach().clone() for n, m in zip(out_names, outputs)
              for k in ("weight", "bias") if getattr(m, k, None) is not None}
-    log_gain = [torch.zeros(g.shape if per_channel else (), requires_grad=True) for g in gains0]
+    log_gain = [torch.zeros(g.shape, requires_grad=True) for g in gains0]
     log_out = torch.zeros(len(outputs), requires_grad=True)
     keep = batch["mask"].bool()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.cli_args import bench_loss_arguments
+from kdistill.losses import closed_form
 from kdistill.losses.objective import build_objective
 from kdistill.losses.signals import DenseSignal
 
@@ -163,7 +164,9 @@ def _argv(args) -> list[str]:
 
 def main(args) -> int:
     """Run both methods, each in a fresh process, and print time, peak extra memory and their ratios."""
-    chunk = _objective(args).chunk_size_for(args.vocab)
+    objective = _objective(args)
+    closed = closed_form.eligible(objective.terms, DenseSignal(logits=torch.zeros(1, 1, 1)), {})
+    chunk = objective.chunk_size_for(args.vocab, closed=closed)
     teacher = "hidden + head, logits chunked too" if args.teacher == "hidden" else "full logits (an input)"
     print(f"kdistill bench loss: tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} "
           f"divergence={args.divergence} T={args.temperature} dtype={args.dtype} torch threads="
@@ -171,7 +174,8 @@ def main(args) -> int:
     print(f"ours: chunked fused output layer, {chunk} rows/chunk "
           f"({'given' if args.chunk_size else f'auto, budget {args.memory_budget_mb:g} MiB'}); teacher: {teacher}")
     print("reference: full logits, F.kl_div(log_softmax(s/T), softmax(t/T), reduction='batchmean')")
-    print("autograd: ours with every chunk's gradient by autograd (what terms without a closed form take)")
+    print(f"autograd: ours with every chunk's gradient by autograd (what terms without a closed form take), "
+          f"{objective.chunk_size_for(args.vocab)} rows/chunk")
     print("floor: the same projections (teacher head, student head forward and backward) as plain matmuls")
     results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours", "autograd", "floor")}
     print(f"memory: {results['ours']['method']}, peak RSS growth over the inputs, one process per method")

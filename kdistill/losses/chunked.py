@@ -27,14 +27,16 @@ LIVE_TENSORS = {"ce": 3, "forward_kl": 6, "reverse_kl": 6, "tvd": 6, "selective"
 LIVE_TENSORS_SPARSE_TERM = 3
 
 
-def auto_chunk_size(vocab_size: int, memory_budget_mb: float, kinds: list[str]) -> int:
+def auto_chunk_size(vocab_size: int, memory_budget_mb: float, kinds: list[str], live: int | None = None) -> int:
     """Rows per chunk so that one chunk's (rows x V) fp32 working set fits in the memory budget.
 
     `kinds`: each term's kind, plus "entropy_temperature" for each term with that temperature; a teacher
-    term on a sparse signal is "sparse".
+    term on a sparse signal is "sparse". `live`: the (rows x V) blocks alive, counted by the caller
+    (the closed form's chunks) instead of from `kinds`.
     """
     table = {**LIVE_TENSORS, "sparse": LIVE_TENSORS_SPARSE_TERM}
-    live = LIVE_TENSORS_BASE + sum(table.get(k, max(LIVE_TENSORS.values())) for k in kinds)
+    if live is None:
+        live = LIVE_TENSORS_BASE + sum(table.get(k, max(LIVE_TENSORS.values())) for k in kinds)
     rows = int(memory_budget_mb * 2**20 // (live * vocab_size * 4))
     return max(8, rows // 8 * 8) if rows >= 8 else max(1, rows)
 
@@ -49,9 +51,18 @@ class _FusedLinearLoss(torch.autograd.Function):
         grad_hidden = torch.zeros_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_weight else None
         total = torch.zeros((), dtype=dtype, device=hidden.device)
-        for rows in chunk_slices(hidden.shape[0], chunk_size):
+        slices = chunk_slices(hidden.shape[0], chunk_size)
+        # one logits buffer for every chunk: a fresh (rows x V) block per chunk costs its page faults
+        # each time (glibc maps blocks over 32 MiB anew), about as much as the loss's own passes on CPU
+        buffer = torch.empty(max((len(range(*r.indices(hidden.shape[0]))) for r in slices), default=0),
+                             weight.shape[0], dtype=dtype, device=hidden.device) if matmul_dtype == dtype else None
+        for rows in slices:
             h = hidden[rows].to(matmul_dtype)
-            logits = (h @ w.T).to(dtype).requires_grad_(needs_hidden or needs_weight)
+            if buffer is not None:
+                logits = torch.matmul(h, w.T, out=buffer[:h.shape[0]])
+            else:
+                logits = (h @ w.T).to(dtype)
+            logits = logits.requires_grad_(needs_hidden or needs_weight)
             with torch.enable_grad():
                 loss = chunk_loss(logits, rows)
             grad_logits = None

@@ -6,11 +6,15 @@ gradient with respect to the student's logits s of one chunk is known:
     d KL(p_T ‖ q_T) / ds = (q_T - p_T) / T,          q_T = softmax(s / T), p_T = softmax(t / T)
     d CE_ε / ds          = (q_T - (1-ε)·onehot(y) - ε/V) / T
 
-so a chunk costs a few passes over its (rows × V) block instead of autograd's graph of log-softmaxes
-(`kdistill bench loss` measures both; tests/losses/test_closed_form.py proves values, logged terms and
-gradients equal to the autograd path). Every other objective (other divergences, sparse or mixed
-teachers, per-token weights or temperatures, rollout terms), and a chunk whose teacher has ids outside
-its support (-inf logits), takes the general path in `objective.py`.
+so a chunk costs a few passes over its (rows × V) block instead of autograd's graph of log-softmaxes.
+The passes run one tile of rows at a time (`TILE_ELEMENTS`, a few MB: the tile's temporaries stay in
+cache while the chunk, sized for the matmuls, does not) and the gradient overwrites the chunk's logits,
+so a chunk holds two (rows × V) blocks, the student's and the teacher's (`LIVE_TENSORS`).
+A teacher id with a -inf logit is outside its support: as in the general path (signals.py), the KL
+drops it from both distributions (the student renormalised over the support), CE does not.
+`kdistill bench loss` measures this against the autograd path; tests/losses/test_closed_form.py proves
+values, logged terms and gradients equal to it. Every other objective (other divergences, sparse or
+mixed teachers, per-token weights or temperatures, rollout terms) takes the general path in `objective.py`.
 """
 from __future__ import annotations
 
@@ -19,9 +23,16 @@ from torch import Tensor
 
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
-from kdistill.losses.signals import DenseSignal
+from kdistill.losses.signals import NEG, DenseSignal
 
 KINDS = ("forward_kl", "ce")
+# elements of one tile's (rows x V) temporaries: 1M fp32 = 4 MiB each, about five alive (the student at
+# each temperature, the teacher's p, p's log-ratio), so they stay in a 32 MiB L3; `kdistill bench loss`
+# with 2^18..2^22 on V = 49152 was fastest around 2^20
+TILE_ELEMENTS = 1 << 20
+# (rows x V) blocks alive per chunk: the student's logits (which become their gradient) and the teacher's,
+# plus one for the tiles and the matmul's output conversion
+LIVE_TENSORS = 3
 
 
 def eligible(terms, teacher, extras: dict) -> bool:
@@ -32,65 +43,95 @@ def eligible(terms, teacher, extras: dict) -> bool:
                for t in terms)
 
 
+def tile_rows(vocab_size: int, device: torch.device) -> int:
+    """Rows of one tile of a chunk's elementwise passes: a CPU cache's worth; on an accelerator the
+    whole chunk (big kernels, and no host sync per tile)."""
+    if device.type != "cpu":
+        return 1 << 62
+    return max(1, TILE_ELEMENTS // max(1, vocab_size))
+
+
 def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSignal | None,
                         targets: Tensor | None, num_tokens, progress: float,
-                        logs: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
+                        logs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """(loss, d loss / d logits) of one chunk, adding each term's value into `logs` as `rows_loss`
-    does; None when the teacher has ids outside its support (the general path handles those).
+    does. The gradient is written over `logits` (the caller's own chunk, not needed after) and returned.
 
     Shapes: logits (R, V) fp32 or fp64, teacher logits (R, V), targets (R,) -> (), (R, V)"""
     s = logits.detach()
-    t = None
-    if teacher is not None and any(term.kind != "ce" for term in terms):
-        t = teacher.logits.to(s.dtype)
-        if torch.isneginf(t).any():
-            return None
+    t = teacher.logits if teacher is not None and any(term.kind != "ce" for term in terms) else None
     count = reduce_tokens(torch.ones((), dtype=s.dtype, device=s.device), None, num_tokens)  # 1 / global tokens
-    student_at: dict[float, list] = {}  # T -> [s / T, lse, q, coefficient of q in the gradient]
-
-    def student(temperature: float):
-        if temperature not in student_at:
-            z = s if temperature == 1.0 else s / temperature
-            lse = z.logsumexp(-1, keepdim=True)
-            student_at[temperature] = [z, lse, (z - lse).exp_(), 0.0]
-        return student_at[temperature]
-
-    loss = torch.zeros((), dtype=s.dtype, device=s.device)
-    minus = []  # (tensor, coefficient) taken from the gradient: each KL term's p
-    scatters = []  # (coefficient) of -onehot(y) for each CE term
-    shift = 0.0  # a constant taken from every entry (label smoothing's ε / V)
+    plan = []  # (term, temperature, gradient coefficient c before 1/count)
     for term in terms:
         temperature = float(term.temperature(progress))
-        entry = student(temperature)
-        z, lse = entry[0], entry[1]
         scale = temperature ** 2 if t2_scale and term.kind != "ce" else 1.0
-        c = term.weight(progress) * scale / temperature  # the term's gradient coefficient, before 1/count
-        entry[3] += c
-        if term.kind == "ce":
-            eps = term.label_smoothing
-            values = (lse - z.gather(-1, targets.unsqueeze(-1))).squeeze(-1)
-            if eps:
-                values = (1 - eps) * values + eps * (lse.squeeze(-1) - z.mean(-1))
-                shift += c * eps / s.shape[-1]
-            scatters.append(c * (1 - eps))
-        else:
-            u = t if temperature == 1.0 else t / temperature
-            log_p = u - u.logsumexp(-1, keepdim=True)
-            p = log_p.exp()
-            # Σ p (log p - log q) = Σ p (log p - z) + lse, since Σ p = 1
-            values = log_p.sub_(z).mul_(p).sum(-1) + lse.squeeze(-1)
-            del log_p
-            minus.append((p, c))
-        value = values.sum()
-        logs[term.name] = logs[term.name] + reduce_tokens(value, None, num_tokens)
-        loss = loss + c * temperature * value
-    grad = None
-    for _z, _lse, q, coefficient in student_at.values():  # q is not needed after this: scaled in place
-        grad = q.mul_(coefficient) if grad is None else grad.add_(q, alpha=coefficient)
-    for p, c in minus:
-        grad.sub_(p, alpha=c)
-    for c in scatters:
-        grad.scatter_add_(-1, targets.unsqueeze(-1), torch.full((s.shape[0], 1), -c, dtype=s.dtype, device=s.device))
-    if shift:
-        grad.sub_(shift)
-    return loss * count, grad.mul_(count)
+        plan.append((term, temperature, term.weight(progress) * scale / temperature))
+    student_coefficient: dict[float, float] = {}  # T -> coefficient of q_T in the gradient
+    for _term, temperature, c in plan:
+        student_coefficient[temperature] = student_coefficient.get(temperature, 0.0) + c
+    shift = sum(c * term.label_smoothing / s.shape[-1] for term, _, c in plan if term.kind == "ce")
+    values = {term.name: torch.zeros((), dtype=s.dtype, device=s.device) for term, _, _ in plan}
+    loss = torch.zeros((), dtype=s.dtype, device=s.device)
+    step = tile_rows(s.shape[-1], s.device)
+    for start in range(0, s.shape[0], step):
+        rows = slice(start, start + step)
+        s_tile = s[rows]
+        gap = None  # where the tile's teacher is outside its support (-inf), if anywhere
+        if t is not None:
+            outside = torch.isneginf(t[rows])
+            gap = outside if bool(outside.any()) else None
+        student = {}  # T -> (s / T, its logsumexp)
+        for temperature in student_coefficient:
+            z = s_tile if temperature == 1.0 else s_tile * (1.0 / temperature)
+            student[temperature] = (z, z.logsumexp(-1, keepdim=True))
+        coefficient = dict(student_coefficient)  # of q_T over the whole vocabulary, in this tile
+        minus = []  # (tensor, c): each KL term's teacher distribution, taken from the gradient
+        restricted = []  # (z, lse, c): a KL term's student renormalised over the teacher's support
+        for term, temperature, c in plan:
+            z, lse = student[temperature]
+            if term.kind == "ce":
+                eps = term.label_smoothing
+                row_values = (lse - z.gather(-1, targets[rows].unsqueeze(-1))).squeeze(-1)
+                if eps:
+                    row_values = (1 - eps) * row_values + eps * (lse.squeeze(-1) - z.mean(-1))
+            else:
+                u = t[rows].to(s.dtype) * (1.0 / temperature)
+                if gap is not None:  # both distributions drop those ids (signals.py's support rule)
+                    u.masked_fill_(gap, NEG)
+                    z = z.masked_fill(gap, NEG)
+                    lse = z.logsumexp(-1, keepdim=True)
+                    coefficient[temperature] -= c
+                    restricted.append((z, lse, c))
+                lse_u = u.logsumexp(-1, keepdim=True)
+                diff = u - z
+                p = u.sub_(lse_u).exp_()
+                # Σ p (log p - log q) = Σ p (u - z) - lse_u + lse, since Σ p = 1
+                row_values = diff.mul_(p).sum(-1) + (lse - lse_u).squeeze(-1)
+                minus.append((p, c))
+            value = row_values.sum()
+            values[term.name] += value
+            loss += c * temperature * value
+        # the gradient goes over s_tile, whose values were last needed above: q at T = 1 (z is s_tile
+        # itself) first, in place; any other T's z is its own tensor
+        grad = None
+        for temperature in sorted(student_coefficient, key=lambda T: T != 1.0):
+            (z, lse), c = student[temperature], coefficient[temperature]
+            if grad is None:
+                grad = (s_tile.sub_(lse) if z is s_tile else torch.sub(z, lse, out=s_tile)).exp_().mul_(c)
+            else:
+                grad.add_(z.sub_(lse).exp_(), alpha=c)
+        for z, lse, c in restricted:
+            grad.add_(z.sub_(lse).exp_(), alpha=c)
+        for p, c in minus:
+            grad.sub_(p, alpha=c)
+        for term, _, c in plan:
+            if term.kind == "ce":
+                grad.scatter_add_(-1, targets[rows].unsqueeze(-1),
+                                  torch.full((grad.shape[0], 1), -c * (1 - term.label_smoothing),
+                                             dtype=s.dtype, device=s.device))
+        if shift:
+            grad.sub_(shift)
+        grad.mul_(count)
+    for name, value in values.items():
+        logs[name] = logs[name] + reduce_tokens(value, None, num_tokens)
+    return loss * count, s

@@ -28,7 +28,7 @@ from kdistill.losses.mixture import Mixture
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.selective import selective
-from kdistill.losses.signals import SparseSignal, fp32
+from kdistill.losses.signals import DenseSignal, SparseSignal, fp32
 
 
 TOKEN_WEIGHT = "token_weight"  # extras key: a float weight per row (0 = the row does not count)
@@ -114,12 +114,16 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(t.kind != "ce" for t in self.terms)
 
-    def chunk_size_for(self, vocab_size: int, sparse: bool = False, teachers: int = 1) -> int:
+    def chunk_size_for(self, vocab_size: int, sparse: bool = False, teachers: int = 1,
+                       closed: bool = False) -> int:
         """Rows per chunk: the override, or the most that fit the memory budget for this vocabulary.
 
         sparse: the teacher signal is a SparseSignal (its terms keep no teacher (rows x V) logits);
-        teachers: how many teachers each teacher term is evaluated for (a Mixture's parts).
+        teachers: how many teachers each teacher term is evaluated for (a Mixture's parts);
+        closed: the chunks take the closed form (closed_form.py), which keeps no autograd graph.
         """
+        if closed and not self.chunk_size:
+            return auto_chunk_size(vocab_size, self.memory_budget_mb, [], live=closed_form.LIVE_TENSORS)
         kinds = [k if k == "ce" or not sparse else "sparse" for k in self.kinds for _ in
                  range(1 if k == "ce" else teachers)]
         costs = [*kinds, *("entropy_temperature" for t in self.terms
@@ -209,23 +213,33 @@ class Objective:
         flat_targets = None if targets is None else targets.reshape(-1)
         logs = {t.name: torch.zeros((), device=hidden.device) for t in self.terms}
 
+        # the closed form's terms have no per-token extras (policy.prepare gives none for them)
+        closed = self.use_closed_form and token_weight is None and closed_form.eligible(self.terms, teacher, {})
         chunk_size = self.chunk_size_for(head_weight.shape[0], isinstance(teacher, SparseSignal),
-                                         len(teacher.parts) if isinstance(teacher, Mixture) else 1)
+                                         len(teacher.parts) if isinstance(teacher, Mixture) else 1, closed)
         extras = policy.prepare(self.terms, policy.head_logits(hidden, head_weight), teacher, targets, mask,
                                 behaviour_logprobs, progress, chunk_size)
         if token_weight is not None:
             extras = {**extras, TOKEN_WEIGHT: token_weight.reshape(-1).float()}
+        if extras and closed:
+            raise AssertionError(f"closed-form terms {self.kinds} got per-token extras {sorted(extras)}")
 
-        closed = self.use_closed_form and closed_form.eligible(self.terms, teacher, extras)
+        buffers = {}  # the teacher's chunk logits, one block reused by every chunk (see chunked.py)
 
         def chunk_loss(logits: Tensor, chunk: slice) -> Tensor | tuple[Tensor, Tensor]:
             r = rows[chunk]
-            signal, chunk_targets = None if teacher is None else teacher.take(r), \
-                None if flat_targets is None else flat_targets[r]
-            found = closed_form.chunk_loss_and_grad(self.terms, self.t2_scale, logits, signal, chunk_targets,
-                                                    num_tokens, progress, logs) if closed else None
-            return found if found is not None else self.rows_loss(
-                logits, signal, chunk_targets, num_tokens, progress, logs, {k: v[r] for k, v in extras.items()})
+            if isinstance(teacher, DenseSignal) and teacher.logits is None:
+                if "teacher" not in buffers:
+                    buffers["teacher"] = teacher.weight.new_empty(min(len(rows), chunk_size), teacher.weight.shape[0])
+                signal = teacher.take(r, buffers["teacher"])
+            else:
+                signal = None if teacher is None else teacher.take(r)
+            chunk_targets = None if flat_targets is None else flat_targets[r]
+            if closed:
+                return closed_form.chunk_loss_and_grad(self.terms, self.t2_scale, logits, signal, chunk_targets,
+                                                       num_tokens, progress, logs)
+            return self.rows_loss(logits, signal, chunk_targets, num_tokens, progress, logs,
+                                  {k: v[r] for k, v in extras.items()})
 
         loss = fused_linear_loss(student_rows, head_weight, chunk_loss, chunk_size)
         return LossOutput(loss, {name: float(v) for name, v in logs.items()})

@@ -72,15 +72,20 @@ class DenseSignal:
     def vocab_size(self) -> int:
         return self.logits.shape[-1] if self.logits is not None else self.weight.shape[0]
 
-    def take(self, rows: Tensor) -> "DenseSignal":
+    def take(self, rows: Tensor, out: Tensor | None = None) -> "DenseSignal":
         """The signal at `rows` of the flattened (B*T) positions, with logits materialised for them.
 
+        out: a (≥R, V) buffer of the weight's dtype that hidden-state logits are written into (a chunked
+        loss reuses one across its chunks: no fresh pages per chunk); ignored for given logits.
         Shapes: rows (R,) -> logits (R, V)
         """
         if self.logits is not None:
             return DenseSignal(logits=take_rows(self.logits, rows).detach())
         with torch.no_grad():
-            return DenseSignal(logits=take_rows(self.hidden, rows).to(self.weight.dtype) @ self.weight.T)
+            hidden = take_rows(self.hidden, rows).to(self.weight.dtype)
+            if out is None or out.dtype != self.weight.dtype or out.shape[0] < len(rows):
+                return DenseSignal(logits=hidden @ self.weight.T)
+            return DenseSignal(logits=torch.matmul(hidden, self.weight.T, out=out[:len(rows)]))
 
 
 @dataclass(frozen=True)

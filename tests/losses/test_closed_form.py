@@ -41,8 +41,10 @@ def run(objective, hidden, weight, teacher, targets, mask, progress, num_tokens,
 
 @pytest.mark.parametrize("name", sorted(TERMS))
 @pytest.mark.parametrize("t2_scale", [True, False])
-@pytest.mark.parametrize("chunk", [1, 4, 100])
-def test_equals_autograd_path_and_full_logits_reference(name, t2_scale, chunk):
+@pytest.mark.parametrize("chunk,tile", [(1, 1 << 20), (4, 1 << 20), (100, 1 << 20), (100, 29 * 3), (7, 1)])
+def test_equals_autograd_path_and_full_logits_reference(name, t2_scale, chunk, tile, monkeypatch):
+    """tile: elements per tile of the elementwise passes (V = 29: whole chunks, 3 rows, 1 row)."""
+    monkeypatch.setattr(closed_form, "TILE_ELEMENTS", tile)
     hidden, weight, teacher, targets, mask = inputs(seed=len(name) + chunk)
     objective = build_objective(TERMS[name], t2_scale=t2_scale, chunk_size=chunk)
     num_tokens = int(mask.sum()) + 3  # other micro-batches' tokens count too
@@ -71,14 +73,37 @@ def test_tensor_token_count_and_fp32():
     assert torch.allclose(fast[3], slow[3], rtol=1e-4, atol=1e-6)
 
 
-def test_teacher_outside_its_support_takes_the_general_path():
+@pytest.mark.parametrize("name", ["default", "two-temperatures", "tempered+smoothing"])
+@pytest.mark.parametrize("tile", [1 << 20, 29 * 2])
+def test_teacher_outside_its_support_equals_the_general_path(name, tile, monkeypatch):
+    """-inf teacher logits (a padded vocabulary) in some rows only: the KL renormalises the student over
+    the teacher's support, CE does not, in tiles with and without such ids."""
+    monkeypatch.setattr(closed_form, "TILE_ELEMENTS", tile)
     hidden, weight, teacher, targets, mask = inputs(seed=9)
-    teacher[..., -3:] = float("-inf")  # a padded teacher vocabulary
-    objective = build_objective(TERMS["default"], chunk_size=4)
+    teacher[0, :, -3:] = float("-inf")
+    teacher[2, 1, :5] = float("-inf")
+    objective = build_objective(TERMS[name], chunk_size=4)
     fast = run(objective, hidden, weight, teacher, targets, mask, 0.0, int(mask.sum()), closed=True)
     slow = run(objective, hidden, weight, teacher, targets, mask, 0.0, int(mask.sum()), closed=False)
     assert torch.isfinite(torch.tensor(fast[0])) and fast[0] == pytest.approx(slow[0], rel=1e-10)
+    assert fast[1] == pytest.approx(slow[1], rel=1e-10)
     assert torch.allclose(fast[2], slow[2], rtol=1e-9, atol=1e-12)
+    assert torch.allclose(fast[3], slow[3], rtol=1e-9, atol=1e-12)
+
+
+def test_chunk_logits_become_their_gradient_and_chunks_fit_the_budget():
+    """The closed form writes its gradient over the chunk's logits (no third (rows x V) block), so its
+    automatic chunks are larger than the autograd path's for the same memory budget."""
+    objective = build_objective(TERMS["default"], memory_budget_mb=64)
+    closed = objective.chunk_size_for(49152, closed=True)
+    assert closed > objective.chunk_size_for(49152)
+    assert closed * 49152 * 4 * closed_form.LIVE_TENSORS <= 64 * 2**20
+    hidden, weight, teacher, targets, mask = inputs(seed=3)
+    logits = (hidden.detach() @ weight.detach().T).reshape(-1, 29)
+    loss, grad = closed_form.chunk_loss_and_grad(objective.terms, True, logits, DenseSignal(
+        logits=teacher.reshape(-1, 29)), targets.reshape(-1), 21, 0.0,
+        {t.name: torch.zeros((), dtype=torch.float64) for t in objective.terms})
+    assert grad.data_ptr() == logits.data_ptr() and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("terms", [[{"kind": "reverse_kl"}], [{"kind": "jsd"}],

@@ -21,9 +21,9 @@ import logging
 import time
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
+from ..losses.chunked import fused_linear_loss
 from ..modeling import decoder, decoder_layers, head_weight
 from .init import TeacherTargets
 
@@ -36,13 +36,15 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 def _lse(hidden: torch.Tensor, weight: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """Sum over rows of logsumexp(hidden @ weight.T), a chunk of rows at a time, each recomputed in the
-    backward pass (memory: one (chunk, V) block). Shapes: hidden (N, D), weight (V, D) -> ()"""
-    def block(h):
-        return _wide(h @ weight.T).logsumexp(-1).sum()
+    """Sum over rows of logsumexp(hidden @ weight.T), a chunk of rows at a time with its gradient
+    (softmax) taken at once (losses/chunked.py: memory one (chunk, V) block, no recompute in backward).
+    Shapes: hidden (N, D), weight (V, D) -> ()"""
+    def block(logits: torch.Tensor, rows: slice):
+        s = logits.detach()
+        lse = s.logsumexp(-1, keepdim=True)
+        return lse.sum(), s.sub_(lse).exp_()  # d Σ lse / d logits = softmax, over the chunk's own logits
 
-    return sum(torch.utils.checkpoint.checkpoint(block, hidden[i:i + chunk], use_reentrant=False)
-               for i in range(0, hidden.shape[0], chunk))
+    return fused_linear_loss(hidden, weight, block, chunk)
 
 
 def _kl(targets: TeacherTargets, hidden: torch.Tensor) -> torch.Tensor:
@@ -115,8 +117,9 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
     history, best = [], snapshot()
     try:
         for step in range(steps + 1):
-            hidden = torch.func.functional_call(inner, fitted(log_gain, log_out), args=(), kwargs=inputs)
-            loss = _kl(targets, hidden.last_hidden_state[keep])
+            with torch.set_grad_enabled(step < steps):  # the last step is only scored
+                hidden = torch.func.functional_call(inner, fitted(log_gain, log_out), args=(), kwargs=inputs)
+                loss = _kl(targets, hidden.last_hidden_state[keep])
             history.append(loss.item())
             if history[-1] <= min(history):
                 best = snapshot()

@@ -45,8 +45,9 @@ def measure(args) -> dict[str, list[float]]:
 
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
+    # a step's cost does not depend on the init: no layer choice, no residual-stream repair (start-up only)
     cfg = load_config(None, [f"teacher.model={args.teacher}", "student.layer_selection=first_last",
-                             f"student.num_layers={args.layers}"])
+                             f"student.num_layers={args.layers}", "student.repair_steps=0"])
     source = open_source(cfg, cpu, torch.float32)
     vocab = source.vocab_size
     batches = _batches(vocab, args.batch, args.seq)

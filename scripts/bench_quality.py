@@ -5,10 +5,12 @@ shallow students of the embedded teacher, kdistill's defaults against a seed-sty
     python scripts/bench_quality.py --layers 4 --steps 20 --eval-every 10
     python scripts/bench_quality.py --recipe "name=train.lr=1e-3 loss.t2_scale=false"   # a candidate row
     python scripts/bench_quality.py --jobs 2 --keep runs/quality      # two rows at once, 1 thread each
+    python scripts/bench_quality.py --samples 600 --keep runs/quality-600   # a corpus of 600 answers
 
 Every row is `kdistill distill --config configs/demo.yaml` (the embedded SmolLM2-135M teacher and its
 teacher-written corpus, cached in $KDISTILL_CACHE after the first run, batch 8 x 128, 1 thread) with the
-row's overrides; the numbers are the held-out rows of its metrics.jsonl (the run's own held-out split,
+row's overrides; `--samples` sets the corpus size (the demo's 80 answers: 60 steps are ~7 epochs of its
+71 training answers, so rows end up measuring how well a student generalises from few answers); the numbers are the held-out rows of its metrics.jsonl (the run's own held-out split,
 against the real teacher). Rows:
 - default: kdistill's defaults (importance-chosen layers, residual-stream repair, forward KL + 0.1 CE,
   lr 2e-3 with warmup + cosine);
@@ -40,10 +42,11 @@ SEED_STYLE = ["loss.terms=[{kind: forward_kl, weight: 0.5, temperature: 2.0}, {k
 PREVIOUS = ["student.repair_steps=0", "train.lr=5e-4"]  # the defaults before the repair and the short-run lr
 
 
-def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Path) -> dict[int, dict]:
+def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Path, samples: int = 80) -> dict[int, dict]:
     """Held-out metrics by step of one `kdistill distill` run."""
     args = [sys.executable, "-m", "kdistill", "distill", "--config", "configs/demo.yaml", "--overwrite",
-            f"output_dir={out}", f"student.num_layers={layers}", f"train.max_steps={steps}",
+            f"output_dir={out}", f"data.generate.num_samples={samples}", f"student.num_layers={layers}",
+            f"train.max_steps={steps}",
             f"train.eval_every={eval_every}", f"train.checkpoint_every={steps}", "train.threads=1",
             "eval.measure_speed=false", "eval.prompts=[Once upon a time]", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KDISTILL_THREADS": "1"}
@@ -83,6 +86,9 @@ def print_kept(folder: Path) -> None:
     results = {(r["layers"], r["recipe"]): {(int(k) if k.isdigit() else k): v for k, v in r["by_step"].items()}
                for r in kept}
     steps = sorted({0, 20, max(r["steps"] for r in kept)})
+    corpora = sorted({r.get("samples", 80) for r in kept})
+    print(f"corpus of {' / '.join(map(str, corpora))} teacher answers" + (" (rows of different corpora do not "
+          "compare)" if len(corpora) > 1 else ""))
     print(table(results, steps, step_time=False))
     for r in kept:
         print(f"- {r['layers']}-layer {r['recipe']}: {' '.join(r['overrides']) or '(defaults)'}")
@@ -97,6 +103,8 @@ def main() -> None:
                    help="a candidate row: the defaults plus space-separated key.path=value overrides")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these rows (default, previous, seed-style "
                    "and the --recipe names)")
+    p.add_argument("--samples", type=int, default=80, help="answers the teacher writes for the corpus (80: the "
+                   "demo's; 10%% are held out; generated once and cached)")
     p.add_argument("--jobs", type=int, default=1, help="rows run at once (1 thread each)")
     p.add_argument("--keep", type=Path, help="keep each row's run folder and results.json here")
     p.add_argument("--table", type=Path, metavar="DIR", help="only print the table of the rows kept in DIR")
@@ -116,9 +124,10 @@ def main() -> None:
 
         def one(row):
             layers, name = row
-            by_step = run(layers, args.steps, args.eval_every, recipes[name], base / f"{layers}-{name}")
+            by_step = run(layers, args.steps, args.eval_every, recipes[name], base / f"{layers}-{name}", args.samples)
             (base / f"{layers}-{name}" / "quality.json").write_text(json.dumps(
                 {"layers": layers, "recipe": name, "overrides": recipes[name], "steps": args.steps,
+                 "samples": args.samples,
                  "by_step": {str(k): v for k, v in by_step.items()}}, indent=1))
             last = by_step[max(k for k in by_step if isinstance(k, int))]
             print(f"{layers} layers, {name}: held-out KL {by_step[0]['eval_kl']:.3f} -> {last['eval_kl']:.3f}, "
@@ -128,7 +137,8 @@ def main() -> None:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = dict(zip(rows, pool.map(one, rows)))
     steps = sorted({0, args.eval_every, args.steps} & {s for r in results.values() for s in r if isinstance(s, int)})
-    print(f"\n{args.steps} steps of 8 x 128 tokens each\n" + table(results, steps))
+    print(f"\n{args.steps} steps of 8 x 128 tokens each, corpus of {args.samples} teacher answers\n"
+          + table(results, steps))
 
 
 if __name__ == "__main__":

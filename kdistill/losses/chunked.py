@@ -54,8 +54,9 @@ class _FusedLinearLoss(torch.autograd.Function):
         slices = chunk_slices(hidden.shape[0], chunk_size)
         # one logits buffer for every chunk: a fresh (rows x V) block per chunk costs its page faults
         # each time (glibc maps blocks over 32 MiB anew), about as much as the loss's own passes on CPU
-        buffer = torch.empty(max((len(range(*r.indices(hidden.shape[0]))) for r in slices), default=0),
-                             weight.shape[0], dtype=dtype, device=hidden.device) if matmul_dtype == dtype else None
+        most = max((len(range(hidden.shape[0])[r]) for r in slices), default=0)
+        buffer = torch.empty(most, weight.shape[0], dtype=dtype, device=hidden.device) \
+            if matmul_dtype == dtype else None
         for rows in slices:
             h = hidden[rows].to(matmul_dtype)
             if buffer is not None:

@@ -224,14 +224,14 @@ class Objective:
         if extras and closed:
             raise AssertionError(f"closed-form terms {self.kinds} got per-token extras {sorted(extras)}")
 
-        buffers = {}  # the teacher's chunk logits, one block reused by every chunk (see chunked.py)
+        # the teacher's chunk logits from hidden states: one block reused by every chunk (see chunked.py)
+        teacher_out = teacher.weight.new_empty(min(len(rows), chunk_size), teacher.weight.shape[0]) \
+            if isinstance(teacher, DenseSignal) and teacher.logits is None else None
 
         def chunk_loss(logits: Tensor, chunk: slice) -> Tensor | tuple[Tensor, Tensor]:
             r = rows[chunk]
-            if isinstance(teacher, DenseSignal) and teacher.logits is None:
-                if "teacher" not in buffers:
-                    buffers["teacher"] = teacher.weight.new_empty(min(len(rows), chunk_size), teacher.weight.shape[0])
-                signal = teacher.take(r, buffers["teacher"])
+            if teacher_out is not None:
+                signal = teacher.take(r, teacher_out)
             else:
                 signal = None if teacher is None else teacher.take(r)
             chunk_targets = None if flat_targets is None else flat_targets[r]

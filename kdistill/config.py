@@ -73,6 +73,8 @@ class StudentConfig:
     MLP output scale to the teacher on 16 calibration rows for this many Adam steps before training, which
     repairs the residual stream the dropped layers built (kdistill/students/repair.py; held-out KL at
     step 0 on SmolLM2-135M: 4 layers 9.44 -> 4.99, 8 layers 5.32 -> 3.88); 0 = off."""
+    repair_rows: int = 16
+    """Training answers the repair fits on (the first rows of the training split), run 16 at a time."""
     model: str | None = None
     """For kind=pretrained: the student's hub id or folder."""
     fractal_steps: int = 10
@@ -369,6 +371,7 @@ def validate(cfg: Config) -> None:
         ("teacher.combine", cfg.teacher.combine in ("sum", "route"), "must be sum or route"),
         ("student.lora_rank", cfg.student.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
         ("student.repair_steps", cfg.student.repair_steps >= 0, "must be 0 (no repair) or a number of steps"),
+        ("student.repair_rows", cfg.student.repair_rows >= 1, "must be at least 1 (training answers to fit on)"),
         ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
          "must be importance, even, first_last or explicit"),
         ("output_dir", bool(cfg.output_dir), "must be set"),

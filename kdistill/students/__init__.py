@@ -56,7 +56,8 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
                 from .repair import repair_from_teacher
 
-                report["repair"] = repair_from_teacher(student, teacher, calib_batch, cfg.student.repair_steps)
+                rows = {k: v[:cfg.student.repair_rows] for k, v in calib_batch.items()}
+                report["repair"] = repair_from_teacher(student, teacher, rows, cfg.student.repair_steps)
             if window_dropped(teacher.config):
                 report["attention_window"] = window_dropped(teacher.config)
         else:  # wider or deeper than the teacher in some size: nothing to slice, project the embeddings

@@ -79,11 +79,28 @@ def _names(student, modules: list[nn.Module]) -> list[str]:
     return [where[id(m)] for m in modules]
 
 
-def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20, lr: float = 0.05) -> dict:
+def _row_slices(mask: torch.Tensor, rows: int) -> list[tuple[slice, slice]]:
+    """(batch rows, target rows) of each pass of at most `rows` batch rows: the targets are the
+    batch's masked positions in row-major order. Shapes: mask (B, T) bool"""
+    counts = [0] + mask.sum(1).cumsum(0).tolist()
+    return [(slice(i, min(i + rows, len(mask))), slice(counts[i], counts[min(i + rows, len(mask))]))
+            for i in range(0, len(mask), rows)]
+
+
+def _take(targets: TeacherTargets, rows: slice) -> TeacherTargets:
+    part = TeacherTargets.__new__(TeacherTargets)
+    part.weight, part.negentropy, part.mean_row = targets.weight, targets.negentropy[rows], targets.mean_row[rows]
+    return part
+
+
+def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20, lr: float = 0.05,
+                  rows_per_pass: int = 16) -> dict:
     """Fit norm gains (per channel) and residual output scales of `student` in place;
     returns a report. `targets` holds the teacher's distributions at the batch's masked positions in
     row-major order, against the student's own (tied) output layer. Adam at a constant `lr` on every
     row; the step with the lowest KL is kept (step 0, the plain copy, included: never worse than it).
+    Each step runs `rows_per_pass` batch rows at a time (gradients summed, weighted by masked positions:
+    the same step as one pass over all rows, memory of one pass).
 
     Shapes: batch {"input_ids", "attention_mask", "mask"} (B, T); targets over N = mask.sum() rows."""
     inner = decoder(student)
@@ -96,7 +113,8 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
     log_gain = [torch.zeros(g.shape, requires_grad=True) for g in gains0]
     log_out = torch.zeros(len(outputs), requires_grad=True)
     keep = batch["mask"].bool()
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    passes = _row_slices(keep, rows_per_pass)
+    total = int(keep.sum())
 
     def fitted(gain: list[torch.Tensor], out: torch.Tensor) -> dict[str, torch.Tensor]:
         """The repaired tensors by parameter name, as functions of the log-scales."""
@@ -117,17 +135,25 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
     history, best = [], snapshot()
     try:
         for step in range(steps + 1):
-            with torch.set_grad_enabled(step < steps):  # the last step is only scored
-                hidden = torch.func.functional_call(inner, fitted(log_gain, log_out), args=(), kwargs=inputs)
-                loss = _kl(targets, hidden.last_hidden_state[keep])
-            history.append(loss.item())
+            opt.zero_grad(set_to_none=True)
+            loss = 0.0
+            for rows, target_rows in passes:
+                n = target_rows.stop - target_rows.start
+                if n == 0:
+                    continue
+                inputs = {"input_ids": batch["input_ids"][rows], "attention_mask": batch["attention_mask"][rows],
+                          "use_cache": False}
+                with torch.set_grad_enabled(step < steps):  # the last step is only scored
+                    hidden = torch.func.functional_call(inner, fitted(log_gain, log_out), args=(), kwargs=inputs)
+                    part = _kl(_take(targets, target_rows), hidden.last_hidden_state[keep[rows]]) * (n / total)
+                if step < steps:
+                    part.backward()
+                loss += part.item()
+            history.append(loss)
             if history[-1] <= min(history):
                 best = snapshot()
-            if step == steps:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if step < steps:
+                opt.step()
         with torch.no_grad():
             for name, value in fitted(*best).items():
                 inner.get_parameter(name).copy_(value)

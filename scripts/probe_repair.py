@@ -14,7 +14,6 @@ torch.set_num_threads(1)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kdistill.teacher import load_teacher
 from kdistill.data import batches as B
-from kdistill.students import repair as R
 from kdistill.students.repair import teacher_targets, _norms, _outputs, _names, _kl
 from kdistill.modeling import decoder, decoder_layers, head_weight
 

@@ -109,6 +109,12 @@ class TeacherTargets:
         whole.mean_row = torch.cat([t.mean_row for t in parts])
         return whole
 
+    def rows(self, rows: slice) -> "TeacherTargets":
+        """Those rows only (views, no copy)."""
+        part = self.__class__.__new__(self.__class__)
+        part.weight, part.negentropy, part.mean_row = self.weight, self.negentropy[rows], self.mean_row[rows]
+        return part
+
     def kl(self, hidden: torch.Tensor) -> float:
         """Mean KL over rows. Shapes: hidden (N, D) -> float"""
         lse = (hidden @ self.weight.T).float().logsumexp(-1)

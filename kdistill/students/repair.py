@@ -87,12 +87,6 @@ def _row_slices(mask: torch.Tensor, rows: int) -> list[tuple[slice, slice]]:
             for i in range(0, len(mask), rows)]
 
 
-def _take(targets: TeacherTargets, rows: slice) -> TeacherTargets:
-    part = TeacherTargets.__new__(TeacherTargets)
-    part.weight, part.negentropy, part.mean_row = targets.weight, targets.negentropy[rows], targets.mean_row[rows]
-    return part
-
-
 def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20, lr: float = 0.05,
                   rows_per_pass: int = 16) -> dict:
     """Fit norm gains (per channel) and residual output scales of `student` in place;
@@ -145,7 +139,7 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
                           "use_cache": False}
                 with torch.set_grad_enabled(step < steps):  # the last step is only scored
                     hidden = torch.func.functional_call(inner, fitted(log_gain, log_out), args=(), kwargs=inputs)
-                    part = _kl(_take(targets, target_rows), hidden.last_hidden_state[keep[rows]]) * (n / total)
+                    part = _kl(targets.rows(target_rows), hidden.last_hidden_state[keep[rows]]) * (n / total)
                 if step < steps:
                     part.backward()
                 loss += part.item()

@@ -6,7 +6,8 @@ gradient with respect to the student's logits s of one chunk is known:
     d KL(p_T ‖ q_T) / ds = (q_T - p_T) / T,          q_T = softmax(s / T), p_T = softmax(t / T)
     d CE_ε / ds          = (q_T - (1-ε)·onehot(y) - ε/V) / T
 
-so a chunk costs a few passes over its (rows × V) block instead of autograd's graph of log-softmaxes.
+so a chunk costs a few passes over its (rows × V) block instead of autograd's graph of log-softmaxes,
+and one exp per distribution: exp((s - max s)/T) gives both the logsumexp and the gradient.
 The passes run one tile of rows at a time (`TILE_ELEMENTS`, a few MB: the tile's temporaries stay in
 cache while the chunk, sized for the matmuls, does not) and the gradient overwrites the chunk's logits,
 so a chunk holds two (rows × V) blocks, the student's and the teacher's (`LIVE_TENSORS`).
@@ -80,58 +81,64 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
         if t is not None:
             outside = torch.isneginf(t[rows])
             gap = outside if bool(outside.any()) else None
-        student = {}  # T -> (s / T, its logsumexp)
+        # one exp per distribution: e = exp(d), d = (s - max s) / T; q_T = e / S, log q_T = d - log S,
+        # so the logsumexp and the gradient share it (max(s / T) = max(s) / T for T > 0)
+        top = s_tile.amax(-1, keepdim=True)
+        student = {}  # T -> (d, e, S)
         for temperature in student_coefficient:
-            z = s_tile if temperature == 1.0 else s_tile * (1.0 / temperature)
-            student[temperature] = (z, z.logsumexp(-1, keepdim=True))
-        coefficient = dict(student_coefficient)  # of q_T over the whole vocabulary, in this tile
-        minus = []  # (tensor, c): each KL term's teacher distribution, taken from the gradient
-        restricted = []  # (z, lse, c): a KL term's student renormalised over the teacher's support
+            d = torch.sub(s_tile, top)
+            if temperature != 1.0:
+                d.mul_(1.0 / temperature)
+            e = d.exp()
+            student[temperature] = (d, e, e.sum(-1, keepdim=True))
+        weights = []  # (e, per-row coefficient before 1/count): the gradient is sum e * coefficient
+        for temperature, c in student_coefficient.items():
+            weights.append((student[temperature][1], c / student[temperature][2]))
         for term, temperature, c in plan:
-            z, lse = student[temperature]
+            d, e, total = student[temperature]
+            log_total = total.log()
             if term.kind == "ce":
                 eps = term.label_smoothing
-                row_values = (lse - z.gather(-1, targets[rows].unsqueeze(-1))).squeeze(-1)
+                picked = s_tile.gather(-1, targets[rows].unsqueeze(-1)).sub_(top).mul_(1.0 / temperature)
+                row_values = (log_total - picked).squeeze(-1)  # lse - z_y
                 if eps:
-                    row_values = (1 - eps) * row_values + eps * (lse.squeeze(-1) - z.mean(-1))
+                    mean = d.mean(-1, keepdim=True)
+                    row_values = (1 - eps) * row_values + eps * (log_total - mean).squeeze(-1)
             else:
-                u = t[rows].to(s.dtype) * (1.0 / temperature)
+                u = t[rows].to(s.dtype)
+                du = torch.sub(u, u.amax(-1, keepdim=True))
+                if temperature != 1.0:
+                    du.mul_(1.0 / temperature)
                 if gap is not None:  # both distributions drop those ids (signals.py's support rule)
-                    u.masked_fill_(gap, NEG)
-                    z = z.masked_fill(gap, NEG)
-                    lse = z.logsumexp(-1, keepdim=True)
-                    coefficient[temperature] -= c
-                    restricted.append((z, lse, c))
-                lse_u = u.logsumexp(-1, keepdim=True)
-                diff = u - z
-                p = u.sub_(lse_u).exp_()
-                # Σ p (log p - log q) = Σ p (u - z) - lse_u + lse, since Σ p = 1
-                row_values = diff.mul_(p).sum(-1) + (lse - lse_u).squeeze(-1)
-                minus.append((p, c))
+                    du.masked_fill_(gap, NEG)
+                    e_support = e.masked_fill(gap, 0.0)
+                    total_support = e_support.sum(-1, keepdim=True)
+                    log_total = total_support.log()
+                    weights.append((e, -c / total))
+                    weights.append((e_support, c / total_support))
+                eu = du.exp()
+                teacher_total = eu.sum(-1, keepdim=True)
+                weights.append((eu, -c / teacher_total))
+                # sum p (log p - log q) = sum eu (du - d) / S_u - log S_u + log S, since sum p = 1
+                row_values = (du.sub_(d).mul_(eu).sum(-1, keepdim=True) / teacher_total
+                              - teacher_total.log() + log_total).squeeze(-1)
             value = row_values.sum()
             values[term.name] += value
             loss += c * temperature * value
-        # the gradient goes over s_tile, whose values were last needed above: q at T = 1 (z is s_tile
-        # itself) first, in place; any other T's z is its own tensor
+        # the gradient goes over s_tile, whose values were last needed above
         grad = None
-        for temperature in sorted(student_coefficient, key=lambda T: T != 1.0):
-            (z, lse), c = student[temperature], coefficient[temperature]
+        for e, k in weights:
             if grad is None:
-                grad = (s_tile.sub_(lse) if z is s_tile else torch.sub(z, lse, out=s_tile)).exp_().mul_(c)
+                grad = torch.mul(e, k * count, out=s_tile)
             else:
-                grad.add_(z.sub_(lse).exp_(), alpha=c)
-        for z, lse, c in restricted:
-            grad.add_(z.sub_(lse).exp_(), alpha=c)
-        for p, c in minus:
-            grad.sub_(p, alpha=c)
+                grad.addcmul_(e, k * count)
         for term, _, c in plan:
             if term.kind == "ce":
                 grad.scatter_add_(-1, targets[rows].unsqueeze(-1),
-                                  torch.full((grad.shape[0], 1), -c * (1 - term.label_smoothing),
-                                             dtype=s.dtype, device=s.device))
+                                  (-c * (1 - term.label_smoothing) * count).expand(grad.shape[0], 1)
+                                  .to(s.dtype))
         if shift:
-            grad.sub_(shift)
-        grad.mul_(count)
+            grad.sub_(shift * count)
     for name, value in values.items():
         logs[name] = logs[name] + reduce_tokens(value, None, num_tokens)
     return loss * count, s

@@ -77,7 +77,8 @@ def test_earlier_format_still_loads():
     model = load_quantized(V1_FOLDER)
     assert model.kdistill_quantization["scheme"] == "int4"
     with torch.no_grad():
-        torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"], rtol=0, atol=0)
+        # to fp32 rounding: the stored logits came from another CPU, whose matmul kernels sum in another order
+        torch.testing.assert_close(model(expected["input_ids"]).logits, expected["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_wrong_folders_are_refused(student_dir, tmp_path):

@@ -40,7 +40,7 @@ def test_two_processes_train_like_one(teacher_dir, tmp_path, mode):
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert one.keys() == two.keys()
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5)  # fp32: gloo sums in another order
     rows = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # one row per step, written once
     single = [json.loads(r) for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
@@ -70,7 +70,7 @@ def test_two_processes_from_a_teacher_cache_train_like_one(teacher_dir, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5)  # fp32: gloo sums in another order
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -122,7 +122,7 @@ def test_accelerate_launch_runs_two_processes_like_one(teacher_dir, tmp_path):
     assert "process 1 of 2 (ddp)" in done.stderr
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=5e-5)  # fp32: gloo sums in another order
     assert [json.loads(r)["step"] for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()] == \
         [0, 1, 2, 3]
 

@@ -91,9 +91,8 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
                 d.mul_(1.0 / temperature)
             e = d.exp()
             student[temperature] = (d, e, e.sum(-1, keepdim=True))
+        coefficient = dict(student_coefficient)  # of q_T over the whole vocabulary, in this tile
         weights = []  # (e, per-row coefficient before 1/count): the gradient is sum e * coefficient
-        for temperature, c in student_coefficient.items():
-            weights.append((student[temperature][1], c / student[temperature][2]))
         for term, temperature, c in plan:
             d, e, total = student[temperature]
             log_total = total.log()
@@ -114,7 +113,7 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
                     e_support = e.masked_fill(gap, 0.0)
                     total_support = e_support.sum(-1, keepdim=True)
                     log_total = total_support.log()
-                    weights.append((e, -c / total))
+                    coefficient[temperature] -= c
                     weights.append((e_support, c / total_support))
                 eu = du.exp()
                 teacher_total = eu.sum(-1, keepdim=True)
@@ -125,6 +124,8 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
             value = row_values.sum()
             values[term.name] += value
             loss += c * temperature * value
+        for temperature, c in coefficient.items():
+            weights.append((student[temperature][1], c / student[temperature][2]))
         # the gradient goes over s_tile, whose values were last needed above
         grad = None
         for e, k in weights:

@@ -14,7 +14,9 @@ kernel's peak-RSS mark (writing 5 to /proc/self/clear_refs; Linux >= 4.0), runs 
 and reads VmHWM from /proc/self/status. "Peak extra" = VmHWM - RSS before the run: every byte the method
 touched on top of its inputs (logits, temporaries, gradients), whoever allocated it. torch keeps no CPU
 allocator statistics and tracemalloc does not see torch. Without clear_refs, ru_maxrss is used (an
-upper bound). Time: median of --repeat further runs in the same process. The floor is the same output-layer
+upper bound). Time: one further process runs every method once to warm up, then --repeat rounds of all
+of them, alternated (the order rotated each round); each method's median, and each ratio as the median
+of the rounds' ratios, so a busier phase of a shared machine weighs on both sides of a ratio. The floor is the same output-layer
 matmuls with nothing else (teacher head, student head forward, its backward to hidden and weight): what no
 loss can beat; ours/floor says how much the divergence and the chunking cost on top.
 """
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.cli_args import bench_loss_arguments
-from kdistill.losses import closed_form
+from kdistill.losses import closed_form, native
 from kdistill.losses.objective import build_objective
 from kdistill.losses.signals import DenseSignal
 
@@ -124,23 +126,52 @@ def _reset_peak() -> bool:
         return False
 
 
+METHODS = ("reference", "ours", "torch_passes", "autograd", "floor")
+
+
+def _runner(method: str):
+    """The function that runs `method` once on the inputs; "torch_passes" is ours with the closed form's
+    torch passes instead of its compiled kernel (native.py), as where no C compiler is."""
+    def torch_passes(x, args):
+        os.environ["KDISTILL_NATIVE"] = "0"
+        try:
+            return run_ours(x, args)
+        finally:
+            os.environ.pop("KDISTILL_NATIVE")
+
+    return {"reference": run_reference, "ours": run_ours, "floor": run_floor, "torch_passes": torch_passes,
+            "autograd": lambda x, a: run_ours(x, a, closed_form=False)}[method]
+
+
 def worker(method: str, args) -> dict:
-    """Measure one method in this (fresh) process; returns peak extra MiB, run times and the loss."""
+    """Measure one method's peak memory in this (fresh) process; returns peak extra MiB and the loss."""
     x = _inputs(args)
-    run = {"reference": run_reference, "ours": run_ours, "floor": run_floor,
-           "autograd": lambda x, a: run_ours(x, a, closed_form=False)}[method]
+    run = _runner(method)
     before = _rss_kib("VmRSS") or 0
     exact = _reset_peak()
     loss = run(x, args)
     peak = _rss_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for _ in range(args.repeat):
-        x["hidden"].grad = x["weight"].grad = None
-        start = time.perf_counter()
-        run(x, args)
-        times.append(time.perf_counter() - start)
-    return {"peak_extra_mib": (peak - before) / 1024, "times": times, "loss": float(loss),
+    return {"peak_extra_mib": (peak - before) / 1024, "loss": float(loss),
             "method": "VmHWM after clear_refs" if exact else "ru_maxrss (upper bound)"}
+
+
+def timing_worker(args) -> dict:
+    """Time every method in one process, alternated: one warm-up run each, then --repeat rounds, each
+    running every method once in an order rotated by one per round, so a slower phase of a shared
+    machine falls on all methods alike. Returns each method's run times, in round order."""
+    x = _inputs(args)
+    runs = {m: _runner(m) for m in METHODS}
+    times = {m: [] for m in METHODS}
+    for method, run in runs.items():
+        x["hidden"].grad = x["weight"].grad = None
+        run(x, args)
+    for r in range(args.repeat):
+        for method in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
+            x["hidden"].grad = x["weight"].grad = None
+            start = time.perf_counter()
+            runs[method](x, args)
+            times[method].append(time.perf_counter() - start)
+    return times
 
 
 def _spawn(method: str, argv: list[str]) -> dict:
@@ -177,17 +208,25 @@ def main(args) -> int:
     print(f"autograd: ours with every chunk's gradient by autograd (what terms without a closed form take), "
           f"{objective.chunk_size_for(args.vocab)} rows/chunk")
     print("floor: the same projections (teacher head, student head forward and backward) as plain matmuls")
-    results = {m: _spawn(m, _argv(args)) for m in ("reference", "ours", "autograd", "floor")}
-    print(f"memory: {results['ours']['method']}, peak RSS growth over the inputs, one process per method")
-    print(f"{'method':<10} {'time_s':>9} {'peak_extra_MiB':>15} {'loss':>12}")
+    print("torch_passes: ours with the closed form's torch passes instead of its compiled kernel "
+          f"({'built' if native.load() is not None else 'NOT available here: ours is torch_passes'})")
+    results = {m: _spawn(m, _argv(args)) for m in METHODS}
+    times = _spawn("timing", _argv(args))
+    print(f"memory: {results['ours']['method']}, peak RSS growth over the inputs, one process per method; "
+          f"time: median of {args.repeat} rounds in one process, the methods alternated")
+    print(f"{'method':<13} {'time_s':>9} {'peak_extra_MiB':>15} {'loss':>12}")
     for name, r in results.items():
-        median = statistics.median(r["times"]) if r["times"] else float("nan")
-        r["median"] = median
-        print(f"{name:<10} {median:>9.3f} {r['peak_extra_mib']:>15.1f} {r['loss']:>12.6f}")
+        r["median"] = statistics.median(times[name]) if times[name] else float("nan")
+        print(f"{name:<13} {r['median']:>9.3f} {r['peak_extra_mib']:>15.1f} {r['loss']:>12.6f}")
+
+    def ratio(a: str, b: str) -> float:  # median over rounds of the round's a / b
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
     ref, ours = results["reference"], results["ours"]
-    print(f"ratio ours/reference: time {ours['median'] / ref['median']:.3f}  "
+    print(f"ratio ours/reference: time {ratio('ours', 'reference'):.3f}  "
           f"peak memory {ours['peak_extra_mib'] / max(ref['peak_extra_mib'], 1e-9):.3f}")
-    print(f"ratio ours/floor: time {ours['median'] / results['floor']['median']:.3f}")
+    print(f"ratio ours/floor: time {ratio('ours', 'floor'):.3f}   ours/torch_passes: time "
+          f"{ratio('ours', 'torch_passes'):.3f}   (medians of the rounds' ratios)")
     return 0
 
 
@@ -195,9 +234,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.add_argument("--worker", choices=["reference", "ours", "autograd", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*METHODS, "timing"], help=argparse.SUPPRESS)
     cli_args = parser.parse_args()
     if cli_args.worker:
-        print(json.dumps(worker(cli_args.worker, cli_args)))
+        result = timing_worker(cli_args) if cli_args.worker == "timing" else worker(cli_args.worker, cli_args)
+        print(json.dumps(result))
         sys.exit(0)
     sys.exit(main(cli_args))

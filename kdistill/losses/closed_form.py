@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdistill.losses import native
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.signals import NEG, DenseSignal
@@ -71,6 +72,9 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
     for _term, temperature, c in plan:
         student_coefficient[temperature] = student_coefficient.get(temperature, 0.0) + c
     shift = sum(c * term.label_smoothing / s.shape[-1] for term, _, c in plan if term.kind == "ce")
+    kernel = native_kernel(plan, s)
+    if kernel is not None:
+        return _native_chunk(kernel, plan, s, t, targets, count, logs, num_tokens)
     values = {term.name: torch.zeros((), dtype=s.dtype, device=s.device) for term, _, _ in plan}
     loss = torch.zeros((), dtype=s.dtype, device=s.device)
     step = tile_rows(s.shape[-1], s.device)
@@ -143,3 +147,39 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
     for name, value in values.items():
         logs[name] = logs[name] + reduce_tokens(value, None, num_tokens)
     return loss * count, s
+
+
+def native_kernel(plan, s: Tensor):
+    """The compiled kernel (native.py) where it takes this chunk: CPU, fp32 logits with unit stride, at
+    most one forward-KL and one CE term; else None (the torch passes above)."""
+    kinds = [term.kind for term, _, _ in plan]
+    if (s.device.type != "cpu" or s.dtype != torch.float32 or s.stride(-1) != 1 or s.dim() != 2
+            or kinds.count("forward_kl") > 1 or kinds.count("ce") > 1):
+        return None
+    return native.load()
+
+
+def _native_chunk(kernel, plan, s: Tensor, t: Tensor | None, targets: Tensor | None, count: Tensor,
+                  logs: dict[str, Tensor], num_tokens) -> tuple[Tensor, Tensor]:
+    """chunk_loss_and_grad through the compiled kernel: the same values, logs and gradient."""
+    scale = float(count)
+    kl_term = next(((term, temperature, c) for term, temperature, c in plan if term.kind != "ce"), None)
+    ce_term = next(((term, temperature, c) for term, temperature, c in plan if term.kind == "ce"), None)
+    if kl_term is not None:
+        t = t.to(torch.float32)
+        t = t if t.stride(-1) == 1 else t.contiguous()
+    y = targets.to(torch.int64).contiguous() if ce_term is not None else None
+    kl_rows, ce_rows = native.chunk(
+        kernel, s, t if kl_term is not None else None, y,
+        1.0 / kl_term[1] if kl_term else 1.0, 1.0 / ce_term[1] if ce_term else 1.0,
+        kl_term[2] * scale if kl_term else 0.0, ce_term[2] * scale if ce_term else 0.0,
+        float(ce_term[0].label_smoothing) if ce_term else 0.0)
+    loss = 0.0
+    for found, rows in ((kl_term, kl_rows), (ce_term, ce_rows)):
+        if found is None:
+            continue
+        term, temperature, c = found
+        value = rows.sum()
+        loss += c * temperature * float(value)
+        logs[term.name] = logs[term.name] + reduce_tokens(value.to(s.dtype), None, num_tokens)
+    return torch.tensor(loss * scale, dtype=s.dtype), s

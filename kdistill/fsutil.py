@@ -205,6 +205,25 @@ def run_lock(output_dir: str | os.PathLike):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike, what: str):
+    """Hold an exclusive flock on `path` (created if missing, never removed) for the body, waiting for
+    another holder instead of refusing: two runs that would write the same cache (teacher-written data)
+    take turns, and the second finds the first's result. `what` words the wait in the log."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _umask_mode(0o666))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            log.info("waiting for another kdistill process %s (%s)", what, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 _OS_ERROR = re.compile(r"os error (\d+)|No space left on device")
 
 

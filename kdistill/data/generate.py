@@ -7,6 +7,8 @@ Generation is batched (left padding) and cached under `$KDISTILL_CACHE/generated
 covers the teacher's identity, the prompts' token ids, every sampling setting and what the caller adds
 (a prompts file's content hash), so a second run with the same settings reuses `records.jsonl`.
 
+Two runs that would write the same folder take turns (an flock on `<key>/.lock`): the second waits
+and reads the first's records instead of writing them again beside it.
 Each finished batch is appended as one line to `records.partial.jsonl` (one write, flushed to disk), so a
 killed generation keeps what it finished: the next run reads the complete lines, drops a torn last one
 and continues with the next batch. Batch b is sampled with seed `seed + b`, so a resumed generation
@@ -34,7 +36,7 @@ from .prompts import CHAT, PLAIN
 log = logging.getLogger("kdistill")
 FORMAT = 2  # the record layout; part of the key, so a cache of another layout is never read
 SAMPLING = ("max_new_tokens", "temperature", "top_p", "batch_size", "seed")
-RECORDS, PARTIAL = "records.jsonl", "records.partial.jsonl"
+RECORDS, PARTIAL, LOCK = "records.jsonl", "records.partial.jsonl", ".lock"
 
 
 def sampling(settings, **override) -> dict:
@@ -115,6 +117,15 @@ def generate(model, tokenizer, teacher_id: str, prompts: list[list[int]], settin
     if model is None:
         raise ModelError("teacher-generated data needs the teacher model: load teacher.model, or give data.path")
     folder.mkdir(parents=True, exist_ok=True)
+    with fsutil.waiting_lock(folder / LOCK, "writing the same teacher data"):
+        records = _finished(folder)  # written by the run we waited for
+        if records is not None:
+            return records, folder
+        return _write(model, tokenizer, prompts, settings, device, desc, extra, folder, teacher_id)
+
+
+def _write(model, tokenizer, prompts, settings, device, desc, extra, folder: Path, teacher_id: str):
+    """generate()'s work under the folder's lock: resume the partial file, write the missing batches."""
     partial = folder / PARTIAL
     done = read_partial(partial)
     if done:

@@ -117,3 +117,31 @@ def test_builtin_generated_data_masks_the_prompt_too(teacher, teacher_dir):
 def test_fit_cuts_a_long_prompt_from_the_left():
     ids, n = G.fit(list(range(100)) + [7, 8, 9], 100, seq_len=31)
     assert len(ids) == 32 and ids[-3:] == [7, 8, 9] and n == 29 and ids[0] == 71
+
+
+def test_two_runs_of_the_same_data_take_turns(teacher, tmp_path, monkeypatch):
+    """While one run writes a folder, another with the same settings waits and reads its records."""
+    import threading
+    import time
+
+    model, tok = teacher
+    prompts = _prompts(tok)[:4]
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path))
+    real, calls, started = G._generate_batch, [], threading.Event()
+
+    def slow(*args):
+        calls.append(threading.current_thread().name)
+        started.set()
+        time.sleep(0.3)
+        return real(*args)
+
+    monkeypatch.setattr(G, "_generate_batch", slow)
+    results = {}
+    first = threading.Thread(target=lambda: results.update(a=G.generate(model, tok, "t", prompts, SETTINGS, "cpu")),
+                             name="first")
+    first.start()
+    assert started.wait(30)
+    second = G.generate(model, tok, "t", prompts, SETTINGS, "cpu")  # waits for the first's lock
+    first.join()
+    assert set(calls) == {"first"} and len(calls) == 2   # two batches, all written by the first run
+    assert second == results["a"]

@@ -110,6 +110,9 @@ def chunk(kernel, s: Tensor, t: Tensor | None, targets: Tensor | None, inv_tk: f
 
     Shapes: s (R, V) fp32 with unit stride in V; t like s or None; targets (R,) int64 or None -> (R,), (R,)"""
     rows, vocab = s.shape
+    if targets is not None and rows and not (0 <= int(targets.min()) and int(targets.max()) < vocab):
+        raise IndexError(f"a target id is outside the vocabulary [0, {vocab}): ids {int(targets.min())}.."
+                         f"{int(targets.max())}")  # the kernel would index out of its row
     kl = torch.empty(rows, dtype=torch.float64) if t is not None else None
     ce = torch.empty(rows, dtype=torch.float64) if targets is not None else None
     workers = max(1, min(torch.get_num_threads(), rows))

@@ -128,3 +128,10 @@ def test_without_a_compiler_the_torch_passes_run(tmp_path, monkeypatch):
     exact = run(TERMS["default"], torch.float64, False, False, hidden, weight, teacher, targets, mask, 4, monkeypatch)
     assert fast[0] == pytest.approx(exact[0], rel=1e-5)
     assert not os.listdir(tmp_path / "cache" / "native") if (tmp_path / "cache" / "native").exists() else True
+
+
+def test_a_target_outside_the_vocabulary_is_refused_before_the_kernel_runs():
+    s = torch.zeros(3, 10)
+    with pytest.raises(IndexError, match=r"outside the vocabulary \[0, 10\)"):
+        native.chunk(native.load(), s, None, torch.tensor([0, 10, 2]), 1.0, 1.0, 0.0, 1.0, 0.0)
+    assert torch.equal(s, torch.zeros(3, 10))  # untouched

@@ -205,6 +205,11 @@ def run_lock(output_dir: str | os.PathLike):
         os.close(fd)
 
 
+def cache_root() -> Path:
+    """kdistill's cache: $KDISTILL_CACHE, default ~/.cache/kdistill (teachers, generated data, kernels)."""
+    return Path(os.environ.get("KDISTILL_CACHE", Path.home() / ".cache" / "kdistill"))
+
+
 @contextlib.contextmanager
 def waiting_lock(path: str | os.PathLike, what: str):
     """Hold an exclusive flock on `path` (created if missing, never removed) for the body, waiting for

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import re
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import fsutil
+from .fsutil import cache_root
 from .errors import ConfigError, ModelError
 from .model_files import CONVERT, check_model_folder, check_remote_code
 
@@ -41,10 +41,6 @@ PICKLE_FIX = f"set teacher.allow_pickle=true if you trust the file; better {CONV
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 log = logging.getLogger("kdistill")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KDISTILL_CACHE", Path.home() / ".cache" / "kdistill"))
 
 
 def default_teacher_gguf() -> Path:

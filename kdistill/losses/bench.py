@@ -133,11 +133,15 @@ def _runner(method: str):
     """The function that runs `method` once on the inputs; "torch_passes" is ours with the closed form's
     torch passes instead of its compiled kernel (native.py), as where no C compiler is."""
     def torch_passes(x, args):
+        before = os.environ.get("KDISTILL_NATIVE")
         os.environ["KDISTILL_NATIVE"] = "0"
         try:
             return run_ours(x, args)
         finally:
-            os.environ.pop("KDISTILL_NATIVE")
+            if before is None:
+                os.environ.pop("KDISTILL_NATIVE")
+            else:
+                os.environ["KDISTILL_NATIVE"] = before
 
     return {"reference": run_reference, "ours": run_ours, "floor": run_floor, "torch_passes": torch_passes,
             "autograd": lambda x, a: run_ours(x, a, closed_form=False)}[method]

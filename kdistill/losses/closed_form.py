@@ -71,13 +71,13 @@ def chunk_loss_and_grad(terms, t2_scale: bool, logits: Tensor, teacher: DenseSig
         temperature = float(term.temperature(progress))
         scale = temperature ** 2 if t2_scale and term.kind != "ce" else 1.0
         plan.append((term, temperature, term.weight(progress) * scale / temperature))
+    kernel = native_kernel(plan, s)
+    if kernel is not None:
+        return _native_chunk(kernel, plan, s, t, targets, count, logs, num_tokens)
     student_coefficient: dict[float, float] = {}  # T -> coefficient of q_T in the gradient
     for _term, temperature, c in plan:
         student_coefficient[temperature] = student_coefficient.get(temperature, 0.0) + c
     shift = sum(c * term.label_smoothing / s.shape[-1] for term, _, c in plan if term.kind == "ce")
-    kernel = native_kernel(plan, s)
-    if kernel is not None:
-        return _native_chunk(kernel, plan, s, t, targets, count, logs, num_tokens)
     values = {term.name: torch.zeros((), dtype=s.dtype, device=s.device) for term, _, _ in plan}
     loss = torch.zeros((), dtype=s.dtype, device=s.device)
     step = tile_rows(s.shape[-1], s.device)
@@ -168,12 +168,12 @@ def _native_chunk(kernel, plan, s: Tensor, t: Tensor | None, targets: Tensor | N
     scale = float(count)
     kl_term = next(((term, temperature, c) for term, temperature, c in plan if term.kind != "ce"), None)
     ce_term = next(((term, temperature, c) for term, temperature, c in plan if term.kind == "ce"), None)
-    if kl_term is not None:
+    if t is not None:  # None without a KL term
         t = t.to(torch.float32)
         t = t if t.stride(-1) == 1 else t.contiguous()
     y = targets.to(torch.int64).contiguous() if ce_term is not None else None
     kl_rows, ce_rows = native.chunk(
-        kernel, s, t if kl_term is not None else None, y,
+        kernel, s, t, y,
         1.0 / kl_term[1] if kl_term else 1.0, 1.0 / ce_term[1] if ce_term else 1.0,
         kl_term[2] * scale if kl_term else 0.0, ce_term[2] * scale if ce_term else 0.0,
         float(ce_term[0].label_smoothing) if ce_term else 0.0)

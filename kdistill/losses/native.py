@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from kdistill.fsutil import cache_root
+
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
@@ -40,11 +42,6 @@ def _cpu() -> str:
         return platform.processor()
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("KDISTILL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kdistill")
-    return Path(root) / "native"
-
-
 def build(out_dir: Path | None = None) -> Path:
     """Compile native_kernel.c (once per source, flags and CPU); returns the library's path. Where the
     compiler refuses -march=native (some clang builds), it compiles for the generic target instead.
@@ -53,7 +50,7 @@ def build(out_dir: Path | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler (cc or gcc) on PATH")
     source = SOURCE.read_bytes()
-    folder = out_dir or _cache_dir()
+    folder = out_dir or cache_root() / "native"
     errors = []
     for flags in (FLAGS, [f for f in FLAGS if f != "-march=native"]):
         key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu()]).encode()).hexdigest()[:16]

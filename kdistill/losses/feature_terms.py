@@ -8,7 +8,7 @@
 
 | key    | kinds                          | meaning (default)                                                  |
 |--------|--------------------------------|--------------------------------------------------------------------|
-| pairs  | all feature kinds              | uniform, from_init (the teacher layers the student was copied from), cka (linear CKA + monotone DP at run start), or [[s, t], ...] (uniform) |
+| pairs  | all feature kinds              | uniform, from_init (the teacher layers the student was copied from), span (the last teacher layer each copied layer stands for), cka (linear CKA + monotone DP at run start), or [[s, t], ...] (uniform) |
 | target | hidden_mse, hidden_cosine      | residual (the stream leaving the block) or normed (as the next block reads it) (normed) |
 | rows   | attention_map                  | query rows sampled per sequence (16)                               |
 
@@ -26,7 +26,7 @@ from kdistill.losses.schedules import Schedule
 
 HIDDEN_KINDS = ("hidden_mse", "hidden_cosine")
 KINDS = (*HIDDEN_KINDS, "attention_output", "attention_map")
-PAIR_RULES = ("uniform", "from_init", "cka")
+PAIR_RULES = ("uniform", "from_init", "span", "cka")
 TARGETS = ("residual", "normed")
 
 

@@ -8,6 +8,9 @@ Rules (`pairs:` of a feature term):
 - uniform: student layer s (of Ls) -> teacher layer ⌊(s + 1)·Lt/Ls + ½⌋ - 1, so the last maps to the last.
 - from_init: the teacher layers the student was initialised from (`init.py`/`prune.py`; kept in the run
   record and every checkpoint's trainer_state.json as `feature_pairs`).
+- span: for a student copied from teacher layers k_0 < k_1 < ..., student layer j stands for the teacher's
+  span k_j .. k_(j+1) - 1, so its output is paired with the last layer of that span (the stream the next
+  kept layer read in the teacher), the last student layer with the teacher's last.
 - cka: `cka_map` on calibration data at the start of the run (`kdistill map-layers` writes the same pairs).
 - [[s, t], ...]: as given; a layer that does not exist is a ConfigError naming both models' depths.
 
@@ -47,12 +50,15 @@ def resolve_pairs(rule, n_student: int, n_teacher: int, report: dict | None = No
     """The pairs of a term's `pairs:` value; `cka()` computes the CKA map when the rule asks for it."""
     if rule == "uniform":
         return uniform_pairs(n_student, n_teacher)
-    if rule == "from_init":
+    if rule in ("from_init", "span"):
         layers = init_layers(report)
         if layers is None or len(layers) != n_student:
-            raise ConfigError(f"{key}=from_init: the student was not initialised from teacher layers "
+            raise ConfigError(f"{key}={rule}: the student was not initialised from teacher layers "
                               f"(its report says layers: {(report or {}).get('layers')!r}); use pairs: uniform, "
                               "cka or a list, or student.init=teacher with a LLaMA-family teacher")
+        if rule == "span":  # layer j stands for teacher layers layers[j] .. layers[j + 1] - 1
+            return check_pairs([(s, end - 1) for s, end in enumerate(layers[1:] + [n_teacher])],
+                               n_student, n_teacher, key)
         return check_pairs(list(enumerate(layers)), n_student, n_teacher, key)
     if rule == "cka":
         return check_pairs(cka(), n_student, n_teacher, key)

@@ -13,7 +13,7 @@ from kdistill.cli import main as cli_main
 from kdistill.errors import ConfigError
 from kdistill.losses import build_objective
 from kdistill.students.init import init_from_teacher
-from kdistill.students.layer_map import cka_map, check_pairs, linear_cka, monotone_map, uniform_pairs
+from kdistill.students.layer_map import cka_map, check_pairs, linear_cka, monotone_map, resolve_pairs, uniform_pairs
 from kdistill.students.llama import build_llama, teacher_sizes
 from kdistill.train.features import plan
 
@@ -27,6 +27,16 @@ def test_uniform_pairs_end_on_the_last_teacher_layer():
     assert uniform_pairs(4, 2) == [(0, 0), (1, 0), (2, 1), (3, 1)]
     with pytest.raises(ConfigError, match=r"pair \[2, 0\] names a layer that does not exist: the student has 2"):
         check_pairs([(0, 0), (2, 0)], 2, 5, "loss.terms[1].pairs")
+
+
+def test_span_pairs_each_copied_layer_with_the_last_teacher_layer_it_stands_for():
+    report = {"layers": [0, 1, 2, 8, 11, 24, 27, 29]}
+    assert resolve_pairs("from_init", 8, 30, report) == list(enumerate(report["layers"]))
+    assert resolve_pairs("span", 8, 30, report) == [(0, 0), (1, 1), (2, 7), (3, 10), (4, 23), (5, 26), (6, 28),
+                                                    (7, 29)]
+    assert resolve_pairs("span", 2, 10, {"layers": [3, 5]}) == [(0, 4), (1, 9)]  # the last stands for the rest
+    with pytest.raises(ConfigError, match=r"loss\.terms\[1\]\.pairs=span: the student was not initialised"):
+        resolve_pairs("span", 2, 10, {"layers": "random"}, key="loss.terms[1].pairs")
 
 
 def test_linear_cka_equals_the_gram_matrix_formula_and_its_invariances():

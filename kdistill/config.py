@@ -75,6 +75,14 @@ class StudentConfig:
     step 0 on SmolLM2-135M: 4 layers 9.44 -> 4.99, 8 layers 5.32 -> 3.88); 0 = off."""
     repair_rows: int = 16
     """Training answers the repair fits on (the first rows of the training split), run 16 at a time."""
+    span_fit_steps: int = 0
+    """init=teacher with layers copied at the teacher's width: before the repair, train every decoder
+    weight for this many Adam steps (16 rows each) so that each copied layer's output matches the teacher's
+    stream at the end of the span of layers it stands for (kdistill/students/span_fit.py); 0 = off."""
+    span_fit_rows: int = 128
+    """Training answers the span fit cycles through (the first rows of the training split)."""
+    span_fit_lr: float = 3e-4
+    """The span fit's constant Adam learning rate."""
     model: str | None = None
     """For kind=pretrained: the student's hub id or folder."""
     fractal_steps: int = 10
@@ -372,6 +380,9 @@ def validate(cfg: Config) -> None:
         ("student.lora_rank", cfg.student.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
         ("student.repair_steps", cfg.student.repair_steps >= 0, "must be 0 (no repair) or a number of steps"),
         ("student.repair_rows", cfg.student.repair_rows >= 1, "must be at least 1 (training answers to fit on)"),
+        ("student.span_fit_steps", cfg.student.span_fit_steps >= 0, "must be 0 (no span fit) or a number of steps"),
+        ("student.span_fit_rows", cfg.student.span_fit_rows >= 1, "must be at least 1 (training answers to fit on)"),
+        ("student.span_fit_lr", cfg.student.span_fit_lr > 0, "must be a positive learning rate, e.g. 3e-4"),
         ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
          "must be importance, even, first_last or explicit"),
         ("output_dir", bool(cfg.output_dir), "must be set"),

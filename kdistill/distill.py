@@ -109,8 +109,9 @@ CALIBRATION_ROWS = 16
 def make_student(cfg: Config, source, data: Data, device):
     teacher = source.init_model
     teacher_view = getattr(source, "calibration_batch", None)  # a source whose teacher reads other tokens
-    rows = data.train[:max(CALIBRATION_ROWS, cfg.student.repair_rows)]  # layer choice (first 256 tokens),
-    # pruning (4 rows), repair (student.repair_rows)
+    rows = data.train[:max(CALIBRATION_ROWS, cfg.student.repair_rows,  # layer choice (first 256 tokens),
+                           cfg.student.span_fit_rows if cfg.student.span_fit_steps else 0)]
+    # pruning (4 rows), repair (student.repair_rows), span fit (student.span_fit_rows)
     calib = batching.to_device(teacher_view(rows) if teacher_view else batching.collate(rows, data.pad_id), device)
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)

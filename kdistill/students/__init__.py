@@ -29,6 +29,18 @@ def choose_layers(cfg, teacher, n: int, calib_batch) -> list[int]:
         return select_layers(strategy, teacher, n, cfg.student.layers, calib_batch, bar)
 
 
+def span_fit(cfg, student, teacher, layers: list[int], calib_batch) -> dict:
+    """`span_fit.fit_spans` on the first `student.span_fit_rows` calibration rows, on their device."""
+    from .span_fit import fit_spans
+
+    rows = {k: v[:cfg.student.span_fit_rows] for k, v in calib_batch.items()}
+    student.to(rows["input_ids"].device)
+    with tqdm(total=cfg.student.span_fit_steps, desc="fitting copied layers to their spans", unit="step",
+              dynamic_ncols=True) as bar:
+        return fit_spans(student, teacher, rows, layers, cfg.student.span_fit_steps, cfg.student.span_fit_lr,
+                         bar=bar)
+
+
 def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
     """LLaMA student; with init=teacher: chosen teacher layers, cut to the student's width if narrower
     (LLaMA-family teachers), else the teacher's embeddings and random layers."""
@@ -53,6 +65,11 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             report.update(init_from_teacher(student, teacher, layers) if same_width
                           else prune_into(student, teacher, layers, first))
             whole = same_width and len(layers) == len(decoder_layers(teacher))  # an exact copy: nothing to repair
+            if cfg.student.span_fit_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
+                if same_width:
+                    report["span_fit"] = span_fit(cfg, student, teacher, layers, calib_batch)
+                else:
+                    report["span_fit"] = "skipped: the student is narrower than the teacher (pruned)"
             if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
                 from .repair import repair_from_teacher
 

@@ -1,0 +1,95 @@
+"""Span fit: each copied layer learns the stream at the end of the span it stands for; the fitted student
+is closer to its teacher on rows it never saw, the fit touches only the decoder blocks and final norm,
+and `kdistill distill` runs it before the repair (or says why not, for a pruned student)."""
+import pytest
+import torch
+
+from helpers import tiny_llama
+from kdistill.modeling import decoder
+from kdistill.students.span_fit import fit_spans, span_pairs, span_targets
+from kdistill.students.init import init_from_teacher
+
+VOCAB, KEEP = 80, (0, 3)
+
+
+def rows(seed: int, b: int = 6, t: int = 24) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    am = torch.ones(b, t, dtype=torch.long)
+    am[1, 17:] = 0
+    return {"input_ids": torch.randint(3, VOCAB, (b, t), generator=g), "attention_mask": am, "mask": am.bool()}
+
+
+def teacher_and_copy(keep):
+    """A 6-layer teacher whose dropped layers matter (weights scaled up) and a student copied from `keep`."""
+    teacher = tiny_llama(VOCAB, num_hidden_layers=6)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.mul_(2.5) if p.dim() == 2 else None
+    student = tiny_llama(VOCAB, seed=1, num_hidden_layers=len(keep))
+    init_from_teacher(student, teacher, list(keep))
+    return teacher, student
+
+
+@torch.no_grad()
+def heldout_kl(student, teacher, batch) -> float:
+    t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    return (t.exp() * (t - s)).sum(-1)[batch["mask"]].mean().item()
+
+
+def test_span_pairs_end_each_block_where_the_next_kept_layer_starts():
+    assert span_pairs([0, 1, 2, 8, 11, 24, 27, 29], 30) == [(0, 0), (1, 1), (2, 7), (3, 10), (4, 23), (5, 26),
+                                                            (6, 28), (7, 29)]
+    assert span_pairs([4], 6) == [(0, 5)]
+
+
+def test_targets_are_the_teachers_stream_as_the_next_kept_layer_reads_it():
+    teacher, _ = teacher_and_copy(KEEP)
+    batch = rows(5, b=3, t=11)
+    targets = span_targets(teacher, batch, span_pairs(list(KEEP), 6))
+    with torch.no_grad():
+        hidden = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True)
+        # hidden_states[i] enters layer i; layer 3 (the next kept one) reads norm_3(hidden_states[3])
+        entering = decoder(teacher).layers[3].input_layernorm(hidden.hidden_states[3])
+    real = batch["attention_mask"].bool()
+    assert set(targets) == {2, 5} and targets[2].dtype == torch.bfloat16
+    torch.testing.assert_close(targets[2].float(), entering[real], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(targets[5].float(), hidden.hidden_states[-1][real], rtol=1e-2, atol=1e-2)
+
+
+def test_fitted_student_starts_closer_on_heldout_rows_and_keeps_its_embeddings():
+    teacher, student = teacher_and_copy(KEEP)
+    calib, held = rows(0, b=12), rows(1)
+    plain = heldout_kl(student, teacher, held)
+    embeddings = student.get_input_embeddings().weight.detach().clone()
+    report = fit_spans(student, teacher, calib, list(KEEP), steps=40, lr=3e-3, rows_per_step=4)
+    assert report["loss_last"] < 0.5 * report["loss_first"]
+    assert report["pairs"] == [[0, 2], [1, 5]]
+    assert heldout_kl(student, teacher, held) < 0.8 * plain
+    assert torch.equal(student.get_input_embeddings().weight, embeddings)
+    assert all(p.requires_grad and p.grad is None for p in student.parameters())
+
+
+def test_no_steps_changes_nothing():
+    teacher, student = teacher_and_copy(KEEP)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    report = fit_spans(student, teacher, rows(3), list(KEEP), steps=0)
+    assert report["steps"] == 0 and all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_loss_is_the_plain_mean_over_blocks_of_relative_errors():
+    """Through the hooks, the loss equals the same thing written with output_hidden_states."""
+    from kdistill.students.span_fit import span_loss
+
+    teacher, student = teacher_and_copy(KEEP)
+    batch = rows(6, b=3, t=9)
+    pairs = span_pairs(list(KEEP), 6)
+    targets = span_targets(teacher, batch, pairs)
+    energy = {t: float(v.float().pow(2).sum(-1).mean()) for t, v in targets.items()}
+    fast = span_loss(student, batch, targets, pairs, energy)
+    real = batch["attention_mask"].bool()
+    out = student(**{k: batch[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True)
+    mine = [decoder(student).layers[1].input_layernorm(out.hidden_states[1]), out.hidden_states[-1]]
+    plain = sum((m[real] - targets[t].float()).pow(2).sum(-1).mean() / energy[t]
+                for m, (_, t) in zip(mine, pairs)) / 2
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-5)

@@ -20,7 +20,8 @@ against the real teacher). Rows:
 Runs of one size use the same data and steps, so rows compare at equal tokens. An override that holds
 spaces is quoted inside the recipe (shell-style: `"name=train.lr=1e-3 'loss.terms=[{kind: ce}]'"`).
 Quality does not depend on timing, so `--jobs 2` runs two rows side by side; the step-time column is
-then shared cores and only compares rows run the same way.
+then shared cores and only compares rows run the same way. `fit s` is the start-up fits' seconds (span fit
+and repair, from the run's eval.json; the layer choice before them is the same in every row).
 """
 from __future__ import annotations
 
@@ -58,14 +59,17 @@ def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Pat
     times = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])
              if "loss" in a and "loss" in b and "eval_kl" not in b and b["step"] == a["step"] + 1]
     by_step["step_s"] = statistics.median(times) if times else float("nan")
+    init = json.loads((out / "eval.json").read_text()).get("student_init", {})
+    by_step["fit_s"] = sum(part["seconds"] for part in (init.get("span_fit"), init.get("repair"))
+                           if isinstance(part, dict))  # the start-up fits (the layer choice is the same for all)
     return by_step
 
 
 def table(results: dict, steps: list[int], step_time: bool = True) -> str:
     """Markdown rows; `step_time`: add the median seconds per step (meaningful only for rows run alike)."""
     head = "| layers | recipe | " + " | ".join(f"KL@{s} | top-1@{s} | ppl@{s}" for s in steps) + " |"
-    head += " s/step |" if step_time else ""
-    lines = [head, "|" + "---|" * (2 + step_time + 3 * len(steps))]
+    head += " s/step | fit s |" if step_time else ""
+    lines = [head, "|" + "---|" * (2 + 2 * step_time + 3 * len(steps))]
     for (layers, name), by_step in results.items():
         cells = []
         for s in steps:
@@ -73,7 +77,7 @@ def table(results: dict, steps: list[int], step_time: bool = True) -> str:
             cells += [f"{r['eval_kl']:.3f}" if "eval_kl" in r else "–",
                       f"{100 * r['eval_top1']:.1f}%" if "eval_top1" in r else "–",
                       f"{r['eval_ppl']:.4g}" if "eval_ppl" in r else "–"]
-        time_cell = f" {by_step['step_s']:.2f} |" if step_time else ""
+        time_cell = f" {by_step['step_s']:.2f} | {by_step.get('fit_s', float('nan')):.0f} |" if step_time else ""
         lines.append(f"| {layers} | {name} | " + " | ".join(cells) + " |" + time_cell)
     return "\n".join(lines)
 

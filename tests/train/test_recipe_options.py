@@ -1,5 +1,6 @@
 """Recipe options end to end on a tiny teacher: frozen embeddings stay the teacher's while the layers
-train, the residual-stream repair runs and is reported, and both are refused where they cannot apply."""
+train, the span fit and the residual-stream repair run and are reported, and all are refused where they
+cannot apply."""
 import json
 from pathlib import Path
 
@@ -38,9 +39,32 @@ def test_repair_is_reported_and_lowers_the_calibration_kl(teacher_dir, tmp_path)
     assert len(repair["attention_scales"]) == len(repair["mlp_scales"]) == 1
 
 
+def test_span_fit_runs_before_the_repair_and_is_reported(teacher_dir, tmp_path):
+    distill(_cfg(teacher_dir, tmp_path / "run", "student.span_fit_steps=4", "student.span_fit_rows=6",
+                 "student.repair_steps=2"))
+    init = json.loads((tmp_path / "run" / "eval.json").read_text())["student_init"]
+    fit, layer = init["span_fit"], init["layers"][0]
+    assert fit["steps"] == 4 and fit["rows"] == 6 and fit["loss_last"] < fit["loss_first"]
+    assert fit["pairs"] == [[0, init_teacher_layers(teacher_dir) - 1]] and layer <= fit["pairs"][0][1]
+    assert init["repair"]["steps"] == 2
+
+
+def test_span_fit_skips_a_pruned_student_and_says_why(teacher_dir, tmp_path):
+    distill(_cfg(teacher_dir, tmp_path / "run", "student.span_fit_steps=2", "student.hidden_size=32",
+                 "student.num_heads=2", "student.num_kv_heads=1", "student.intermediate_size=64"))
+    init = json.loads((tmp_path / "run" / "eval.json").read_text())["student_init"]
+    assert init["span_fit"].startswith("skipped: the student is narrower")
+
+
+def init_teacher_layers(teacher_dir) -> int:
+    return json.loads((Path(teacher_dir) / "config.json").read_text())["num_hidden_layers"]
+
+
 @pytest.mark.parametrize("extra, named", [
     (["train.freeze_embeddings=true", "student.init=random"], "train.freeze_embeddings"),
     (["student.repair_steps=-1"], "student.repair_steps"),
+    (["student.span_fit_steps=-2"], "student.span_fit_steps"),
+    (["student.span_fit_lr=0"], "student.span_fit_lr"),
 ])
 def test_refused_before_loading(teacher_dir, tmp_path, extra, named):
     with pytest.raises(ConfigError, match=named):

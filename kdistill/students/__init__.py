@@ -29,7 +29,7 @@ def choose_layers(cfg, teacher, n: int, calib_batch) -> list[int]:
         return select_layers(strategy, teacher, n, cfg.student.layers, calib_batch, bar)
 
 
-def span_fit(cfg, student, teacher, layers: list[int], calib_batch) -> dict:
+def fit_copied_spans(cfg, student, teacher, layers: list[int], calib_batch) -> dict:
     """`span_fit.fit_spans` on the first `student.span_fit_rows` calibration rows, on their device."""
     from .span_fit import fit_spans
 
@@ -66,10 +66,12 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
                           else prune_into(student, teacher, layers, first))
             whole = same_width and len(layers) == len(decoder_layers(teacher))  # an exact copy: nothing to repair
             if cfg.student.span_fit_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
-                if same_width:
-                    report["span_fit"] = span_fit(cfg, student, teacher, layers, calib_batch)
-                else:
+                if not same_width:
                     report["span_fit"] = "skipped: the student is narrower than the teacher (pruned)"
+                elif any(a >= b for a, b in zip(layers, layers[1:])):
+                    report["span_fit"] = "skipped: the copied layers are not in increasing order (student.layers)"
+                else:
+                    report["span_fit"] = fit_copied_spans(cfg, student, teacher, layers, calib_batch)
             if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
                 from .repair import repair_from_teacher
 

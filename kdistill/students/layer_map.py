@@ -57,6 +57,9 @@ def resolve_pairs(rule, n_student: int, n_teacher: int, report: dict | None = No
                               f"(its report says layers: {(report or {}).get('layers')!r}); use pairs: uniform, "
                               "cka or a list, or student.init=teacher with a LLaMA-family teacher")
         if rule == "span":  # layer j stands for teacher layers layers[j] .. layers[j + 1] - 1
+            if any(a >= b for a, b in zip(layers, layers[1:])):
+                raise ConfigError(f"{key}=span: the student's layers {layers} are not in increasing order, so "
+                                  "they stand for no spans of the teacher; use pairs: from_init or a list")
             return check_pairs([(s, end - 1) for s, end in enumerate(layers[1:] + [n_teacher])],
                                n_student, n_teacher, key)
         return check_pairs(list(enumerate(layers)), n_student, n_teacher, key)

@@ -37,6 +37,8 @@ def test_span_pairs_each_copied_layer_with_the_last_teacher_layer_it_stands_for(
     assert resolve_pairs("span", 2, 10, {"layers": [3, 5]}) == [(0, 4), (1, 9)]  # the last stands for the rest
     with pytest.raises(ConfigError, match=r"loss\.terms\[1\]\.pairs=span: the student was not initialised"):
         resolve_pairs("span", 2, 10, {"layers": "random"}, key="loss.terms[1].pairs")
+    with pytest.raises(ConfigError, match=r"pairs=span: the student's layers \[5, 5\] are not in increasing"):
+        resolve_pairs("span", 2, 10, {"layers": [5, 5]})
 
 
 def test_linear_cka_equals_the_gram_matrix_formula_and_its_invariances():

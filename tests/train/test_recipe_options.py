@@ -56,6 +56,16 @@ def test_span_fit_skips_a_pruned_student_and_says_why(teacher_dir, tmp_path):
     assert init["span_fit"].startswith("skipped: the student is narrower")
 
 
+def test_span_fit_skips_layers_out_of_order_and_says_why(tmp_path):
+    from helpers import save_tiny_teacher
+
+    deeper = save_tiny_teacher(tmp_path / "teacher", num_hidden_layers=3)
+    distill(_cfg(deeper, tmp_path / "run", "student.span_fit_steps=2", "student.num_layers=2",
+                 "student.layer_selection=explicit", "student.layers=[2, 0]"))
+    init = json.loads((tmp_path / "run" / "eval.json").read_text())["student_init"]
+    assert init["span_fit"].startswith("skipped: the copied layers are not in increasing order")
+
+
 def init_teacher_layers(teacher_dir) -> int:
     return json.loads((Path(teacher_dir) / "config.json").read_text())["num_hidden_layers"]
 

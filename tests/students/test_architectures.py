@@ -94,7 +94,8 @@ def test_full_copy_reproduces_the_teacher_exactly(arch):
 @pytest.mark.parametrize("arch", LLAMA_FAMILY)
 def test_dropped_layer_student_is_the_teacher_without_that_layer(arch):
     teacher = tiny_teacher(arch, V, num_hidden_layers=3)
-    student, report = build(teacher, "student.num_layers=2", "student.repair_steps=0")  # the copy itself
+    student, report = build(teacher, "student.num_layers=2", "student.repair_steps=0",
+                            "student.span_fit_steps=0")  # the copy itself
     assert report["layer_selection"] == "importance" and len(report["layers"]) == 2
     with _only_layers(teacher, report["layers"]):
         expected = logits(teacher, batch())

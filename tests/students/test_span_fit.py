@@ -4,37 +4,11 @@ and `kdistill distill` runs it before the repair (or says why not, for a pruned 
 import pytest
 import torch
 
-from helpers import tiny_llama
 from kdistill.modeling import decoder
 from kdistill.students.span_fit import fit_spans, span_pairs, span_targets
-from kdistill.students.init import init_from_teacher
+from tests.students.copies import heldout_kl, rows, teacher_and_copy
 
-VOCAB, KEEP = 80, (0, 3)
-
-
-def rows(seed: int, b: int = 6, t: int = 24) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    am = torch.ones(b, t, dtype=torch.long)
-    am[1, 17:] = 0
-    return {"input_ids": torch.randint(3, VOCAB, (b, t), generator=g), "attention_mask": am, "mask": am.bool()}
-
-
-def teacher_and_copy(keep):
-    """A 6-layer teacher whose dropped layers matter (weights scaled up) and a student copied from `keep`."""
-    teacher = tiny_llama(VOCAB, num_hidden_layers=6)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.mul_(2.5) if p.dim() == 2 else None
-    student = tiny_llama(VOCAB, seed=1, num_hidden_layers=len(keep))
-    init_from_teacher(student, teacher, list(keep))
-    return teacher, student
-
-
-@torch.no_grad()
-def heldout_kl(student, teacher, batch) -> float:
-    t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
-    s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
-    return (t.exp() * (t - s)).sum(-1)[batch["mask"]].mean().item()
+KEEP = (0, 3)
 
 
 def test_span_pairs_end_each_block_where_the_next_kept_layer_starts():

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import fsutil
+from ..hardware import release_memory
 from .init import init_from_teacher, select_layers
 from ..modeling import count_parameters, decoder_layers
 from .llama import build_llama, llama_blocks_missing, resolve_sizes, teacher_sizes, window_dropped
@@ -37,8 +38,10 @@ def fit_copied_spans(cfg, student, teacher, layers: list[int], calib_batch) -> d
     student.to(rows["input_ids"].device)
     with tqdm(total=cfg.student.span_fit_steps, desc="fitting copied layers to their spans", unit="step",
               dynamic_ncols=True) as bar:
-        return fit_spans(student, teacher, rows, layers, cfg.student.span_fit_steps, cfg.student.span_fit_lr,
-                         bar=bar)
+        report = fit_spans(student, teacher, rows, layers, cfg.student.span_fit_steps, cfg.student.span_fit_lr,
+                           bar=bar)
+    release_memory(student)  # the targets, activations and Adam state it held, back before the next phase
+    return report
 
 
 def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .. import fsutil
 from ..hardware import release_memory
 from .init import init_from_teacher, select_layers
+from .layer_map import increasing
 from ..modeling import count_parameters, decoder_layers
 from .llama import build_llama, llama_blocks_missing, resolve_sizes, teacher_sizes, window_dropped
 from .presets import SIZE_KEYS
@@ -68,14 +69,15 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             report.update(init_from_teacher(student, teacher, layers) if same_width
                           else prune_into(student, teacher, layers, first))
             whole = same_width and len(layers) == len(decoder_layers(teacher))  # an exact copy: nothing to repair
-            if cfg.student.span_fit_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
+            fits = calib_batch is not None and not cfg.student.tokenizer and not whole  # span fit, repair
+            if cfg.student.span_fit_steps and fits:
                 if not same_width:
                     report["span_fit"] = "skipped: the student is narrower than the teacher (pruned)"
-                elif any(a >= b for a, b in zip(layers, layers[1:])):
+                elif not increasing(layers):
                     report["span_fit"] = "skipped: the copied layers are not in increasing order (student.layers)"
                 else:
                     report["span_fit"] = fit_copied_spans(cfg, student, teacher, layers, calib_batch)
-            if cfg.student.repair_steps and calib_batch is not None and not cfg.student.tokenizer and not whole:
+            if cfg.student.repair_steps and fits:
                 from .repair import repair_from_teacher
 
                 rows = {k: v[:cfg.student.repair_rows] for k, v in calib_batch.items()}

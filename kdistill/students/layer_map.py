@@ -36,6 +36,17 @@ def init_layers(report: dict | None) -> list[int] | None:
     return list(layers) if isinstance(layers, list) and layers and all(isinstance(x, int) for x in layers) else None
 
 
+def increasing(layers: list[int]) -> bool:
+    """Whether copied teacher layers are in strictly increasing order (so each stands for a span)."""
+    return all(a < b for a, b in zip(layers, layers[1:]))
+
+
+def span_pairs(layers: list[int], n_teacher: int) -> list[tuple[int, int]]:
+    """(student layer j, last teacher layer of its span): layer j stands for teacher layers layers[j] ..
+    layers[j + 1] - 1, the last for the rest. `layers`: the teacher layers copied, increasing."""
+    return [(j, end - 1) for j, end in enumerate(list(layers[1:]) + [n_teacher])]
+
+
 def check_pairs(pairs, n_student: int, n_teacher: int, key: str) -> list[tuple[int, int]]:
     bad = [(s, t) for s, t in pairs if not (0 <= s < n_student and 0 <= t < n_teacher)]
     if bad:
@@ -56,12 +67,11 @@ def resolve_pairs(rule, n_student: int, n_teacher: int, report: dict | None = No
             raise ConfigError(f"{key}={rule}: the student was not initialised from teacher layers "
                               f"(its report says layers: {(report or {}).get('layers')!r}); use pairs: uniform, "
                               "cka or a list, or student.init=teacher with a LLaMA-family teacher")
-        if rule == "span":  # layer j stands for teacher layers layers[j] .. layers[j + 1] - 1
-            if any(a >= b for a, b in zip(layers, layers[1:])):
+        if rule == "span":
+            if not increasing(layers):
                 raise ConfigError(f"{key}=span: the student's layers {layers} are not in increasing order, so "
                                   "they stand for no spans of the teacher; use pairs: from_init or a list")
-            return check_pairs([(s, end - 1) for s, end in enumerate(layers[1:] + [n_teacher])],
-                               n_student, n_teacher, key)
+            return check_pairs(span_pairs(layers, n_teacher), n_student, n_teacher, key)
         return check_pairs(list(enumerate(layers)), n_student, n_teacher, key)
     if rule == "cka":
         return check_pairs(cka(), n_student, n_teacher, key)

@@ -25,13 +25,9 @@ import torch
 
 from ..activations import capture
 from ..modeling import decoder, decoder_layers
+from .layer_map import span_pairs
 
 log = logging.getLogger("kdistill")
-
-
-def span_pairs(layers: list[int], n_teacher: int) -> list[tuple[int, int]]:
-    """(student layer j, last teacher layer of its span). `layers`: the teacher layers copied, increasing."""
-    return [(j, end - 1) for j, end in enumerate(list(layers[1:]) + [n_teacher])]
 
 
 def _chunks(batch: dict, rows: int) -> list[dict]:
@@ -57,7 +53,7 @@ def span_loss(student, chunk: dict, targets: dict[int, torch.Tensor], pairs, ene
     return torch.stack(parts).mean()
 
 
-def fit_spans(student, teacher, batch: dict, layers: list[int], steps: int, lr: float = 3e-4,
+def fit_spans(student, teacher, batch: dict, layers: list[int], steps: int, lr: float = 2e-3,
               rows_per_step: int = 16, bar=None) -> dict:
     """Fit `student` (same width as `teacher`, block j copied from teacher layer layers[j]) in place;
     returns a report. Shapes: batch {"input_ids", "attention_mask"} (B, T), on the student's device."""

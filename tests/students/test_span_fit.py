@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kdistill.modeling import decoder
-from kdistill.students.span_fit import fit_spans, span_pairs, span_targets
+from kdistill.students.layer_map import span_pairs
+from kdistill.students.span_fit import fit_spans, span_targets
 from tests.students.copies import heldout_kl, rows, teacher_and_copy
 
 KEEP = (0, 3)

@@ -89,7 +89,7 @@ def print_kept(folder: Path) -> None:
     kept.sort(key=lambda r: (r["layers"], order.get(r["recipe"], 3), r["recipe"]))
     results = {(r["layers"], r["recipe"]): {(int(k) if k.isdigit() else k): v for k, v in r["by_step"].items()}
                for r in kept}
-    steps = sorted({0, 20, max(r["steps"] for r in kept)})
+    steps = sorted({0, 20} | {r["steps"] for r in kept})  # every row's own last step
     corpora = sorted({r.get("samples", 80) for r in kept})
     print(f"corpus of {' / '.join(map(str, corpora))} teacher answers" + (" (rows of different corpora do not "
           "compare)" if len(corpora) > 1 else ""))

@@ -25,7 +25,7 @@ from .console import describe_student, outputs_line, run_log
 from .data import batches as batching
 from .data import rollout
 from .errors import ConfigError
-from .evaluation.compare import compare, format_table
+from .evaluation.compare import compare, format_table, measure_speeds, speed_folders
 from .evaluation.exposure import exposure_metrics
 from .evaluation.heldout import HeldoutEvaluator, eval_row, heldout_key
 from .evaluation.record import distill_record
@@ -151,8 +151,10 @@ def trim_metrics(path: Path, step: int) -> None:
         fsutil.write_text(path, "".join(r + "\n" for r in keep))
 
 
-def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dtype, start: dict, report) -> dict:
-    """Save the student, compare it with the teacher (and every other reference), write eval.json."""
+def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dtype, start: dict,
+           report) -> tuple[dict, dict]:
+    """Save the student and compare it with the teacher (and every other reference): eval.json's numbers so
+    far, and the model folders whose speed `publish` measures once the caller has let go of the models."""
     student_dir = run.path / "student"
     with fsutil.writing(student_dir):
         student = save_student(student, source.tokenizer, run.path)  # a LoRA student: also adapter/, then merged
@@ -161,7 +163,7 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
     reference = source.final_reference(cfg, device, dtype)
     if reference is not None:
         result = compare(student, reference, data.heldout, device, student_dir, cfg.eval.prompts,
-                         cfg.eval.max_new_tokens, measure_speed=cfg.eval.measure_speed,
+                         cfg.eval.max_new_tokens, measure_speed=False,
                          tasks=cfg.eval.tasks or None, heldout=measured.get(reference.against))
     else:
         result = {"student": {"parameters": count_parameters(student)},
@@ -177,6 +179,14 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
         result["exposure"] = exposure_metrics(student, reference.model, data.heldout, source.tokenizer, device,
                                               cfg.eval.max_new_tokens, cfg.rollout.prompt_tokens,
                                               cfg.train.seq_len, cfg.train.seed)
+    folders = speed_folders(reference, student_dir) if reference is not None and cfg.eval.measure_speed else {}
+    return result, folders
+
+
+def publish(cfg: Config, run, result: dict, folders: dict, data: Data, device, dtype) -> dict:
+    """Measure each saved model's speed in its own process (nothing else is held now), then write eval.json,
+    print the table, write the model card and say what was written."""
+    measure_speeds(result, folders, cfg.eval.prompts, cfg.eval.max_new_tokens, device)
     result = distill_record(result, cfg, run.path, device, dtype, len(data.train),
                             sum(len(b["input_ids"]) for b in data.heldout))  # when, how, data sizes, hardware
     with fsutil.writing(run.path / "eval.json"):
@@ -270,4 +280,7 @@ def _distill(cfg: Config, run, dist) -> dict:
     release_memory(trained)  # optimizer state and gradients: not held through evaluation
     if not dist.main:
         return {}
-    return finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)
+    result, folders = finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)
+    del trained, student, source, evaluators, evaluate, stream, features, objective  # the models: freed before
+    release_memory()  # the speed subprocesses start, whose memory would otherwise add to theirs
+    return publish(cfg, run, result, folders, data, device, dtype)

@@ -5,10 +5,13 @@
 
 Runs the command, samples the RSS of its process tree every 0.1 s (/proc/PID/status VmRSS, children
 included), timestamps every line the command prints, and at the end prints the peak, when it happened,
-and the peak within each phase (a phase starts at a printed line and lasts until the next one).
+which processes made it up (main and children, by command line), the main process's own peak, and the
+peak within each phase (a phase starts at a printed line and lasts until the next one; the ten
+highest kinds, a progress bar's updates counting as one).
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -16,30 +19,38 @@ import time
 from pathlib import Path
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of `pid` and its descendants, in MB (a process that is gone counts 0)."""
-    total, todo = 0, [pid]
+def tree_rss(pid: int) -> dict[int, tuple[float, str]]:
+    """RSS in MB and the command line of `pid` and each of its descendants (a process that is gone is left out)."""
+    found, todo = {}, [pid]
     while todo:
         p = todo.pop()
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    found[p] = (int(line.split()[1]) / 1024, cmd.strip())
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
-    return total / 1024
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of `pid` and its descendants, in MB (a process that is gone counts 0)."""
+    return sum(rss for rss, _ in tree_rss(pid).values())
 
 
 def main(cmd: list[str]) -> None:
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    samples, lines = [], [(0.0, "(start)")]
+    samples, lines, parts = [], [(0.0, "(start)")], []
 
     def sample():
         while proc.poll() is None:
-            samples.append((time.time() - t0, tree_rss_mb(proc.pid)))
+            tree = tree_rss(proc.pid)
+            samples.append((time.time() - t0, sum(rss for rss, _ in tree.values())))
+            parts.append(tree)
             time.sleep(0.1)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -48,14 +59,24 @@ def main(cmd: list[str]) -> None:
             if part.strip():
                 lines.append((time.time() - t0, part.strip()[:100]))
     proc.wait()
-    peak_t, peak = max(samples, key=lambda s: s[1])
+    at = max(range(len(samples)), key=lambda i: samples[i][1])
+    peak_t, peak = samples[at]
     print(f"exit {proc.returncode}; peak RSS {peak:.0f} MB at {peak_t:.1f} s of {time.time() - t0:.1f} s")
+    for pid, (rss, cmd) in sorted(parts[at].items(), key=lambda kv: -kv[1][0]):
+        print(f"  at the peak: {rss:8.0f} MB  {'main' if pid == proc.pid else 'child'} {pid}  {cmd[:90]}")
+    main_peak = max((tree[proc.pid][0] for tree in parts if proc.pid in tree), default=0.0)
+    print(f"  the main process alone peaks at {main_peak:.0f} MB")
     phases = []
     for (start, text), (end, _) in zip(lines, lines[1:] + [(float("inf"), "")]):
         inside = [rss for t, rss in samples if start <= t < end]
         if inside:
             phases.append((max(inside), start, text))
-    for rss, start, text in sorted(phases, reverse=True)[:8]:
+    best = {}  # one line per kind of phase: a progress bar's updates are one phase, at their highest
+    for rss, start, text in phases:
+        kind = re.split(r"[\d|█]", text, maxsplit=1)[0].strip(" :%")
+        if kind not in best or rss > best[kind][0]:
+            best[kind] = (rss, start, text)
+    for rss, start, text in sorted(best.values(), reverse=True)[:10]:
         print(f"{rss:8.0f} MB  from {start:7.1f} s  after: {text}")
 
 

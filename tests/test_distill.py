@@ -157,3 +157,31 @@ def test_every_loss_kind_runs_from_config(teacher_dir, tmp_path, term):
     distill(_cfg(teacher_dir, out, "train.max_steps=2", f"loss.terms=[{term}]", "eval.max_batches=1"))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] is None or r["loss"] == r["loss"] for r in rows) and rows[-1]["step"] == 2
+
+
+def test_speeds_are_measured_after_the_models_are_freed(teacher_dir, tmp_path, monkeypatch):
+    """A speed subprocess's memory adds to its parent's: the run lets go of its teacher and student first."""
+    import weakref
+
+    import kdistill.distill as run_module
+
+    held, seen = {}, {}
+    finish = run_module.finish
+
+    def watched_finish(cfg, run, student, source, *rest):
+        held["student"], held["source"] = weakref.ref(student), weakref.ref(source)
+        held["teacher"] = weakref.ref(source.model)
+        return finish(cfg, run, student, source, *rest)
+
+    def fake_speeds(result, folders, *args):
+        seen.update({name: ref() is None for name, ref in held.items()}, folders=sorted(folders))
+        for name in folders:
+            result[name].update(tokens_per_s=1.0)
+        return result
+
+    monkeypatch.setattr(run_module, "finish", watched_finish)
+    monkeypatch.setattr(run_module, "measure_speeds", fake_speeds)
+    result = distill(_cfg(teacher_dir, tmp_path / "run", "train.max_steps=1", "eval.measure_speed=true"))
+    assert seen == {"student": True, "source": True, "teacher": True, "folders": ["student", "teacher"]}
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["student"]["tokens_per_s"] == 1.0
+    assert result["teacher"]["tokens_per_s"] == 1.0

@@ -26,11 +26,11 @@ from .. import fsutil
 from ..config import Config, load_config
 from ..data import batches as batching
 from ..errors import ConfigError, ModelError
-from ..hardware import pick_device, pick_dtype, set_threads
+from ..hardware import pick_device, pick_dtype, release_memory, set_threads
 from ..model_files import check_model_folder
 from ..teacher import load_teacher
 from . import cross_eval, eval_data, record
-from .compare import compare, format_table
+from .compare import compare, format_table, measure_speeds, speed_folders
 from .exposure import exposure_metrics
 from .lm_eval_tasks import lm_eval_command, write_task_yamls
 from .tasks import read_task
@@ -169,12 +169,15 @@ def run_eval(args) -> int:
     max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
     reference = ModelSource(teacher, tokenizer, teacher_dir, teacher_spec)
     result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
-                     measure_speed=not getattr(args, "no_speed", False), tasks=tasks,
-                     task_limit=getattr(args, "limit", None))
+                     measure_speed=False, tasks=tasks, task_limit=getattr(args, "limit", None))
     if batches:
         result["heldout_data"] = info
         result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,
                                               cfg.rollout.prompt_tokens, cfg.train.seq_len, cfg.train.seed)
+    folders = {} if getattr(args, "no_speed", False) else speed_folders(reference, student_dir)
+    del teacher, student, reference, batches
+    release_memory()  # each speed subprocess's memory would add to the models held here
+    measure_speeds(result, folders, cfg.eval.prompts, max_new, device)
     line = record.how(command_line(args), student_dir, f"{teacher_spec} ({teacher_dir})", device, dtype)
     result = record.stamp(result, line)
     print(format_table(result))

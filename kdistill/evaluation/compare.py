@@ -40,6 +40,24 @@ def ratios(teacher: dict, student: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def speed_folders(reference, student_dir) -> dict:
+    """{"teacher": folder, "student": folder}: what `measure_speeds` loads, without the live models."""
+    return {"teacher": reference.folder, "student": student_dir}
+
+
+def measure_speeds(result: dict, folders: dict, prompts, max_new_tokens: int, device) -> dict:
+    """Generation speed and memory of each saved model, each in its own subprocess, into `result[name]`
+    (and its ratios). Call it after the caller's own models are freed: a child's memory adds to the
+    parent's, so a run that still holds its teacher and student peaks here."""
+    for name, folder in folders.items():
+        if folder:
+            result.setdefault(name, {}).update(measure_in_subprocess(str(folder), prompts, max_new_tokens,
+                                                                     device=torch.device(device).type))
+    if "teacher" in result and "student" in result:
+        result.update(ratios(result["teacher"], result["student"]))
+    return result
+
+
 def compare(student, reference, batches, device, student_dir, prompts, max_new_tokens: int = 32,
             measure_speed: bool = True, tasks=None, task_limit: int | None = None, heldout: dict | None = None) -> dict:
     """Every teacher-vs-student number against `reference`, a teacher source with a live model (`.model`,
@@ -53,15 +71,13 @@ def compare(student, reference, batches, device, student_dir, prompts, max_new_t
         result["heldout"] = heldout if heldout is not None else heldout_metrics(student, reference, batches, device)
     models = {"teacher": (teacher, reference.folder), "student": (student, student_dir)}
     for name, (model, folder) in models.items():
-        info = {"parameters": count_parameters(model), "size_on_disk_mb": folder_bytes(folder) / 2**20
-                if folder else None}
-        if measure_speed and folder:
-            info.update(measure_in_subprocess(str(folder), prompts, max_new_tokens,
-                                              device=torch.device(device).type))
-        result[name] = info
+        result[name] = {"parameters": count_parameters(model), "size_on_disk_mb": folder_bytes(folder) / 2**20
+                        if folder else None}
         own = getattr(reference, "student_tokenizer", tokenizer) if name == "student" else tokenizer  # cross-tokenizer
         result["completions"][name] = complete(model, own, prompts, settings, device)
     result.update(ratios(result["teacher"], result["student"]))
+    if measure_speed:
+        measure_speeds(result, speed_folders(reference, student_dir), prompts, max_new_tokens, device)
     if tasks:
         bench = run_tasks({"teacher": teacher, "student": student}, tokenizer, list(tasks), device,
                           task_limit, max_new_tokens)

@@ -15,9 +15,9 @@ import torch
 
 from ..data import batches as batching
 from ..errors import ModelError
-from ..hardware import pick_device, pick_dtype, set_threads
+from ..hardware import pick_device, pick_dtype, release_memory, set_threads
 from . import record
-from .compare import compare, format_table
+from .compare import compare, format_table, measure_speeds, speed_folders
 
 
 def is_cross(cfg) -> bool:
@@ -60,8 +60,13 @@ def run_cross_eval(args, cfg, student_dir: str, teacher_spec: str, command: str,
                                   AutoTokenizer.from_pretrained(student_dir), cfg.student.tokenizer)
     batches = [] if getattr(args, "no_heldout", False) else heldout_batches(args, cfg, source, device)
     max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
-    result = compare(student, source.final_reference(cfg, device, dtype), batches, device, student_dir,
-                     cfg.eval.prompts, max_new, measure_speed=not getattr(args, "no_speed", False))
+    reference = source.final_reference(cfg, device, dtype)
+    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
+                     measure_speed=False)
+    folders = {} if getattr(args, "no_speed", False) else speed_folders(reference, student_dir)
+    del teacher, student, source, reference, batches
+    release_memory()  # each speed subprocess's memory would add to the models held here
+    measure_speeds(result, folders, cfg.eval.prompts, max_new, device)
     result = record.stamp(result, record.how(command, student_dir, f"{teacher_spec} ({teacher_dir})", device, dtype))
     print(format_table(result))
     if out is not None:

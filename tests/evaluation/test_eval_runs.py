@@ -167,3 +167,28 @@ def test_overlap_compares_the_first_150_scored_characters():
              example("Bread needs flour, water, salt and yeast."), example(long, prompt="To bake bread")]
     assert eval_data.overlap(evals, train, tok) == 3  # a longer copy, a respaced copy, the same text after a prompt
     assert eval_data.scored_text(evals[3], tok) == " ".join(long.split())[:150]
+
+
+def test_eval_measures_speed_after_letting_go_of_both_models(root, tmp_path, monkeypatch):
+    """The speed subprocesses run while this process holds no model (their memory would add to it)."""
+    import gc
+
+    import kdistill.evaluation.command as command
+    from transformers import PreTrainedModel
+
+    seen = {}
+
+    def fake_speeds(result, folders, *args):
+        gc.collect()
+        seen["live models"] = sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+        seen["folders"] = {name: Path(folder).name for name, folder in folders.items()}
+        for name in folders:
+            result[name].update(SPEED)
+        return result
+
+    monkeypatch.setattr(command, "measure_speeds", fake_speeds)
+    out = tmp_path / "e.json"
+    assert main(["eval", "--student", str(root / "student"), "--teacher", str(root / "teacher"), "--no-heldout",
+                 "--max-new-tokens", "2", "--out", str(out)]) == 0
+    assert seen == {"live models": 0, "folders": {"teacher": "teacher", "student": "student"}}
+    assert json.loads(out.read_text())["student"]["tokens_per_s"] == SPEED["tokens_per_s"]

@@ -73,7 +73,8 @@ def main(cmd: list[str]) -> None:
             phases.append((max(inside), start, text))
     best = {}  # one line per kind of phase: a progress bar's updates are one phase, at their highest
     for rss, start, text in phases:
-        kind = re.split(r"[\d|█]", text, maxsplit=1)[0].strip(" :%")
+        untimed = re.sub(r"^\d\d:\d\d:\d\d ", "", text)  # a log line's clock time is not its kind
+        kind = re.split(r"[\d|█]", untimed, maxsplit=1)[0].strip(" :%")
         if kind not in best or rss > best[kind][0]:
             best[kind] = (rss, start, text)
     for rss, start, text in sorted(best.values(), reverse=True)[:10]:

@@ -44,8 +44,10 @@ def test_cache_with_the_whole_distribution_gives_the_online_loss(teacher_dir, tm
     result = distill(_cfg(teacher_dir, tmp_path / "cached", terms, f"teacher.cache={tmp_path / 'c'}"))
     online, cached = _rows(tmp_path / "online"), _rows(tmp_path / "cached")
     for a, b in zip(online[1:], cached[1:]):
+        # the KL here is ~1e-5 nats (the student starts as the tiny teacher's copy): relative 1e-3 alone would
+        # ask for 1e-8 nats, finer than 16-bit cached values carry on every CPU; 2e-7 nats is still tight
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3) and b["forward_kl"] == pytest.approx(a["forward_kl"],
-                                                                                                    rel=1e-3)
+                                                                                                    rel=1e-3, abs=2e-7)
         assert b["eval_cache_kl"] == pytest.approx(a["eval_kl"], rel=1e-2, abs=1e-4)  # vs the cached distribution
         assert b["eval_kl"] == pytest.approx(a["eval_kl"], rel=1e-2, abs=1e-4)  # vs the real teacher, too
     assert result["teacher_source"]["kind"] == "cache" and "heldout_cache" in result

@@ -163,8 +163,8 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
     reference = source.final_reference(cfg, device, dtype)
     if reference is not None:
         result = compare(student, reference, data.heldout, device, student_dir, cfg.eval.prompts,
-                         cfg.eval.max_new_tokens, measure_speed=False,
-                         tasks=cfg.eval.tasks or None, heldout=measured.get(reference.against))
+                         cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None,
+                         heldout=measured.get(reference.against))
     else:
         result = {"student": {"parameters": count_parameters(student)},
                   "teacher": {"parameters": source.identity().get("parameters")}}

@@ -36,11 +36,6 @@ def tree_rss(pid: int) -> dict[int, tuple[float, str]]:
     return found
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of `pid` and its descendants, in MB (a process that is gone counts 0)."""
-    return sum(rss for rss, _ in tree_rss(pid).values())
-
-
 def main(cmd: list[str]) -> None:
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -169,7 +169,7 @@ def run_eval(args) -> int:
     max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
     reference = ModelSource(teacher, tokenizer, teacher_dir, teacher_spec)
     result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
-                     measure_speed=False, tasks=tasks, task_limit=getattr(args, "limit", None))
+                     tasks=tasks, task_limit=getattr(args, "limit", None))
     if batches:
         result["heldout_data"] = info
         result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,

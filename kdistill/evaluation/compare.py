@@ -51,19 +51,19 @@ def measure_speeds(result: dict, folders: dict, prompts, max_new_tokens: int, de
     parent's, so a run that still holds its teacher and student peaks here."""
     for name, folder in folders.items():
         if folder:
-            result.setdefault(name, {}).update(measure_in_subprocess(str(folder), prompts, max_new_tokens,
-                                                                     device=torch.device(device).type))
-    if "teacher" in result and "student" in result:
-        result.update(ratios(result["teacher"], result["student"]))
+            result[name].update(measure_in_subprocess(str(folder), prompts, max_new_tokens,
+                                                      device=torch.device(device).type))
+    result.update(ratios(result["teacher"], result["student"]))
     return result
 
 
 def compare(student, reference, batches, device, student_dir, prompts, max_new_tokens: int = 32,
-            measure_speed: bool = True, tasks=None, task_limit: int | None = None, heldout: dict | None = None) -> dict:
+            tasks=None, task_limit: int | None = None, heldout: dict | None = None) -> dict:
     """Every teacher-vs-student number against `reference`, a teacher source with a live model (`.model`,
     `.folder`, `.tokenizer`); `heldout` reuses metrics already measured on `batches`; no `batches` (None
     or []) measures nothing held-out; `tasks` are task files (see `tasks.py`). Completions use the
-    student folder's own generation settings (completions.py)."""
+    student folder's own generation settings (completions.py). Speeds are `measure_speeds`' (after the
+    caller lets go of the models)."""
     teacher, tokenizer = reference.model, reference.tokenizer
     settings = completion_settings(student_dir, max_new_tokens)
     result = {"prompts": prompts, "completions": {}, "completion_settings": settings}
@@ -76,8 +76,6 @@ def compare(student, reference, batches, device, student_dir, prompts, max_new_t
         own = getattr(reference, "student_tokenizer", tokenizer) if name == "student" else tokenizer  # cross-tokenizer
         result["completions"][name] = complete(model, own, prompts, settings, device)
     result.update(ratios(result["teacher"], result["student"]))
-    if measure_speed:
-        measure_speeds(result, speed_folders(reference, student_dir), prompts, max_new_tokens, device)
     if tasks:
         bench = run_tasks({"teacher": teacher, "student": student}, tokenizer, list(tasks), device,
                           task_limit, max_new_tokens)

@@ -61,8 +61,7 @@ def run_cross_eval(args, cfg, student_dir: str, teacher_spec: str, command: str,
     batches = [] if getattr(args, "no_heldout", False) else heldout_batches(args, cfg, source, device)
     max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
     reference = source.final_reference(cfg, device, dtype)
-    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
-                     measure_speed=False)
+    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new)
     folders = {} if getattr(args, "no_speed", False) else speed_folders(reference, student_dir)
     del teacher, student, source, reference, batches
     release_memory()  # each speed subprocess's memory would add to the models held here

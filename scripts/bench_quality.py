@@ -12,9 +12,9 @@ teacher-written corpus, cached in $KDISTILL_CACHE after the first run, batch 8 x
 row's overrides; `--samples` sets the corpus size (the demo's 80 answers: 60 steps are ~7 epochs of its
 71 training answers, so rows end up measuring how well a student generalises from few answers); the numbers are the held-out rows of its metrics.jsonl (the run's own held-out split,
 against the real teacher). Rows:
-- default: kdistill's defaults (importance-chosen layers, residual-stream repair, forward KL + 0.1 CE,
-  lr 2e-3 with warmup + cosine);
-- previous: the defaults before the repair and the short-run learning rate (no repair, lr 5e-4);
+- default: kdistill's defaults (importance-chosen layers, the span fit, the residual-stream repair,
+  forward KL + 0.1 CE, lr 1e-3 with warmup + cosine);
+- previous: the defaults when issue 19 was filed (no span fit, no repair, lr 5e-4);
 - seed-style: `α·T²·kl_div(batchmean) + (1−α)·CE` with T=2, α=0.5, constant lr, evenly spaced layers;
 - each --recipe NAME=OVERRIDES: the defaults plus those overrides (a candidate for a better recipe).
 Runs of one size use the same data and steps, so rows compare at equal tokens. An override that holds
@@ -39,8 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEED_STYLE = ["loss.terms=[{kind: forward_kl, weight: 0.5, temperature: 2.0}, {kind: ce, weight: 0.5}]",
               "loss.t2_scale=true", "train.lr=5e-4", "train.warmup_steps=0", "train.min_lr_ratio=1.0",
-              "student.layer_selection=even", "student.repair_steps=0"]
-PREVIOUS = ["student.repair_steps=0", "train.lr=5e-4"]  # the defaults before the repair and the short-run lr
+              "student.layer_selection=even", "student.repair_steps=0", "student.span_fit_steps=0"]
+# the defaults before the span fit, the repair and the short-run lr
+PREVIOUS = ["student.span_fit_steps=0", "student.repair_steps=0", "train.lr=5e-4"]
 
 
 def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Path, samples: int = 80) -> dict[int, dict]:

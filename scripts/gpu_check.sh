@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks and the llama.cpp checks, on a machine with a GPU and no network (run from the repo root).
-#   .whl/ holds what that machine lacks: transformers==5.23.0, gguf and diskcache wheels and a
+#   .whl/ holds what that machine lacks: transformers==5.23.0, gguf, diskcache and liger-kernel wheels and a
 #   llama-cpp-python sdist (its vendored llama.cpp is built twice on the CPU, GGML_NATIVE=OFF, all cores:
 #   as the Python bindings, and as libllama for scripts/llama_cpp_logits.cpp).
 #   Extra arguments go to pytest.
@@ -35,3 +35,5 @@ if ! python3 -m pytest -q -p no:cacheprovider -rs "tests/export/test_llama_cpp.p
     LD_PRELOAD="$(g++ -print-file-name=libstdc++.so.6)" \
         python3 -m pytest -q -p no:cacheprovider -rs "tests/export/test_llama_cpp.py" -k python "$@" || true
 fi
+# the fused loss at Liger-Kernel's published shape (8192 x 4096 -> 128,256, bf16, JSD), beside Liger if it imports
+python3 -m kdistill.losses.bench_cuda --repeat 10 || echo "[gpu_check] bench_cuda failed"

@@ -56,7 +56,7 @@ def setup(cfg: Config, dist=None) -> tuple[torch.device, torch.dtype]:
     torch.manual_seed(cfg.train.seed)
     device = distributed.device_for(dist.world if dist else 1, pick_device(cfg.train.device))
     dtype = pick_dtype(cfg.teacher.dtype, device)
-    log.info("device %s, teacher dtype %s, %d threads", device, dtype, threads)
+    log.info("device %s, teacher dtype %s, %d thread%s", device, dtype, threads, "" if threads == 1 else "s")
     return device, dtype
 
 

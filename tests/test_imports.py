@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "kdistill"
 COMMANDS = {"kdistill", "kdistill.cli", "kdistill.__main__", "kdistill.evaluation.command", "kdistill.cache.command",
-            "kdistill.export.cli", "kdistill.report.command", "kdistill.losses.bench", "kdistill.train.bench_step", "kdistill.students.design",
+            "kdistill.export.cli", "kdistill.report.command", "kdistill.losses.bench", "kdistill.losses.bench_cuda", "kdistill.train.bench_step", "kdistill.students.design",
             "kdistill.cli_args", "kdistill.config_command", "kdistill.api",
             "kdistill.students.map_command"}
 LAYERS = [  # (rank, module prefixes); higher ranks may import lower ones only

@@ -46,14 +46,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 add_arguments = bench_loss_arguments  # defined without torch, so `kdistill bench loss --help` is quick
 
 
+def make_inputs(n: int, d: int, v: int, dtype: torch.dtype, device="cpu", seed: int = 0) -> dict:
+    """Student hidden (N, D) and head (V, D), both requiring grad; the teacher's hidden (N, D) and head (V, D)."""
+    g = torch.Generator().manual_seed(seed)
+    x = {"hidden": torch.randn(n, d, generator=g), "weight": torch.randn(v, d, generator=g) / d ** 0.5,
+         "teacher_hidden": torch.randn(n, d, generator=g), "teacher_weight": torch.randn(v, d, generator=g) * 2 / d ** 0.5}
+    x = {k: t.to(device=device, dtype=dtype) for k, t in x.items()}
+    x["hidden"].requires_grad_()
+    x["weight"].requires_grad_()
+    return x
+
+
 def _inputs(args) -> dict:
-    g = torch.Generator().manual_seed(args.seed)
-    dtype = DTYPES[args.dtype]
-    n, v, d = args.tokens, args.vocab, args.hidden
-    x = {"hidden": torch.randn(n, d, generator=g).to(dtype).requires_grad_(),
-         "weight": (torch.randn(v, d, generator=g) / d ** 0.5).to(dtype).requires_grad_(),
-         "teacher_hidden": torch.randn(n, d, generator=g).to(dtype),
-         "teacher_weight": (torch.randn(v, d, generator=g) * 2 / d ** 0.5).to(dtype)}
+    x = make_inputs(args.tokens, args.hidden, args.vocab, DTYPES[args.dtype], seed=args.seed)
     if args.teacher == "logits":
         with torch.no_grad():
             x["teacher_logits"] = x["teacher_hidden"] @ x["teacher_weight"].T

@@ -20,21 +20,12 @@ import time
 
 import torch
 
+from kdistill.losses.bench import make_inputs
 from kdistill.losses.divergences import jsd
 from kdistill.losses.objective import build_objective
 from kdistill.losses.signals import DenseSignal
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def make_inputs(n: int, d: int, v: int, dtype, device, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    x = {"hidden": torch.randn(n, d, generator=g), "weight": torch.randn(v, d, generator=g) / d ** 0.5,
-         "teacher_hidden": torch.randn(n, d, generator=g), "teacher_weight": torch.randn(v, d, generator=g) * 2 / d ** 0.5}
-    x = {k: t.to(device=device, dtype=dtype) for k, t in x.items()}
-    x["hidden"].requires_grad_()
-    x["weight"].requires_grad_()
-    return x
 
 
 def run_ours(x: dict, beta: float = 0.5, temperature: float = 1.0, budget_mb: float = 1024.0) -> torch.Tensor:
@@ -80,19 +71,19 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(fn, x: dict) -> tuple[float, float | None, torch.Tensor]:
-    """(milliseconds, peak GB allocated or None on the CPU, loss) of one forward + backward."""
+def measure(fn, x: dict) -> tuple[float, float | None]:
+    """(milliseconds, peak GB allocated or None on the CPU) of one forward + backward."""
     device = x["hidden"].device
     x["hidden"].grad = x["weight"].grad = None
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    loss = fn(x)
+    fn(x)
     _sync(device)
     ms = (time.perf_counter() - start) * 1e3
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-    return ms, peak, loss
+    return ms, peak
 
 
 def agreement(methods: dict, x: dict) -> dict[str, dict[str, float]]:
@@ -143,7 +134,7 @@ def main(argv=None) -> int:
     order = list(methods)
     for r in range(args.repeat):
         for m in order[r % len(order):] + order[:r % len(order)]:
-            ms, peak, _ = measure(methods[m], x)
+            ms, peak = measure(methods[m], x)
             times[m].append(ms)
             peaks[m] = max(peaks[m], peak or 0.0)
     for m in methods:

@@ -19,7 +19,7 @@ __all__ = ["distill", "evaluate", "export", "load_config", "Config", "__version_
 
 def _register() -> None:
     try:
-        from .students.fractal import register
+        from kdistill.students.fractal import register
     except ImportError:  # transformers missing: the CLI reports it when a command needs it
         return
     register()
@@ -27,28 +27,27 @@ def _register() -> None:
 
 def __getattr__(name: str):
     if name in ("distill", "evaluate", "export", "load_config", "Config"):
-        from . import api
+        from kdistill import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'kdistill' has no attribute {name!r}")
 
 
 class _CallableModule(_types.ModuleType):
-    """`kdistill.distill` and `kdistill.export` are modules as well as API functions: once such a module
-    is imported, `from kdistill import distill` gives the module, so calling it calls the function."""
+    """`kdistill.export` is a package as well as an API function: once the package is imported,
+    `from kdistill import export` gives the package, so calling it calls the function."""
 
     def __call__(self, *args, **kwargs):
-        from . import api
+        from kdistill import api
 
         return getattr(api, self.__name__.rsplit(".", 1)[1])(*args, **kwargs)
 
 
 def _install() -> None:
-    from .lazy import after_import
+    from kdistill.base.lazy import after_import
 
     after_import("transformers", _register)
-    for name in ("kdistill.distill", "kdistill.export"):
-        after_import(name, lambda name=name: setattr(_sys.modules[name], "__class__", _CallableModule))
+    after_import("kdistill.export", lambda: setattr(_sys.modules["kdistill.export"], "__class__", _CallableModule))
 
 
 _install()

@@ -32,17 +32,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdistill import fsutil  # noqa: E402
+from kdistill.base import fsutil
+from kdistill.base.hardware import pick_device, pick_dtype, set_threads  # noqa: E402
 from kdistill.cache.reader import open_cache  # noqa: E402
-from kdistill.cache.writer import write_cache  # noqa: E402
-from kdistill.config import load_config  # noqa: E402
+from kdistill.config.schema import load_config  # noqa: E402
 from kdistill.data import batches as batching  # noqa: E402
 from kdistill.data.load import load_examples  # noqa: E402
 from kdistill.evaluation.heldout import heldout_metrics  # noqa: E402
-from kdistill.hardware import pick_device, pick_dtype, set_threads  # noqa: E402
 from kdistill.losses import build_objective  # noqa: E402
+from kdistill.models.teacher import load_teacher  # noqa: E402
+from kdistill.run.cache import write_cache  # noqa: E402
 from kdistill.students import build_student  # noqa: E402
-from kdistill.teacher import load_teacher  # noqa: E402
 from kdistill.train.loop import train_step  # noqa: E402
 from kdistill.train.schedule import make_optimizer, warmup_cosine  # noqa: E402
 

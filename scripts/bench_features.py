@@ -70,7 +70,7 @@ class StepPeak:
 def setup(student_args: list[str], layers: list[int] | None, terms: list[dict]):
     import torch
 
-    from kdistill.config import load_config
+    from kdistill.config.schema import load_config
     from kdistill.data import batches as B
     from kdistill.sources.model import ModelSource
 
@@ -137,8 +137,8 @@ def targets() -> None:
     """Share of each layer's squared activation in its two largest channels, residual vs normed (SmolLM2)."""
     import torch
 
-    from kdistill.activations import capture
     from kdistill.data import batches as B
+    from kdistill.models.activations import capture
 
     cfg, source, train, _, pad = setup([], None, LOGITS)
     batch = B.collate(train[:8], pad)

@@ -35,7 +35,7 @@ TEACHER = "default"
 
 
 def _config(overrides: dict, threads: int, terms: str | None = None):
-    from kdistill.config import load_config
+    from kdistill.config.schema import load_config
 
     base = [f"teacher.model={TEACHER}", "student.layer_selection=first_last", "train.batch_size=8",
             "train.seq_len=128", f"train.threads={threads}", "rollout.max_new_tokens=64",
@@ -45,7 +45,7 @@ def _config(overrides: dict, threads: int, terms: str | None = None):
 
 
 def _setup(threads: int):
-    from kdistill import distill as D
+    from kdistill.run import distill as D
 
     cfg = _config({}, threads)
     device, dtype = D.setup(cfg)
@@ -57,7 +57,8 @@ def _setup(threads: int):
 
 def _trainer(cfg, student, source, data, device):
     """(one optimizer step -> its loss tokens) for this config's stream and loss."""
-    from kdistill.data import batches as batching, rollout
+    from kdistill.data import batches as batching
+    from kdistill.data import rollout
     from kdistill.losses import build_objective
     from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer

@@ -17,10 +17,10 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from kdistill.modeling import decoder, decoder_layers, head_weight
+from kdistill.models.heads import decoder, decoder_layers, head_weight
+from kdistill.models.teacher import load_teacher
 from kdistill.students import repair
 from kdistill.students.init import even_layers
-from kdistill.teacher import load_teacher
 
 
 def checkpointed_lse(hidden: torch.Tensor, weight: torch.Tensor, chunk: int = 256) -> torch.Tensor:

@@ -32,10 +32,10 @@ def worker(tree: str, steps: int) -> dict:
     assert Path(kdistill.__file__).resolve().is_relative_to(Path(tree).resolve()), kdistill.__file__
 
     torch.set_num_threads(1)
-    from kdistill.config import load_config
+    from kdistill.config.schema import load_config
     from kdistill.losses import build_objective
+    from kdistill.models.teacher import load_teacher
     from kdistill.students import build_student
-    from kdistill.teacher import load_teacher
     from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer
 

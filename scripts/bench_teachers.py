@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdistill.config import load_config  # noqa: E402
-from kdistill.distill import distill  # noqa: E402
+from kdistill.config.schema import load_config  # noqa: E402
 from kdistill.evaluation.heldout import HeldoutEvaluator  # noqa: E402
-from kdistill.sources.multi import MixtureReference  # noqa: E402
+from kdistill.run.distill import distill  # noqa: E402
 from kdistill.sources.model import ModelSource  # noqa: E402
+from kdistill.sources.multi import MixtureReference  # noqa: E402
 
 RUNS = {
     "single": [],
@@ -56,7 +56,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from kdistill.data import batches as batching
-    from kdistill.teacher import load_teacher
+    from kdistill.models.teacher import load_teacher
 
     cpu = torch.device("cpu")
     full = ModelSource(*load_teacher("default", cpu, torch.float32), "default")

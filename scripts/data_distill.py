@@ -29,10 +29,10 @@ CASES = {
 
 
 def run_case(name: str, overrides: list[str], loaded, device) -> dict:
-    from kdistill.config import load_config
+    from kdistill.base.errors import DataError
+    from kdistill.config.schema import load_config
     from kdistill.data.load import load_examples
-    from kdistill.errors import DataError
-    from kdistill.preflight import check_generate
+    from kdistill.run.preflight import check_generate
 
     cfg = load_config("configs/cot.yaml", [*CASES[name], *overrides])
     check_generate(cfg)
@@ -57,9 +57,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/data_distill/summary.json")
     args = parser.parse_args()
 
-    from kdistill import fsutil
-    from kdistill.hardware import pick_device, pick_dtype, set_threads
-    from kdistill.teacher import load_teacher
+    from kdistill.base import fsutil
+    from kdistill.base.hardware import pick_device, pick_dtype, set_threads
+    from kdistill.models.teacher import load_teacher
 
     set_threads(0)
     device = pick_device("auto")

@@ -36,4 +36,4 @@ if ! python3 -m pytest -q -p no:cacheprovider -rs "tests/export/test_llama_cpp.p
         python3 -m pytest -q -p no:cacheprovider -rs "tests/export/test_llama_cpp.py" -k python "$@" || true
 fi
 # the fused loss at Liger-Kernel's published shape (8192 x 4096 -> 128,256, bf16, JSD), beside Liger if it imports
-python3 -m kdistill.losses.bench_cuda --repeat 10 || echo "[gpu_check] bench_cuda failed"
+python3 -m kdistill.commands.bench_cuda --repeat 10 || echo "[gpu_check] bench_cuda failed"

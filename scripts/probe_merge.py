@@ -10,15 +10,20 @@ Each dropped layer joins the nearest kept layer before it; a kept layer's weight
 cached 600-answer corpus (~/.cache/kdistill/generated/c6d652928347b520, which bench_quality.py --samples 600 writes), plain and after `repair_scales`
 (20 steps on the run's 16 calibration rows). The layers are those `importance` chose for 8 layers.
 """
-import copy, json, sys, time, os
+import copy
+import json
+import os
+import sys
+import time
+
 import torch
+
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kdistill.teacher import load_teacher
 from kdistill.data import batches as B
-from kdistill.students.init import TeacherTargets, _only_layers
+from kdistill.models.heads import decoder, decoder_layers, head_weight
+from kdistill.models.teacher import load_teacher
 from kdistill.students.repair import repair_scales, teacher_targets
-from kdistill.modeling import decoder, decoder_layers, head_weight
 
 recs = [json.loads(l) for l in open(os.path.expanduser("~/.cache/kdistill/generated/c6d652928347b520/records.jsonl"))]
 ex = [{"ids": r["ids"][:129], "mask": [j >= r["n_prompt"] for j in range(len(r["ids"][:129]))]} for r in recs]

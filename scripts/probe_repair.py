@@ -8,14 +8,20 @@ Each STEPS:LR:PER_CHANNEL fits the repair's log-scales by Adam on the first ROWS
 cached 600-answer corpus (~/.cache/kdistill/generated/c6d652928347b520, from bench_quality.py --samples 600; a run uses 16) and prints the
 held-out KL on 24 held-out answers with the calibration KL's history (every 5 steps).
 """
-import copy, json, sys, time, os
+import copy
+import json
+import os
+import sys
+import time
+
 import torch
+
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kdistill.teacher import load_teacher
 from kdistill.data import batches as B
-from kdistill.students.repair import teacher_targets, _norms, _outputs, _names, _kl
-from kdistill.modeling import decoder, decoder_layers, head_weight
+from kdistill.models.heads import decoder, decoder_layers, head_weight
+from kdistill.models.teacher import load_teacher
+from kdistill.students.repair import _kl, _names, _norms, _outputs, teacher_targets
 
 recs = [json.loads(l) for l in open(os.path.expanduser("~/.cache/kdistill/generated/c6d652928347b520/records.jsonl"))]
 ex = [{"ids": r["ids"][:129], "mask": [j >= r["n_prompt"] for j in range(len(r["ids"][:129]))]} for r in recs]

@@ -12,15 +12,21 @@ from (the `from_init` pairing). Steps draw ROWS_PER_STEP rows in turn from the f
 of the cached 600-answer corpus. Then the run's repair (20 steps, 16 rows) and the held-out KL on 24
 held-out answers: before the fit, after it, after the repair.
 """
-import copy, json, os, sys, time
+import copy
+import json
+import os
+import sys
+import time
+
 import torch
+
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kdistill.activations import capture
 from kdistill.data import batches as B
-from kdistill.modeling import decoder, decoder_layers, head_weight
+from kdistill.models.activations import capture
+from kdistill.models.heads import decoder, decoder_layers, head_weight
+from kdistill.models.teacher import load_teacher
 from kdistill.students.repair import repair_scales, teacher_targets
-from kdistill.teacher import load_teacher
 
 corpus = os.environ.get("CORPUS") or max(
     (p for p in os.scandir(os.path.expanduser("~/.cache/kdistill/generated")) if p.is_dir()),

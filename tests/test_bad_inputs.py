@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kdistill import cli
+from kdistill.commands import cli
 
 FAST = "train: {seq_len: 32, batch_size: 4, max_steps: 2, threads: 1}\nstudent: {num_layers: 1}\n" \
        "eval: {max_new_tokens: 4, measure_speed: false}\n"

@@ -1,36 +1,32 @@
-"""Imports point one way: commands -> orchestration -> capabilities -> foundations -> base.
+"""Imports point one way: commands -> api -> run -> capabilities -> foundations -> base.
 
-Every `import` in the package (module level and inside functions) is an edge; the test fails on any
-cycle and on any edge from a lower layer to a higher one."""
+Every `import` in the package (module level and inside functions) is an edge. Each folder of the package
+has a rank (FOLDERS); the test fails on an edge from a lower rank to a higher one, on any cycle between
+modules, and on any cycle between folders (two capabilities that import each other)."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "kdistill"
-COMMANDS = {"kdistill", "kdistill.cli", "kdistill.__main__", "kdistill.evaluation.command", "kdistill.cache.command",
-            "kdistill.export.cli", "kdistill.report.command", "kdistill.losses.bench", "kdistill.losses.bench_cuda", "kdistill.train.bench_step", "kdistill.students.design",
-            "kdistill.cli_args", "kdistill.config_command", "kdistill.api",
-            "kdistill.students.map_command"}
-LAYERS = [  # (rank, module prefixes); higher ranks may import lower ones only
-    (3, ("kdistill.distill", "kdistill.preflight", "kdistill.rundir", "kdistill.dry_run")),
-    (2, ("kdistill.sources", "kdistill.teacher", "kdistill.data", "kdistill.students", "kdistill.train",
-         "kdistill.evaluation", "kdistill.report", "kdistill.export", "kdistill.generate",
-         "kdistill.cache.writer", "kdistill.cache.reader", "kdistill.cache.signal", "kdistill.cache.inspect",
-         "kdistill.model_card")),
-    (1, ("kdistill.losses", "kdistill.cache", "kdistill.modeling", "kdistill.model_files", "kdistill.hardware",
-         "kdistill.config", "kdistill.config_generate", "kdistill.config_rollout", "kdistill.sandbox", "kdistill.console", "kdistill.lazy",
-         "kdistill.activations")),
-    (0, ("kdistill.fsutil", "kdistill.errors")),
-]
+FOLDERS = {  # higher ranks may import lower ones; folders of one rank may import each other without a cycle
+    "commands": 5, "__init__": 5, "__main__": 5,
+    "api": 4,
+    "run": 3,
+    "sources": 2, "data": 2, "students": 2, "train": 2, "evaluation": 2, "report": 2, "export": 2, "cache": 2,
+    "losses": 1, "config": 1, "models": 1,
+    "base": 0,
+}
+ROOT_MODULES = {"__init__", "__main__", "api"}  # what a user imports; everything else lives in a folder
+
+
+def folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
 def rank(module: str) -> int:
-    if module in COMMANDS:
-        return 4
-    best = max(((len(p), r) for r, prefixes in LAYERS for p in prefixes
-                if module == p or module.startswith(p + ".")), default=None)
-    if best is not None:
-        return best[1]  # the longest matching prefix decides (kdistill.cache.writer before kdistill.cache)
-    raise AssertionError(f"{module} is in no layer of tests/test_imports.py")
+    name = folder(module)
+    assert name in FOLDERS, f"{module}: folder {name!r} has no rank in tests/test_imports.py"
+    return FOLDERS[name]
 
 
 def module_name(path: Path) -> str:
@@ -57,26 +53,52 @@ def edges() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_import_cycle():
-    graph, state, stack = edges(), {}, []
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
 
     def visit(v):
         state[v] = "open"
         stack.append(v)
-        for w in sorted(graph[v]):
+        for w in sorted(graph.get(v, ())):
             if state.get(w) == "open":
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(w):] + [w]))
-            if w not in state:
-                visit(w)
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
         stack.pop()
         state[v] = "done"
+        return None
 
     for v in sorted(graph):
-        if v not in state:
-            visit(v)
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_modules():
+    cycle = find_cycle(edges())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_between_folders():
+    folders: dict[str, set[str]] = {}
+    for a, deps in edges().items():
+        folders.setdefault(folder(a), set()).update(folder(b) for b in deps if folder(b) != folder(a))
+    cycle = find_cycle(folders)
+    assert cycle is None, "folders import each other: " + " -> ".join(cycle)
 
 
 def test_imports_point_down():
-    upward = [f"{a} (layer {rank(a)}) imports {b} (layer {rank(b)})"
+    upward = [f"{a} (rank {rank(a)}) imports {b} (rank {rank(b)})"
               for a, deps in edges().items() for b in deps if rank(b) > rank(a)]
     assert not upward, "\n".join(upward)
+
+
+def test_the_package_root_holds_only_what_a_user_imports():
+    modules = {p.stem for p in ROOT.glob("*.py")}
+    assert modules <= ROOT_MODULES, f"modules at the package root besides {sorted(ROOT_MODULES)}: {modules - ROOT_MODULES}"
+    assert {p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "__pycache__"} <= set(FOLDERS)
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -1,7 +1,8 @@
 """`make demo` installs only what distilling needs; `make test` adds the test extras."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).parents[1]
 TEST_ONLY = ("pytest", "lm-eval", "lm_eval")

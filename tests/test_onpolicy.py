@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CORPUS
 from safetensors.torch import load_file
 
-from helpers import CORPUS
-from kdistill.config import load_config
-from kdistill.distill import distill
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
 
 ROOT = Path(__file__).parents[1]
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "student.num_layers=1", "eval.max_new_tokens=4",

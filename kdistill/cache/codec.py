@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import bits as B
+from kdistill.cache import bits as B
 
 N_CONTEXTS = 64
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from .reader import open_cache
+from kdistill.cache.reader import open_cache
 
 GROUPS = {"tokens": ("lengths", "tokens", "mask"), "ids": ("ids_", "n_ids"), "values": ("levels_", "rest_"),
           "counts": ("counts_",)}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import fsutil
-from ..errors import KdistillError
+from kdistill.base import fsutil
+from kdistill.base.errors import KdistillError
 
 FORMAT = "kdistill-teacher-cache"
 FORMAT_VERSION = 1
@@ -119,3 +119,15 @@ def verify_shard(folder: Path, shard: dict) -> None:
         raise CacheError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or replaced); {fix}")
     if sha256_file(path) != shard["sha256"]:
         raise CacheError(f"{path}: checksum mismatch (corrupted); {fix}")
+
+
+def data_source(cfg) -> dict:
+    """What the manifest records of where the examples came from (a file and how it was read, or the
+    generation settings), so a run can tell whether a cache was written from its data."""
+    d = cfg.data
+    if not d.path:
+        import dataclasses
+
+        return {"generated": dataclasses.asdict(d.generate)}
+    return {"path": d.path, "format": d.format, "text_field": d.text_field, "split": d.split,
+            "max_records": d.max_records}

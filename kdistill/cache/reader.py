@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from ..data import batches as batching
-from ..losses import SparseSignal
-from . import manifest as M
-from . import shard as S
+from kdistill.cache import manifest as M
+from kdistill.cache import shard as S
+from kdistill.data import batches as batching
+from kdistill.losses import SparseSignal
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import bits as B
-from . import codec
+from kdistill.cache import bits as B
+from kdistill.cache import codec
 
 
 def signal_rows(examples: list[dict]) -> int:

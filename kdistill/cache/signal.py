@@ -9,16 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..sources.model import teacher_signal
-from . import codec
-
-
-@torch.no_grad()
-def teacher_logprobs(teacher, batch: dict, vocab_size: int, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature) at the masked positions. Shapes: batch (B, T) -> (N, V) fp32"""
-    rows = batch["mask"].reshape(-1).nonzero().squeeze(-1)
-    logits = teacher_signal(teacher, batch, vocab_size).take(rows).logits.float()  # the loop's teacher signal
-    return (logits / temperature).log_softmax(-1)
+from kdistill.cache import codec
 
 
 def topk_rows(logprobs: torch.Tensor, k: int, value_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

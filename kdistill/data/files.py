@@ -18,7 +18,7 @@ import io
 import json
 from pathlib import Path
 
-from ..errors import DataError
+from kdistill.base.errors import DataError
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".csv", ".parquet")
 BINARY_PEEK = 8192  # a NUL byte in the first 8 KB means binary, as git and grep decide

@@ -23,8 +23,8 @@ from collections import Counter
 
 import torch
 
-from ..errors import DataError
-from .dedup import NearDuplicates, ngrams, normalise, words
+from kdistill.base.errors import DataError
+from kdistill.data.dedup import NearDuplicates, ngrams, normalise, words
 
 SCAFFOLD = re.compile(r"(?im)^\s*(?:q|a|question|answer)\s*:")
 FIXES = {
@@ -66,7 +66,7 @@ def task_text(record: dict) -> str:
 
 def contamination_grams(paths: list[str], n: int) -> dict[int, set[tuple[str, ...]]]:
     """Word n-grams of every record of the task files, by length (a record shorter than n is one gram)."""
-    from ..evaluation.tasks import read_task
+    from kdistill.data.task_files import read_task
 
     grams: dict[int, set] = {}
     for path in paths:

@@ -18,15 +18,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import fsutil
-from ..errors import DataError, ModelError
-from .cot import check, code_end, problem_prompt, read_problems, token_at, weighted_examples
-from .files import read_records
-from .filters import contamination_grams, nothing_kept, quality_filter, score_logprobs
-from .generate import examples_from_generated, generate, generate_records, sampling
-from .prompts_file import plain, prompt_ids, read_prompts, use_chat
-from .render import render
-from .self_instruct import parse_instruction, read_seeds, requests, select
+from kdistill.base import fsutil
+from kdistill.base.errors import DataError, ModelError
+from kdistill.data.cot import check, code_end, problem_prompt, read_problems, token_at, weighted_examples
+from kdistill.data.files import read_records
+from kdistill.data.filters import contamination_grams, nothing_kept, quality_filter, score_logprobs
+from kdistill.data.prompts_file import plain, prompt_ids, read_prompts, use_chat
+from kdistill.data.render import render
+from kdistill.data.self_instruct import parse_instruction, read_seeds, requests, select
+from kdistill.data.teacher_written import examples_from_generated, generate, generate_records, sampling
 
 log = logging.getLogger("kdistill")
 REPORT = "data_report.json"

@@ -15,10 +15,10 @@ start, end, teacher start, end token indices into ids / teacher_ids) and "bytes"
 """
 from __future__ import annotations
 
-from ..errors import DataError
-from ..losses.alignment import byte_groups
-from .render import TEXT_FIELDS, _field, _ids, _messages, _template_ids, _where, detect_format
-from .token_bytes import encode_bytes
+from kdistill.base.errors import DataError
+from kdistill.data.render import TEXT_FIELDS, _field, _ids, _messages, _template_ids, _where, detect_format
+from kdistill.data.token_bytes import encode_bytes
+from kdistill.losses.alignment import byte_groups
 
 
 def prompt_ids(tokenizer, messages: list[dict] | None) -> list[int]:

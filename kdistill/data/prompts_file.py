@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .files import read_records, read_text
-from .render import CONTEXT_FIELDS, PROMPT_FIELDS, _ids, _string, _template_ids, _turns
+from kdistill.base.errors import DataError
+from kdistill.data.files import read_records, read_text
+from kdistill.data.render import CONTEXT_FIELDS, PROMPT_FIELDS, _ids, _string, _template_ids, _turns
 
 TEXT_SUFFIXES = (".txt", ".md")
 

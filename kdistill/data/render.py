@@ -9,7 +9,7 @@ object or number in a text or instruction field is refused, naming the field and
 """
 from __future__ import annotations
 
-from ..errors import DataError
+from kdistill.base.errors import DataError
 
 TEXT_FIELDS = ("text", "content", "document", "body", "story")
 PROMPT_FIELDS = ("instruction", "prompt", "question")

@@ -29,9 +29,9 @@ import random
 
 import torch
 
-from ..errors import ConfigError
-from ..hardware import autocast
-from . import batches as batching
+from kdistill.base.errors import ConfigError
+from kdistill.base.hardware import autocast
+from kdistill.data import batches as batching
 
 NO_LOGPROB = float("nan")  # behaviour log-probability of a token that was not sampled (prompt, data)
 
@@ -313,7 +313,7 @@ def build_stream(cfg, base, student, source, device):
     r = cfg.rollout
     if not r.on_policy:
         return base
-    from ..modeling import head_weight
+    from kdistill.models.heads import head_weight
 
     if not source.can_score_new_text:
         raise ConfigError(f"rollout.source={r.source}: this run's teacher ({source.against}) cannot score new "

@@ -17,8 +17,8 @@ import random
 import re
 from collections import Counter
 
-from .dedup import NearDuplicates, words
-from .prompts_file import Prompt, plain, read_prompts
+from kdistill.data.dedup import NearDuplicates, words
+from kdistill.data.prompts_file import Prompt, plain, read_prompts
 
 REQUEST = ("Here are some example tasks:\n{examples}\n\nWrite one new task that is different from all of these. "
            "Reply with the task only.")

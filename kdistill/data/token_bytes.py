@@ -16,7 +16,7 @@ import functools
 import json
 import re
 
-from ..errors import DataError, ModelError
+from kdistill.base.errors import DataError, ModelError
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling import count_parameters
-from .completions import complete, completion_settings, describe
-from .heldout import heldout_metrics
-from .speed import folder_bytes, measure_in_subprocess
-from .tasks import retention_summary, run_tasks
+from kdistill.evaluation.completions import complete, completion_settings, describe
+from kdistill.evaluation.heldout import heldout_metrics
+from kdistill.evaluation.speed import folder_bytes, measure_in_subprocess
+from kdistill.evaluation.tasks import retention_summary, run_tasks
+from kdistill.models.heads import count_parameters
 
 
 def _ratio(a, b):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..data import batches as batching
-from ..errors import ModelError
-from ..hardware import pick_device, pick_dtype, release_memory, set_threads
-from . import record
-from .compare import compare, format_table, measure_speeds, speed_folders
+from kdistill.base.errors import ModelError
+from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_threads
+from kdistill.data import batches as batching
+from kdistill.evaluation import record
+from kdistill.evaluation.compare import compare, format_table, measure_speeds, speed_folders
 
 
 def is_cross(cfg) -> bool:
@@ -41,9 +41,9 @@ def run_cross_eval(args, cfg, student_dir: str, teacher_spec: str, command: str,
                    write_result) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..sources.cross import CrossTokenizerSource
-    from ..sources.model import ModelSource
-    from ..teacher import load_teacher
+    from kdistill.models.teacher import load_teacher
+    from kdistill.sources.cross import CrossTokenizerSource
+    from kdistill.sources.model import ModelSource
 
     if getattr(args, "tasks", None):
         raise ModelError("--tasks: benchmark tasks score both models with one tokenizer; this run's student has "

@@ -21,10 +21,10 @@ import math
 
 import torch
 
-from ..losses.cross import aligned_support, group_logprobs, uld
-from ..losses.cross_objective import group_starts
-from ..losses.divergences import forward_kl_from_logprobs, jsd_from_logprobs
-from ..losses.signals import normalise_pair
+from kdistill.losses.cross import aligned_support, group_logprobs, uld
+from kdistill.losses.cross_objective import group_starts
+from kdistill.losses.divergences import forward_kl_from_logprobs, jsd_from_logprobs
+from kdistill.losses.signals import normalise_pair
 
 
 @torch.no_grad()

@@ -21,9 +21,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..config import Config, load_config
-from ..data import batches as batching
-from ..errors import KdistillError
+from kdistill.base.errors import KdistillError
+from kdistill.config.schema import Config, load_config
+from kdistill.data import batches as batching
 
 PREFIX_CHARS = 150
 SEED_OFFSET = 1_000_003  # generation batch b draws with seed + b: no training batch seed comes near
@@ -80,7 +80,7 @@ def overlap(examples: list[dict], training: list[dict], tokenizer, chars: int = 
 
 def training_split(run_cfg: Config, tokenizer, teacher_dir: str, device) -> list[dict] | str:
     """The run's training examples as `distill` split them, or a sentence saying why they are not at hand."""
-    from ..data.load import load_examples
+    from kdistill.data.load import load_examples
 
     try:
         examples = load_examples(run_cfg, None, tokenizer, teacher_dir, device)  # no teacher: cache or file only

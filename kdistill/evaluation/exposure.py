@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from ..data import rollout
-from ..data.batches import to_device
-from ..modeling import head_weight
+from kdistill.data import rollout
+from kdistill.data.batches import to_device
+from kdistill.models.heads import head_weight
 
 
 @torch.no_grad()

@@ -22,11 +22,11 @@ import math
 
 import torch
 
-from ..losses import SparseSignal
-from ..losses.cross import CrossSignal
-from .cross_metrics import cross_batch_sums, cross_summary
-from ..losses.divergences import divergence, forward_kl, jsd
-from ..data.batches import to_device
+from kdistill.data.batches import to_device
+from kdistill.evaluation.cross_metrics import cross_batch_sums, cross_summary
+from kdistill.losses import SparseSignal
+from kdistill.losses.cross import CrossSignal
+from kdistill.losses.divergences import divergence, forward_kl, jsd
 
 TOP_K = 10
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .tasks import read_task
+from kdistill.data.task_files import read_task
 
 PREFIX = "kd_"
 MC_METRICS = ["metric_list:", "  - metric: acc", "    aggregation: mean", "    higher_is_better: true",

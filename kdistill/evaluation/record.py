@@ -24,8 +24,8 @@ import datetime
 import os
 import platform
 
-from .compare import ratios
-from .tasks import retention_summary
+from kdistill.evaluation.compare import ratios
+from kdistill.evaluation.tasks import retention_summary
 
 SIZE_KEYS = ("parameters", "size_on_disk_mb")
 RATIO_GROUPS = {"compression": "size", "size_ratio": "size", "speedup": "speed", "ttft_speedup": "speed",
@@ -43,7 +43,7 @@ def how(command: str, student, teacher: str, device, teacher_dtype) -> dict:
     """The `measured` line of one command: when, the command line, what against what, on what."""
     import torch
 
-    from .. import __version__
+    from kdistill import __version__
 
     hw = hardware(device)
     return {"time": now(), "command": command, "student": str(student), "teacher": str(teacher),

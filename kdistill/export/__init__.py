@@ -12,11 +12,11 @@
 Plain HF folders (safetensors) are the default output everywhere; nothing is pickled, and every file
 is written under a temporary name and renamed into place when complete.
 """
-from .choose import choose_int4
-from .gguf_writer import export_gguf, write_gguf
-from .measure import compare_logits, gguf_report, kl_per_token, quant_report, weight_bytes
-from .quant_io import load_quantized, save_quantized
-from .quantize import QuantEmbedding, QuantLinear, dequantize_model, quantize_model
+from kdistill.export.choose import choose_int4
+from kdistill.export.gguf_writer import export_gguf, write_gguf
+from kdistill.export.measure import compare_logits, gguf_report, kl_per_token, quant_report, weight_bytes
+from kdistill.export.quant_io import load_quantized, save_quantized
+from kdistill.export.quantize import QuantEmbedding, QuantLinear, dequantize_model, quantize_model
 
 __all__ = [
     "export_gguf", "write_gguf", "quantize_model", "dequantize_model", "choose_int4", "QuantLinear",

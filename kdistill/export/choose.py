@@ -30,10 +30,16 @@ import copy
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from .measure import kl_per_token
-from .quantize import (GROUP_SIZES, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8,
-                       vocab_modules)
+from kdistill.base.errors import ModelError
+from kdistill.export.measure import kl_per_token
+from kdistill.export.quantize import (
+    GROUP_SIZES,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+    vocab_modules,
+)
 
 
 def int4_layers(model: nn.Module) -> dict[str, nn.Linear]:

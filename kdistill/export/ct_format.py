@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import ModelError
+from kdistill.base.errors import ModelError
 
 FORMATS = {"int8": "int-quantized", "int4": "pack-quantized"}
 CHECKED_WITH = "0.20.1"  # the compressed-tensors version these folders were tested against

@@ -1,6 +1,6 @@
 """Writing export outputs atomically: a file appears under its name only when it is complete.
 
-`kdistill.fsutil` covers text files and folders; `atomic_file` is for writers that open a path
+`kdistill.base.fsutil` covers text files and folders; `atomic_file` is for writers that open a path
 themselves (the gguf package's `GGUFWriter`).
 """
 from __future__ import annotations

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ModelError
-from ..model_files import check_model_folder, check_remote_code
-from .files import atomic_file
-from .gguf_vocab import gguf_vocab
+from kdistill.base.errors import ModelError
+from kdistill.export.files import atomic_file
+from kdistill.export.gguf_vocab import gguf_vocab
+from kdistill.models.files import check_model_folder, check_remote_code
 
 QTYPES = ("F32", "F16", "Q8_0", "Q5_0", "Q4_0")
 BLOCK = 32  # Q8_0, Q5_0 and Q4_0 block length

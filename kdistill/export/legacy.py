@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from .quantize import QuantEmbedding, QuantLinear
+from kdistill.base.errors import ModelError
+from kdistill.export.quantize import QuantEmbedding, QuantLinear
 
 FORMAT = "kdistill-weight-only"
 WEIGHTS = "quantized.safetensors"

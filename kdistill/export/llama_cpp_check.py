@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import KdistillError, ModelError
-from .gguf_writer import load_student
-from .measure import HELD_OUT_TEXT, kl_per_token
+from kdistill.base.errors import KdistillError, ModelError
+from kdistill.export.gguf_writer import load_student
+from kdistill.export.measure import HELD_OUT_TEXT, kl_per_token
 
 
 def llama_cpp_logits(gguf_path, ids: list[int], n_ctx: int):

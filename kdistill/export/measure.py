@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError, ModelError
+from kdistill.base.errors import DataError, ModelError
 
 # Held-out text for when the user gives none: plain prose and a little code, written for kdistill.
 HELD_OUT_TEXT = """\

@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import fsutil
-from ..errors import ModelError
-from ..model_files import check_remote_code
-from . import legacy
-from .ct_format import layer_plan, quantization_config
-from .files import default_mode
-from .quantize import QuantEmbedding, QuantLinear
+from kdistill.base import fsutil
+from kdistill.base.errors import ModelError
+from kdistill.export import legacy
+from kdistill.export.ct_format import layer_plan, quantization_config
+from kdistill.export.files import default_mode
+from kdistill.export.quantize import QuantEmbedding, QuantLinear
+from kdistill.models.files import check_remote_code
 
 WEIGHTS = "model.safetensors"
 RECORD = "kdistill_quantization.json"

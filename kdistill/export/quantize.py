@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ModelError
-from .packing import pack_int4, unpack_int4
+from kdistill.base.errors import ModelError
+from kdistill.export.packing import pack_int4, unpack_int4
 
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128)  # the int4 group lengths `kdistill export` measures

@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, replace
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.losses import cross, policy
 from kdistill.losses.divergences import DIVERGENCES
 from kdistill.losses.schedules import EntropyTemperature, Schedule

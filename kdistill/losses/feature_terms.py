@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.losses.config import _check_keys, parse_schedule
 from kdistill.losses.schedules import Schedule
 

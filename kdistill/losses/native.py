@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kdistill.fsutil import cache_root
+from kdistill.base.fsutil import cache_root
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_kernel.c")

@@ -17,19 +17,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
+from kdistill.losses import closed_form, cross, policy
 from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
 from kdistill.losses.config import Term, number, parse_terms
-from kdistill.losses import closed_form, cross
-from kdistill.losses import policy
 from kdistill.losses.divergences import cross_entropy, divergence
-from kdistill.losses.feature_terms import PARSERS as FEATURE_PARSERS, FeatureTerm
+from kdistill.losses.feature_terms import PARSERS as FEATURE_PARSERS
+from kdistill.losses.feature_terms import FeatureTerm
 from kdistill.losses.mixture import Mixture
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.selective import selective
 from kdistill.losses.signals import DenseSignal, SparseSignal, fp32
-
 
 TOKEN_WEIGHT = "token_weight"  # extras key: a float weight per row (0 = the row does not count)
 

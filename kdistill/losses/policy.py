@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.losses.signals import DenseSignal, fp32
 
 KIND = "reverse_kl_pg"

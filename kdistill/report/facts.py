@@ -15,7 +15,7 @@ import datetime
 import re
 from pathlib import Path
 
-from .runs import kl_key, series
+from kdistill.report.runs import kl_key, series
 
 GAP_RATIO, GAP_NATS, WINDOW = 1.5, 0.25, 10
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .plots import _figure
+from kdistill.report.plots import _figure
 
 PREFIXES = ("grad_norm/", "update_ratio/")
 

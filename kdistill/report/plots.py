@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 
-from ..errors import KdistillError
-from .runs import heldout_kl_keys, kl_key, series, term_keys
+from kdistill.base.errors import KdistillError
+from kdistill.report.runs import heldout_kl_keys, kl_key, series, term_keys
 
 DPI = 100
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import DataError
+from kdistill.base.errors import DataError
 
 # metrics.jsonl keys that are not loss terms
 META = {"step", "loss", "tokens", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "time", "rollout_tokens",

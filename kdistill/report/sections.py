@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import datetime
 
-from ..evaluation.chance import task_retention
-from ..evaluation.completions import describe
-from . import facts, plots, tradeoff
-from .gradient_flow import gradient_flow_png
-from .runs import series
+from kdistill.evaluation.chance import task_retention
+from kdistill.evaluation.completions import describe
+from kdistill.report import facts, plots, tradeoff
+from kdistill.report.gradient_flow import gradient_flow_png
+from kdistill.report.runs import series
 
 
 def num(v, digits: int = 3) -> str:

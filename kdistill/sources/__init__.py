@@ -31,18 +31,18 @@ def open_source(cfg, device, dtype):
     """The run's teacher source: several (`teacher.sources`), a cache (`teacher.cache`), else the model (read
     through its own tokenizer when the student has another: `student.tokenizer`, `cross.py`)."""
     if cfg.teacher.sources:
-        from .multi import MultiSource
+        from kdistill.sources.multi import MultiSource
 
         return MultiSource.open(cfg, device, dtype)
     if cfg.teacher.cache:
-        from .cached import CacheSource
+        from kdistill.sources.cached import CacheSource
 
         return CacheSource.open(cfg, device, dtype)
-    from .model import ModelSource
+    from kdistill.sources.model import ModelSource
 
     teacher = ModelSource.load(cfg, device, dtype)
     if cfg.student.tokenizer:  # the student reads another tokenizer: signals per aligned group of tokens
-        from .cross import CrossTokenizerSource, load_student_tokenizer
+        from kdistill.sources.cross import CrossTokenizerSource, load_student_tokenizer
 
         return CrossTokenizerSource(teacher, load_student_tokenizer(cfg.student.tokenizer), cfg.student.tokenizer,
                                     copy_embeddings=cfg.student.kind == "llama" and cfg.student.init == "teacher")

@@ -1,7 +1,7 @@
 """What a teacher source does when it has nothing of its own to do (see the table in `sources/__init__`)."""
 from __future__ import annotations
 
-from ..errors import ConfigError
+from kdistill.base.errors import ConfigError
 
 
 def no_activations(source) -> ConfigError:

@@ -18,13 +18,12 @@ import logging
 
 import torch
 
-from ..cache import manifest as M
-from ..cache.reader import TeacherCache, collate, open_cache
-from ..cache.writer import data_source
-from ..data.load import load_examples
-from ..errors import KdistillError
-from .base import Quiet
-from .model import ModelSource, load_from_config
+from kdistill.base.errors import KdistillError
+from kdistill.cache import manifest as M
+from kdistill.cache.reader import TeacherCache, collate, open_cache
+from kdistill.data.load import load_examples
+from kdistill.sources.base import Quiet
+from kdistill.sources.model import ModelSource, load_from_config
 
 log = logging.getLogger("kdistill")
 
@@ -36,7 +35,7 @@ def open_for_training(cfg) -> TeacherCache:
     if cfg.train.seq_len != m["seq_len"]:
         raise M.CacheMismatch(f"{where} was written with seq_len {m['seq_len']}, this run has train.seq_len="
                               f"{cfg.train.seq_len}; set train.seq_len={m['seq_len']} or rewrite the cache")
-    source, mine = m["data"]["source"], data_source(cfg)
+    source, mine = m["data"]["source"], M.data_source(cfg)
     if source != mine:
         diff = [f"{k}: cache {source.get(k)!r}, run {mine.get(k)!r}" for k in sorted(set(source) | set(mine))
                 if source.get(k) != mine.get(k)]

@@ -18,16 +18,16 @@ import logging
 
 import torch
 
-from ..cache import manifest as M
-from ..data import batches as batching
-from ..data.files import read_records
-from ..data.pairs import render_pairs
-from ..data.token_bytes import vocab_bytes
-from ..losses.alignment import identity_pairs, string_pairs
-from ..losses.cross import CrossSignal
-from ..losses.signals import DenseSignal
-from ..modeling import final_hidden, head_weight, logits_from_hidden_ok, unwrap
-from .base import Quiet
+from kdistill.cache import manifest as M
+from kdistill.data import batches as batching
+from kdistill.data.files import read_records
+from kdistill.data.pairs import render_pairs
+from kdistill.data.token_bytes import vocab_bytes
+from kdistill.losses.alignment import identity_pairs, string_pairs
+from kdistill.losses.cross import CrossSignal
+from kdistill.losses.signals import DenseSignal
+from kdistill.models.heads import final_hidden, head_weight, logits_from_hidden_ok, unwrap
+from kdistill.sources.base import Quiet
 
 log = logging.getLogger("kdistill")
 
@@ -51,8 +51,8 @@ def load_student_tokenizer(spec: str):
 
     from transformers import AutoTokenizer
 
-    from ..errors import ModelError
-    from ..teacher import default_teacher_gguf
+    from kdistill.base.errors import ModelError
+    from kdistill.models.teacher import default_teacher_gguf
 
     gguf = default_teacher_gguf() if spec == "default" else Path(spec).expanduser()
     try:
@@ -164,7 +164,7 @@ class CrossTokenizerSource(Quiet):
     def attach_student(self, student) -> None:
         """A LLaMA student with init=teacher starts from the teacher's embeddings of matching strings."""
         if self.copy_embeddings:
-            from ..students.own_tokenizer import copy_matching_embeddings
+            from kdistill.students.own_tokenizer import copy_matching_embeddings
 
             s_ids, t_ids = self.pairs(int(head_weight(student).shape[0]))
             n = copy_matching_embeddings(student, self.inner.model, s_ids, t_ids)

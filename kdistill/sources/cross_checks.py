@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import ConfigError
+from kdistill.base.errors import ConfigError
 
 log = logging.getLogger("kdistill")
 CROSS_TERMS = ("ce", "uld", "hybrid")
@@ -51,8 +51,8 @@ def check_cross(cfg) -> None:
     why = _refusals(cfg)
     if why:
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer}: " + "; ".join(why))
-    from ..data.token_bytes import reading
-    from .cross import load_student_tokenizer
+    from kdistill.data.token_bytes import reading
+    from kdistill.sources.cross import load_student_tokenizer
 
     student = load_student_tokenizer(cfg.student.tokenizer)
     reading(student)
@@ -63,10 +63,10 @@ def check_cross(cfg) -> None:
 
 def check_pair(cfg, student, teacher) -> None:
     """Both tokenizers encode every response losslessly (DataError naming it); no shared strings is said."""
-    from ..data.files import read_records
-    from ..data.pairs import render_pairs
-    from ..data.token_bytes import vocab_bytes
-    from ..losses.alignment import string_pairs
+    from kdistill.data.files import read_records
+    from kdistill.data.pairs import render_pairs
+    from kdistill.data.token_bytes import vocab_bytes
+    from kdistill.losses.alignment import string_pairs
 
     records = read_records(cfg.data.path, cfg.data.split, cfg.data.max_records)
     render_pairs(records, student, teacher, cfg.train.seq_len, 4 * cfg.train.seq_len, cfg.data.format,

@@ -13,8 +13,8 @@ import copy
 
 import torch
 
-from ..data import batches as batching
-from .model import signal_with_activations, teacher_signal
+from kdistill.data import batches as batching
+from kdistill.sources.model import signal_with_activations, teacher_signal
 
 
 class EmaSource:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from ..data import batches as batching
-from ..activations import capture
-from ..data.load import load_examples
-from ..losses import DenseSignal
-from ..modeling import final_hidden, head_weight, logits_from_hidden_ok, unwrap
-from ..teacher import load_teacher
-from .base import Quiet
+from kdistill.data import batches as batching
+from kdistill.data.load import load_examples
+from kdistill.losses import DenseSignal
+from kdistill.models.activations import capture
+from kdistill.models.heads import final_hidden, head_weight, logits_from_hidden_ok, unwrap
+from kdistill.models.teacher import load_teacher
+from kdistill.sources.base import Quiet
 
 
 def load_from_config(cfg, device, dtype):
@@ -99,7 +99,7 @@ class ModelSource(Quiet):
 
     def identity(self) -> dict:
         if not hasattr(self, "_identity"):  # hashing the weight files takes a second or two: once
-            from ..cache.manifest import weights_fingerprint
+            from kdistill.cache.manifest import weights_fingerprint
 
             self._identity = {"kind": "model", "spec": self.spec,
                               "weights_sha256": weights_fingerprint(self.folder, self.model)}

@@ -22,15 +22,15 @@ import difflib
 
 import torch
 
-from ..cache import manifest as M
-from ..data import batches as batching
-from ..data.load import load_examples
-from ..errors import ConfigError, DataError, ModelError
-from ..losses.mixture import Mixture, MixtureDistribution, Part
-from .base import no_activations
-from .cached import CacheSource, init_teacher, open_for_training
-from .ema import EmaSource
-from .model import ModelSource
+from kdistill.base.errors import ConfigError, DataError, ModelError
+from kdistill.cache import manifest as M
+from kdistill.data import batches as batching
+from kdistill.data.load import load_examples
+from kdistill.losses.mixture import Mixture, MixtureDistribution, Part
+from kdistill.sources.base import no_activations
+from kdistill.sources.cached import CacheSource, init_teacher, open_for_training
+from kdistill.sources.ema import EmaSource
+from kdistill.sources.model import ModelSource
 
 KEYS = {"model": ("name", "model", "weight", "load_in", "max_memory", "offload_dir"),
         "cache": ("name", "cache", "weight"),
@@ -105,7 +105,7 @@ def _cache_child(entry: dict, cfg) -> CacheSource:
 
 
 def _load_child(entry: dict, cfg, device, dtype) -> ModelSource:
-    from ..teacher import load_teacher
+    from kdistill.models.teacher import load_teacher
 
     t = cfg.teacher
     model, tokenizer, folder = load_teacher(
@@ -184,8 +184,8 @@ class MultiSource:
             return [{**e, "index": i} for i, e in enumerate(caches[0].cache.examples)]
         if self.combine != "route":
             return load_examples(cfg, self._init, self.tokenizer, self._init_folder, device)
-        from ..data.files import read_records
-        from ..data.render import render
+        from kdistill.data.files import read_records
+        from kdistill.data.render import render
 
         names = [c.against for c in self.children]
         groups: dict[int, list] = {}

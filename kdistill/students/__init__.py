@@ -11,14 +11,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import fsutil
-from ..hardware import release_memory
-from .init import init_from_teacher, select_layers
-from .layer_map import increasing
-from ..modeling import count_parameters, decoder_layers
-from .llama import build_llama, llama_blocks_missing, resolve_sizes, teacher_sizes, window_dropped
-from .presets import SIZE_KEYS
-from .prune import prune_into
+from kdistill.base import fsutil
+from kdistill.base.hardware import release_memory
+from kdistill.models.heads import count_parameters, decoder_layers
+from kdistill.students.init import init_from_teacher, select_layers
+from kdistill.students.layer_map import increasing
+from kdistill.students.llama import build_llama, llama_blocks_missing, resolve_sizes, teacher_sizes, window_dropped
+from kdistill.students.presets import SIZE_KEYS
+from kdistill.students.prune import prune_into
 
 log = logging.getLogger("kdistill")
 
@@ -33,7 +33,7 @@ def choose_layers(cfg, teacher, n: int, calib_batch) -> list[int]:
 
 def fit_copied_spans(cfg, student, teacher, layers: list[int], calib_batch) -> dict:
     """`span_fit.fit_spans` on the first `student.span_fit_rows` calibration rows, on their device."""
-    from .span_fit import fit_spans
+    from kdistill.students.span_fit import fit_spans
 
     rows = {k: v[:cfg.student.span_fit_rows] for k, v in calib_batch.items()}
     student.to(rows["input_ids"].device)
@@ -78,7 +78,7 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
                 else:
                     report["span_fit"] = fit_copied_spans(cfg, student, teacher, layers, calib_batch)
             if cfg.student.repair_steps and fits:
-                from .repair import repair_from_teacher
+                from kdistill.students.repair import repair_from_teacher
 
                 rows = {k: v[:cfg.student.repair_rows] for k, v in calib_batch.items()}
                 report["repair"] = repair_from_teacher(student, teacher, rows, cfg.student.repair_steps)
@@ -88,7 +88,7 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
             report.update(init_from_teacher(student, teacher, None))
     report["parameters"] = count_parameters(student)
     if fresh is not None:  # its own tokenizer: no embedding row means the teacher's row of the same id
-        from .own_tokenizer import use_tokenizer
+        from kdistill.students.own_tokenizer import use_tokenizer
 
         report.update(use_tokenizer(student, tokenizer, fresh))
     return student, report
@@ -96,8 +96,13 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
 
 def fractal_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None):
     """The weight-shared complex student of seed 000, on the teacher's vocabulary."""
-    from ..errors import ConfigError
-    from .fractal import FractalConfig, FractalForCausalLM, core_parameter_count, init_embeddings_from_teacher
+    from kdistill.base.errors import ConfigError
+    from kdistill.students.fractal import (
+        FractalConfig,
+        FractalForCausalLM,
+        core_parameter_count,
+        init_embeddings_from_teacher,
+    )
 
     s, t = cfg.student, teacher.config
     hidden, heads = s.hidden_size or 256, s.num_heads or 4
@@ -120,7 +125,7 @@ def fractal_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=N
 
 
 def pretrained_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None):
-    from .pretrained import build_pretrained
+    from kdistill.students.pretrained import build_pretrained
 
     return build_pretrained(cfg, teacher, tokenizer)
 
@@ -136,7 +141,7 @@ def build_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=Non
 def save_student(student, tokenizer, output_dir: Path):
     """Write OUTPUT_DIR/student (a plain model folder); a LoRA student also as OUTPUT_DIR/adapter.
     Returns the model to evaluate (a LoRA student merged into its base)."""
-    from .pretrained import is_peft, save_adapter_and_merged
+    from kdistill.students.pretrained import is_peft, save_adapter_and_merged
 
     if is_peft(student):
         return save_adapter_and_merged(student, tokenizer, Path(output_dir), fsutil.atomic_dir)

@@ -1,4 +1,4 @@
-"""`kdistill design`: size LLaMA-style students for a teacher and a budget, deep-narrow first (seed 004).
+"""Size LLaMA-style students for a teacher and a budget, deep-narrow first (seed 004).
 
 For every width the teacher's attention can be cut to (whole heads of the teacher's head size, KV groups
 no larger than the teacher's), the depth that meets the budget; candidates within 15% of the budget and
@@ -23,9 +23,8 @@ import re
 
 import yaml
 
-from ..cli_args import design_arguments
-from ..errors import ConfigError
-from .llama import llama_blocks_missing, teacher_sizes, text_config
+from kdistill.base.errors import ConfigError
+from kdistill.students.llama import llama_blocks_missing, teacher_sizes, text_config
 
 TOLERANCE = 0.15
 INT4_BYTES = 4.5 / 8
@@ -140,58 +139,7 @@ def instantiated_parameters(config) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..modeling import count_parameters
+    from kdistill.models.heads import count_parameters
 
     with torch.device("meta"):
         return count_parameters(AutoModelForCausalLM.from_config(config))
-
-
-def load_teacher_config(spec: str):
-    from transformers import AutoConfig
-
-    from ..errors import ModelError
-    from ..teacher import convert_gguf, resolve
-
-    try:
-        folder, gguf = resolve(spec)
-    except ModelError as e:
-        raise ModelError(str(e).replace("teacher.model:", "--teacher:", 1)) from None
-    if gguf:
-        folder = str(convert_gguf(folder, gguf))
-    try:
-        return AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"--teacher {spec!r}: cannot read its config ({e})") from e
-
-
-def main(args) -> int:
-    """The `kdistill design` command: print the candidates, write the chosen one as a config file."""
-    from pathlib import Path
-
-    from .. import fsutil
-
-    config = load_teacher_config(args.teacher)
-    teacher_params = instantiated_parameters(config)
-    if args.compression is not None and args.compression <= 1:
-        raise ConfigError(f"--compression {args.compression}: must be above 1 (teacher size / student size)")
-    target = parse_count(args.params) if args.params else round(teacher_params / args.compression)
-    found, teacher = candidates(config, target, args.context)
-    teacher["parameters"] = teacher_params
-    if not found:
-        smallest = config.vocab_size * (getattr(config, "head_dim", None) or 64)
-        raise ConfigError(f"no LLaMA-style student of about {target:,} parameters fits this teacher (the "
-                          f"narrowest embedding alone has {smallest:,}); ask for more parameters or less compression")
-    chosen = (args.choose or 1) - 1
-    if not 0 <= chosen < len(found):
-        raise ConfigError(f"--choose {args.choose}: pick 1 to {len(found)}")
-    print(f"teacher {args.teacher}: {teacher_params:,} parameters; target {target:,} "
-          f"({teacher_params / target:.2f}x smaller), deep-narrow first")
-    print(table(found, teacher, chosen, args.context))
-    command = f"kdistill design --teacher {args.teacher} " + (
-        f"--params {args.params}" if args.params else f"--compression {args.compression}")
-    fsutil.write_text(Path(args.out), student_yaml(found[chosen], args.teacher, teacher, command))
-    print(f"wrote candidate {chosen + 1} to {args.out}: kdistill distill --config {args.out}")
-    return 0
-
-
-add_arguments = design_arguments  # defined without torch, so `kdistill design --help` is quick

@@ -50,7 +50,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 
 
 def complex_matrix(weight_re: torch.Tensor, weight_im: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,8 @@ import logging
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelError
-from ..modeling import decoder, decoder_layers, head_weight, resident
+from kdistill.base.errors import ConfigError, ModelError
+from kdistill.models.heads import decoder, decoder_layers, head_weight, resident
 
 log = logging.getLogger("kdistill")
 

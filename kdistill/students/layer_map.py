@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import capture, layer_count
-from ..errors import ConfigError
+from kdistill.base.errors import ConfigError
+from kdistill.models.activations import capture, layer_count
 
 
 def uniform_pairs(n_student: int, n_teacher: int) -> list[tuple[int, int]]:

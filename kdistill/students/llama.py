@@ -13,8 +13,8 @@ import difflib
 
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ..errors import ConfigError
-from .presets import PRESETS, SIZE_KEYS
+from kdistill.base.errors import ConfigError
+from kdistill.students.presets import PRESETS, SIZE_KEYS
 
 LLAMA_BLOCKS = ("llama", "mistral", "qwen2")  # model types whose decoder layers a LlamaDecoderLayer can hold
 _QKV_BIAS = ("qwen2",)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling import count_parameters
-from .init import project_embeddings
+from kdistill.models.heads import count_parameters
+from kdistill.students.init import project_embeddings
 
 
 def use_tokenizer(student, tokenizer, fresh: torch.Tensor) -> dict:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelError
-from ..modeling import count_parameters
+from kdistill.base.errors import ConfigError, ModelError
+from kdistill.models.heads import count_parameters
 
 log = logging.getLogger("kdistill")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..modeling import decoder, decoder_layers, resident
-from .init import _only_layers
+from kdistill.models.heads import decoder, decoder_layers, resident
+from kdistill.students.init import _only_layers
 
 
 def _mean_abs(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

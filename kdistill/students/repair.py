@@ -23,9 +23,9 @@ import time
 import torch
 from torch import nn
 
-from ..losses.chunked import fused_linear_loss
-from ..modeling import decoder, decoder_layers, head_weight
-from .init import TeacherTargets
+from kdistill.losses.chunked import fused_linear_loss
+from kdistill.models.heads import decoder, decoder_layers, head_weight
+from kdistill.students.init import TeacherTargets
 
 log = logging.getLogger("kdistill")
 

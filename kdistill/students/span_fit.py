@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from ..activations import capture
-from ..modeling import decoder, decoder_layers
-from .layer_map import span_pairs
+from kdistill.models.activations import capture
+from kdistill.models.heads import decoder, decoder_layers
+from kdistill.students.layer_map import span_pairs
 
 log = logging.getLogger("kdistill")
 

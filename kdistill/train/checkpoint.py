@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import fsutil
-from ..errors import KdistillError
+from kdistill.base import fsutil
+from kdistill.base.errors import KdistillError
 
 SOURCE_TENSORS = "source.safetensors"
 FEATURE_TENSORS = "features.safetensors"  # projections of hidden-state terms (train/features.py), never in student/

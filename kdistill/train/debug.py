@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..modeling import decoder_layers
+from kdistill.models.heads import decoder_layers
 
 log = logging.getLogger("kdistill")
 VANISHING, EXPLODING = 1e-3, 1e2  # a layer's gradient norm relative to the median layer's

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..activations import capture
-from ..errors import ConfigError
-from ..hardware import autocast
-from ..modeling import decoder_layers, final_hidden, head_weight
+from kdistill.base.errors import ConfigError
+from kdistill.base.hardware import autocast
+from kdistill.models.activations import capture
+from kdistill.models.heads import decoder_layers, final_hidden, head_weight
 
 log = logging.getLogger("kdistill")
 MODES = ("auto", "none", "ddp", "fsdp")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ConfigError, KdistillError
-from ..losses import build_objective
-from ..students.layer_map import check_pairs
-from ..students.llama import LLAMA_BLOCKS, resolve_sizes, teacher_sizes
+from kdistill.base.errors import ConfigError, KdistillError
+from kdistill.losses import build_objective
+from kdistill.students.layer_map import check_pairs
+from kdistill.students.llama import LLAMA_BLOCKS, resolve_sizes, teacher_sizes
 
 WHAT = {"hidden_mse": "hidden states", "hidden_cosine": "hidden states", "attention_output": "attention outputs",
         "attention_map": "attention maps"}
@@ -28,7 +28,7 @@ def teacher_config(cfg):
     """The teacher's config from its config.json (a GGUF teacher: once converted), or None; no weights load."""
     from transformers import AutoConfig
 
-    from ..teacher import _gguf_cache_dir, resolve
+    from kdistill.models.teacher import _gguf_cache_dir, resolve
 
     if cfg.teacher.cache or cfg.teacher.sources:
         return None

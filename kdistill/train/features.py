@@ -20,13 +20,13 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from ..activations import attention_of, capture, layer_count
-from ..losses.feature_terms import FeatureTerm
-from ..losses.features import HIDDEN, attention_map, sample_rows
-from ..losses.reduction import reduce_tokens
-from ..modeling import decoder_layers, unwrap
-from ..students.layer_map import cka_map, resolve_pairs
-from ..students.llama import text_config
+from kdistill.losses.feature_terms import FeatureTerm
+from kdistill.losses.features import HIDDEN, attention_map, sample_rows
+from kdistill.losses.reduction import reduce_tokens
+from kdistill.models.activations import attention_of, capture, layer_count
+from kdistill.models.heads import decoder_layers, unwrap
+from kdistill.students.layer_map import cka_map, resolve_pairs
+from kdistill.students.llama import text_config
 
 FEATURE_TENSORS = "features.safetensors"
 GOLDEN = 0.6180339887498949

@@ -20,13 +20,21 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .. import fsutil
-from ..data.batches import take_rows, to_device
-from ..errors import KdistillError
-from ..modeling import head_weight
-from . import checkpoint, debug
-from .distributed import Dist, StudentLoss, Whole, full_optimizer_state, load_into_shards, world_change, wrap
-from .tracking import open_trackers
+from kdistill.base import fsutil
+from kdistill.base.errors import KdistillError
+from kdistill.data.batches import take_rows, to_device
+from kdistill.models.heads import head_weight
+from kdistill.train import checkpoint, debug
+from kdistill.train.distributed import (
+    Dist,
+    StudentLoss,
+    Whole,
+    full_optimizer_state,
+    load_into_shards,
+    world_change,
+    wrap,
+)
+from kdistill.train.tracking import open_trackers
 
 log = logging.getLogger("kdistill")
 
@@ -124,7 +132,7 @@ def run_training(cfg, student, source, tokenizer, objective, stream, evaluate, d
     whole = Whole(student, dist)  # before sharding: under fsdp a plain copy for evaluation and checkpoints
     model = wrap(StudentLoss(student, objective, features), dist, device)
     params = [p for p in student.parameters() if p.requires_grad] + list(features.parameters() if features else [])
-    from .schedule import make_optimizer, warmup_cosine
+    from kdistill.train.schedule import make_optimizer, warmup_cosine
 
     optimizer = make_optimizer(params, tc)
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import ConfigError
+from kdistill.base.errors import ConfigError
 
 KINDS = ("jsonl", "tensorboard", "aim", "wandb")
 EXTRA = {"tensorboard": "tensorboard", "aim": "aim", "wandb": "wandb"}

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from kdistill.cache.writer import write_cache
-from kdistill.config import load_config
-from kdistill.distill import distill
-import kdistill.distill as distill_module
+import kdistill.run.distill as distill_module
+from kdistill.config.schema import load_config
+from kdistill.run.cache import write_cache
+from kdistill.run.distill import distill
 from kdistill.sources import model as model_source
 from kdistill.train import loop
 

@@ -3,13 +3,13 @@ or corrupted shard, an unknown format version, an unfinished cache, another toke
 import json
 
 import pytest
-
 from helpers import save_tiny_teacher
+
 from kdistill.cache.manifest import CacheError, CacheMismatch
 from kdistill.cache.reader import open_cache
-from kdistill.cache.writer import write_cache
-from kdistill.config import load_config
-from kdistill.distill import distill
+from kdistill.config.schema import load_config
+from kdistill.run.cache import write_cache
+from kdistill.run.distill import distill
 
 from .conftest import FAST
 
@@ -96,9 +96,8 @@ def _run(teacher, cache, out, *extra):
 
 
 def test_a_cache_from_another_tokenizer_is_refused(written, tmp_path):
-    from transformers import AutoTokenizer
-
     from helpers import tiny_tokenizer
+    from transformers import AutoTokenizer
 
     other = tmp_path / "other"
     save_tiny_teacher(other, seed=1)

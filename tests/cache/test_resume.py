@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kdistill.cache import writer
 from kdistill.cache.manifest import CacheError
 from kdistill.cache.reader import open_cache
+from kdistill.run import cache as writer
 
 ROOT = Path(__file__).parents[2]
 

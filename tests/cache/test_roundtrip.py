@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from kdistill.cache.reader import open_cache
-from kdistill.cache.writer import write_cache
-from kdistill.cli import main as cli_main
+from kdistill.commands.cli import main as cli_main
 from kdistill.data.batches import collate
-from kdistill.teacher import load_teacher
+from kdistill.models.teacher import load_teacher
+from kdistill.run.cache import write_cache
 
 
 def exact_topk(teacher_dir, examples, k):

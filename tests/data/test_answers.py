@@ -1,8 +1,15 @@
 """Final answers read from tricky formats and compared by kind."""
 import pytest
 
-from kdistill.data.answers import (answer_kind, answer_start, extract_answer, gold_answer, matches, parse_choice,
-                                   parse_number)
+from kdistill.data.answers import (
+    answer_kind,
+    answer_start,
+    extract_answer,
+    gold_answer,
+    matches,
+    parse_choice,
+    parse_number,
+)
 
 
 @pytest.mark.parametrize("text, number", [

@@ -2,12 +2,11 @@
 import json
 
 import pytest
-
 from helpers import tiny_tokenizer
-from kdistill.config_generate import CotConfig
-from kdistill.data.cot import (check, code_program, problem_prompt, read_problems, token_at,
-                               weighted_examples)
-from kdistill.errors import DataError
+
+from kdistill.base.errors import DataError
+from kdistill.config.generation import CotConfig
+from kdistill.data.cot import check, code_program, problem_prompt, read_problems, token_at, weighted_examples
 
 CFG = CotConfig(timeout_s=2.0, memory_mb=128)
 ADD = {"prompt": "def add(a, b):\n    \"\"\"Return a + b.\"\"\"\n", "entry_point": "add", "origin": "t",

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import kdistill.data.generate as G
-from kdistill import preflight
-from kdistill.config import load_config
+import kdistill.data.teacher_written as G
+from kdistill.base.errors import DataError
+from kdistill.config.schema import load_config
 from kdistill.data.answers import parse_number
-from kdistill.distill import distill
-from kdistill.errors import DataError
+from kdistill.run import preflight
+from kdistill.run.distill import distill
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train.max_steps=1", "train.seq_len=48", "train.batch_size=2", "train.threads=1", "student.num_layers=1",

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from kdistill.base.errors import DataError
 from kdistill.data.files import read_records
-from kdistill.errors import DataError
 
 
 def test_reads_every_format(tmp_path):
@@ -53,6 +53,7 @@ def test_missing_file_and_offline_hub_name(tmp_path):
 def _render_error(path, **kw) -> str:
     """The DataError message that reading and rendering `path` gives."""
     from helpers import tiny_tokenizer
+
     from kdistill.data.render import render
 
     with pytest.raises(DataError) as caught:

@@ -3,10 +3,9 @@ import json
 
 import pytest
 
-from kdistill.config_generate import FilterConfig
+from kdistill.config.generation import FilterConfig
 from kdistill.data.dedup import NearDuplicates, jaccard, shingles
-from kdistill.data.filters import (contamination_grams, nothing_kept, quality_filter, repeated_fraction,
-                                   score_logprobs)
+from kdistill.data.filters import contamination_grams, nothing_kept, quality_filter, repeated_fraction, score_logprobs
 
 GOOD = "Rain forms when water vapour cools and condenses into droplets that grow heavy enough to fall."
 

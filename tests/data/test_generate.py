@@ -4,8 +4,8 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import kdistill.data.generate as G
-from kdistill.config import load_config
+import kdistill.data.teacher_written as G
+from kdistill.config.schema import load_config
 from kdistill.data.load import load_examples
 
 SETTINGS = {"max_new_tokens": 6, "temperature": 0.8, "top_p": 0.95, "batch_size": 2, "seed": 7}

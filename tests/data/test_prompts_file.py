@@ -3,10 +3,10 @@ with the file and line."""
 import json
 
 import pytest
-
 from helpers import tiny_tokenizer
+
+from kdistill.base.errors import DataError
 from kdistill.data.prompts_file import plain, prompt_ids, read_prompts
-from kdistill.errors import DataError
 
 
 def test_text_lines_jsonl_prompts_and_chat_records(tmp_path):

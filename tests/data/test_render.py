@@ -1,9 +1,9 @@
 """Rendering records into examples: packing, instruction masks, chat template, field errors."""
 import pytest
-
 from helpers import tiny_tokenizer
+
+from kdistill.base.errors import DataError
 from kdistill.data.render import detect_format, pack_text, render, render_instruction
-from kdistill.errors import DataError
 
 
 def test_pack_text_strides_without_losing_targets():

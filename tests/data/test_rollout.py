@@ -4,9 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from helpers import tiny_llama
-from kdistill.config import RolloutConfig
+
+from kdistill.config.schema import RolloutConfig
 from kdistill.data import rollout
 from kdistill.data.batches import BatchStream, collate
 
@@ -128,10 +128,11 @@ def test_buffer_reuse_records_staleness_and_state_resumes_exactly():
 
 
 def test_a_student_that_writes_only_eos_gives_a_zero_token_step(capsys):
+    from helpers import tiny_tokenizer
+
     from kdistill.losses import build_objective
     from kdistill.sources.model import ModelSource
     from kdistill.train.loop import train_step
-    from helpers import tiny_tokenizer
 
     stream = _stream(Scripted([[EOS]] * 3, prompt_len=3))
     batch = stream.next()
@@ -158,8 +159,8 @@ def test_teacher_mixing_records_the_mixture_logprob():
 @pytest.mark.parametrize("settings", [{"source": "nope"}, {"lmbda": 1.5}, {"top_p": 0.0}, {"buffer": 0},
                                       {"max_new_tokens": 32}, {"teacher_mix": 1.0}])
 def test_bad_rollout_settings_are_refused(settings):
-    from kdistill.config import load_config
-    from kdistill.errors import ConfigError
+    from kdistill.base.errors import ConfigError
+    from kdistill.config.schema import load_config
 
     overrides = ["rollout.source=student", "train.seq_len=32"] + [f"rollout.{k}={v}" for k, v in settings.items()]
     with pytest.raises(ConfigError, match="rollout"):

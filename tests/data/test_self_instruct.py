@@ -1,7 +1,7 @@
 """Self-instruct: requests from seeds, replies parsed, new instructions deduplicated against seeds and each other."""
 import pytest
 
-from kdistill.config_generate import SelfInstructConfig
+from kdistill.config.generation import SelfInstructConfig
 from kdistill.data.self_instruct import parse_instruction, requests, select
 
 SEEDS = ["Write a short poem about the sea at night.", "Explain why leaves change colour in autumn.",

@@ -4,11 +4,11 @@ import itertools
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import save_tiny_teacher, tiny_llama, tiny_tokenizer
+
 from kdistill.evaluation import speed
 from kdistill.evaluation.compare import format_table, ratios
-from kdistill.modeling import count_parameters
+from kdistill.models.heads import count_parameters
 
 
 def llama_parameters(vocab: int, layers: int, d: int = 32, ffn: int = 64, kv: int = 16) -> int:

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import CORPUS, save_tiny_teacher, tiny_llama, tiny_tokenizer
-from kdistill.cli import main
-from kdistill.config import dump, load_config
+
+from kdistill.commands.cli import main
+from kdistill.config.schema import dump, load_config
 from kdistill.evaluation import eval_data, record
 
 TASKS = [str(Path(__file__).parents[1] / "fixtures" / "tasks" / "tiny_mc.jsonl")]
@@ -98,7 +98,7 @@ def test_a_new_speed_measurement_replaces_the_whole_speed_group():
 
 
 def test_an_unreadable_eval_json_is_kept_aside(tmp_path, capsys):
-    from kdistill.evaluation.command import write_result
+    from kdistill.run.evaluate import write_result
 
     path = tmp_path / "eval.json"
     path.write_text('{"heldout": {"kl": 1.0}, "cut sho')
@@ -173,8 +173,9 @@ def test_eval_measures_speed_after_letting_go_of_both_models(root, tmp_path, mon
     """The speed subprocesses run while this process holds no model (their memory would add to it)."""
     import gc
 
-    import kdistill.evaluation.command as command
     from transformers import PreTrainedModel
+
+    import kdistill.run.evaluate as command
 
     seen = {}
 

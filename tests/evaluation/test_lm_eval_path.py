@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_llama, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import tiny_llama, tiny_tokenizer
 from kdistill.evaluation.lm_eval_tasks import lm_eval_command, write_task_yamls
 from kdistill.evaluation.tasks import run_tasks
 

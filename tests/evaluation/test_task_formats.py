@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_llama, tiny_tokenizer
-from kdistill.errors import DataError
+
+from kdistill.base.errors import DataError
+from kdistill.data.task_lm_eval import read_lm_eval_yaml
 from kdistill.evaluation.lm_eval_tasks import lm_eval_command, write_task_yamls
-from kdistill.evaluation.read_lm_eval import read_lm_eval_yaml
 from kdistill.evaluation.tasks import read_task, run_tasks
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tasks"

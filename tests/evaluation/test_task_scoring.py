@@ -10,11 +10,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from helpers import tiny_tokenizer
-from kdistill.errors import DataError
-from kdistill.evaluation.tasks import (encode_pair, mean_retention, normalize, read_task, retention,
-                                       retention_summary, run_tasks, score_generative, score_multiple_choice)
+
+from kdistill.base.errors import DataError
+from kdistill.evaluation.tasks import (
+    encode_pair,
+    mean_retention,
+    normalize,
+    read_task,
+    retention,
+    retention_summary,
+    run_tasks,
+    score_generative,
+    score_multiple_choice,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tasks"
 VOCAB = [" ", "a", "b", "c", "\n"]

@@ -1,5 +1,5 @@
 """Every export type states the KL it should give; a measured KL above it is a warning that says what to try."""
-from kdistill import cli_args
+from kdistill.commands import args as cli_args
 from kdistill.export.bounds import EXPECTED_KL, NEXT_TRY, kind_of, kl_warning
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kdistill.errors import ModelError
+from kdistill.base.errors import ModelError
 from kdistill.export import choose_int4, compare_logits, quantize_model
 from kdistill.export.choose import int4_layers, layer_bits
 from kdistill.export.measure import CALIBRATION_TEXT, text_batches

@@ -7,8 +7,9 @@ import torch
 from gguf import GGUFReader
 from transformers import AutoModelForCausalLM
 
-from kdistill.errors import DataError, KdistillError, ModelError
-from kdistill.export import bounds, cli, load_quantized
+from kdistill.base.errors import DataError, KdistillError, ModelError
+from kdistill.commands import export as cli
+from kdistill.export import bounds, load_quantized
 from kdistill.export.bounds import EXPECTED_KL
 
 
@@ -20,6 +21,15 @@ def parse(argv) -> argparse.Namespace:
 
 def run(argv) -> int:
     return cli.main(parse(argv))
+
+
+def run_export(a) -> dict:
+    """What `kdistill export` with these parsed options returns through the API."""
+    from kdistill import api
+
+    return api.export(a.model, a.format, a.type, a.out, group_size=a.group_size, max_bits=a.max_bits,
+                      calibration=a.calibration, keep_embeddings=a.keep_embeddings, data=a.data,
+                      seq_len=a.seq_len, max_tokens=a.max_tokens, measure=not a.no_eval)
 
 
 def test_help_shows_examples():
@@ -51,11 +61,11 @@ def test_int4_export_with_held_out_file(student_dir, tmp_path, capsys):
 def test_int4_within_its_bound_no_worse_than_q4_0_and_loads_in_transformers(student_dir, tmp_path):
     """At Q4_0's size (--max-bits 4.5) and at the default 5 bits, on the same held-out text as GGUF Q4_0
     through the GGUF writer and transformers' reader."""
-    q4_0 = cli.run_export(parse(["--model", str(student_dir), "--format", "gguf", "--type", "Q4_0",
+    q4_0 = run_export(parse(["--model", str(student_dir), "--format", "gguf", "--type", "Q4_0",
                                  "--out", str(tmp_path / "s.gguf")]))["report"]
-    same_size = cli.run_export(parse(["--model", str(student_dir), "--format", "int4", "--max-bits", "4.5",
+    same_size = run_export(parse(["--model", str(student_dir), "--format", "int4", "--max-bits", "4.5",
                                       "--out", str(tmp_path / "s-4.5")]))
-    default = cli.run_export(parse(["--model", str(student_dir), "--format", "int4", "--out", str(tmp_path / "s")]))
+    default = run_export(parse(["--model", str(student_dir), "--format", "int4", "--out", str(tmp_path / "s")]))
     assert same_size["report"]["kl_mean"] <= q4_0["kl_mean"] and default["report"]["kl_mean"] < q4_0["kl_mean"]
     assert default["report"]["kl_mean"] <= EXPECTED_KL["int4"] and default["warning"] is None
     assert same_size["report"]["bytes_after"] <= q4_0["bytes_after"] * 1.05
@@ -69,7 +79,7 @@ def test_int4_within_its_bound_no_worse_than_q4_0_and_loads_in_transformers(stud
 
 def test_a_kl_above_the_bound_is_a_warning(student_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(bounds.EXPECTED_KL, "int8", 1e-12)
-    result = cli.run_export(parse(["--model", str(student_dir), "--format", "int8", "--out", str(tmp_path / "q")]))
+    result = run_export(parse(["--model", str(student_dir), "--format", "int8", "--out", str(tmp_path / "q")]))
     err = capsys.readouterr().err
     assert result["warning"] and "warning: this int8 export's KL" in err and "Q8_0" in err
 

@@ -15,7 +15,7 @@ import torch
 from gguf import GGUFReader, dequantize
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kdistill.errors import ModelError
+from kdistill.base.errors import ModelError
 from kdistill.export import compare_logits, export_gguf, quantize_model, write_gguf
 from kdistill.export.gguf_writer import permute_rows
 from kdistill.export.measure import load_gguf

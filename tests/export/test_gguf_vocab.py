@@ -3,7 +3,7 @@ import pytest
 from gguf import GGUFReader
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from kdistill.errors import ModelError
+from kdistill.base.errors import ModelError
 from kdistill.export import export_gguf
 from kdistill.export.gguf_vocab import CONTROL, LLAMA3_SPLIT, NORMAL, UNUSED, gguf_vocab, pre_tokenizer_name
 from tests.helpers import CORPUS, tiny_tokenizer

@@ -61,7 +61,7 @@ def test_native_check_reads_the_binary_files_and_reports_its_errors(student_dir,
     import stat
     import sys
 
-    from kdistill.errors import ModelError
+    from kdistill.base.errors import ModelError
 
     fake = tmp_path / "fake_llama_cpp_logits"
     fake.write_text(FAKE_BINARY.format(python=sys.executable, model_dir=str(student_dir)))

@@ -8,9 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kdistill.errors import ModelError
-from kdistill.export import QuantEmbedding, load_quantized, quantize_model, save_quantized
-from kdistill.export import quant_io
+from kdistill.base.errors import ModelError
+from kdistill.export import QuantEmbedding, load_quantized, quant_io, quantize_model, save_quantized
 
 V1_FOLDER = Path(__file__).resolve().parents[1] / "fixtures" / "export_v1_int4"
 

@@ -12,12 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from kdistill.errors import ModelError
+from kdistill.base.errors import ModelError
 from kdistill.export import QuantEmbedding, QuantLinear, kl_per_token, quant_report, quantize_model
 from kdistill.export.measure import compare_logits
 from kdistill.export.packing import unpack_int4
-from kdistill.export.quantize import (CLIP_RATIOS, dequantize_int4, dequantize_int8, dequantize_model,
-                                      quantize_int4, quantize_int8)
+from kdistill.export.quantize import (
+    CLIP_RATIOS,
+    dequantize_int4,
+    dequantize_int8,
+    dequantize_model,
+    quantize_int4,
+    quantize_int8,
+)
 
 
 def weights(rows=16, cols=96, seed=0):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdistill.base.hardware import autocast, pick_device, pick_dtype
 from kdistill.cache.reader import open_cache
-from kdistill.cache.writer import write_cache
-from kdistill.config import load_config
-from kdistill.distill import distill
-from kdistill.hardware import autocast, pick_device, pick_dtype
+from kdistill.config.schema import load_config
 from kdistill.losses import DenseSignal, SparseSignal, build_objective
-from kdistill.teacher import load_teacher
+from kdistill.models.teacher import load_teacher
+from kdistill.run.cache import write_cache
+from kdistill.run.distill import distill
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import tiny_llama
-from kdistill.activations import capture
+
 from kdistill.losses import features as FT
+from kdistill.models.activations import capture
 
 
 def rand(*shape, seed=0, scale=1.0):

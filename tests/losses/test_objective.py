@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.losses import DenseSignal, SparseSignal, build_objective
 from kdistill.losses import divergences as D
 from kdistill.losses.schedules import EntropyTemperature

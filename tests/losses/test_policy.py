@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.losses import build_objective
 from kdistill.losses.divergences import reverse_kl
 from kdistill.losses.policy import future_rewards, reverse_kl_pg

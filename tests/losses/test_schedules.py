@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.losses import DenseSignal, SparseSignal
 from kdistill.losses.config import parse_schedule
 from kdistill.losses.schedules import EntropyTemperature

@@ -2,7 +2,7 @@
 import json
 import math
 
-from kdistill.report.command import build_report
+from kdistill.report.build import build_report
 from kdistill.report.gradient_flow import flow, gradient_flow_png
 
 PNG = b"\x89PNG"

@@ -4,12 +4,12 @@ import re
 
 import pytest
 
-from kdistill.cli import main
-from kdistill.errors import ConfigError, DataError
+from kdistill.base.errors import ConfigError, DataError
+from kdistill.commands.cli import main
+from kdistill.report.build import build_report, default_out
 from kdistill.report import tradeoff
-from kdistill.report.command import build_report, default_out
-from kdistill.report.runs import load_run, read_metrics, term_keys
 from kdistill.report.plots import smooth
+from kdistill.report.runs import load_run, read_metrics, term_keys
 from kdistill.report.sections import versus
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from kdistill.report.command import build_report
+from kdistill.report.build import build_report
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",

@@ -3,16 +3,16 @@ import json
 
 import pytest
 import torch
-
 from cross_helpers import other_tokenizer, save_other_tokenizer
 from helpers import tiny_llama, tiny_tokenizer
-from kdistill.config import load_config
+
+from kdistill.base.errors import ConfigError, DataError
+from kdistill.config.schema import load_config
 from kdistill.data.pairs import render_pairs
 from kdistill.data.token_bytes import encode_bytes
-from kdistill.distill import distill
-from kdistill.errors import ConfigError, DataError
 from kdistill.losses import DenseSignal, build_objective
 from kdistill.losses.alignment import byte_groups
+from kdistill.run.distill import distill
 from kdistill.sources.cross import CrossTokenizerSource, collate_pairs
 from kdistill.sources.model import ModelSource, teacher_signal
 
@@ -119,7 +119,7 @@ def test_distill_trains_a_student_with_another_tokenizer(teacher_dir, tmp_path):
     assert AutoTokenizer.from_pretrained(out / "student").get_vocab() == other_tokenizer().get_vocab()
     assert len(result["completions"]["student"]) == 3
 
-    from kdistill.cli import main
+    from kdistill.commands.cli import main
 
     assert main(["eval", "--run", str(out), "--no-speed", "--max-new-tokens", "2"]) == 0
     again = json.loads((out / "eval.json").read_text())["heldout"]

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from cross_helpers import save_other_tokenizer
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).parents[2]
 RECORDS = [{"instruction": f"Say thing {i}.", "response": t} for i, t in enumerate(

@@ -1,12 +1,11 @@
 """The EMA self-teacher: matches a hand-written EMA, shadows adapters only for a LoRA student, and a
 resumed run continues with exactly the same shadow."""
-import pytest
 import torch
+from helpers import tiny_llama
 from safetensors.torch import load_file
 
-from helpers import tiny_llama
-from kdistill.config import load_config
-from kdistill.distill import distill
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
 from kdistill.sources.ema import EmaSource
 
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",

@@ -5,14 +5,14 @@ import json
 
 import pytest
 import torch
+from helpers import save_tiny_teacher, tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
 
-from helpers import save_tiny_teacher, tiny_llama, tiny_tokenizer
-from kdistill.config import load_config
-from kdistill.distill import distill
-from kdistill.errors import ConfigError, DataError, ModelError
+from kdistill.base.errors import ConfigError, DataError, ModelError
+from kdistill.config.schema import load_config
 from kdistill.losses import DenseSignal, build_objective
 from kdistill.losses.mixture import Mixture, MixtureDistribution, Part
+from kdistill.run.distill import distill
 
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
         "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=2",
@@ -104,9 +104,9 @@ def test_route_sends_each_example_to_its_teacher(teachers, tmp_path):
 
 
 def test_a_routed_part_scores_only_its_rows(teachers):
-    from kdistill.sources.multi import MultiSource
+    from kdistill.models.teacher import load_teacher
     from kdistill.sources.model import ModelSource, teacher_signal
-    from kdistill.teacher import load_teacher
+    from kdistill.sources.multi import MultiSource
 
     loaded = [load_teacher(p, torch.device("cpu"), torch.float32) for p in teachers]
     children = []
@@ -170,7 +170,7 @@ def test_resuming_with_other_teachers_is_refused(teachers, tmp_path):
 
 def test_a_cache_and_a_live_teacher_together(teachers, tmp_path):
     """A cache that holds the whole distribution is that teacher: cache + model of one teacher = the model."""
-    from kdistill.cache.writer import write_cache
+    from kdistill.run.cache import write_cache
 
     a, _ = teachers
     cache = tmp_path / "cache"

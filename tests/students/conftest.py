@@ -8,4 +8,4 @@ import pytest
 @pytest.fixture
 def quick_distill(monkeypatch):
     """`distill(cfg)` without measuring generation speed in subprocesses."""
-    return importlib.import_module("kdistill.distill").distill  # `from kdistill import distill` can be the function
+    return importlib.import_module("kdistill.run.distill").distill  # `from kdistill import distill` can be the function

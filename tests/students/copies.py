@@ -1,8 +1,8 @@
 """A tiny teacher whose dropped layers matter and a student copied from some of its layers, shared by the
 repair and span-fit tests, with rows of ids and the held-out KL between the two."""
 import torch
-
 from helpers import tiny_llama
+
 from kdistill.students.init import init_from_teacher
 
 VOCAB = 80

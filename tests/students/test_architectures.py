@@ -4,10 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import TEACHER_ARCHS, save_tiny_teacher, tiny_teacher, tiny_tokenizer
 from transformers import Gemma3Config, GPT2Config
 
-from helpers import TEACHER_ARCHS, save_tiny_teacher, tiny_teacher, tiny_tokenizer
-from kdistill.config import load_config
+from kdistill.config.schema import load_config
 from kdistill.students import build_student
 from kdistill.students.init import _only_layers
 from kdistill.students.llama import build_llama, llama_blocks_missing, student_config, teacher_sizes

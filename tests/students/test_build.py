@@ -1,10 +1,10 @@
 """build_student dispatch: the fractal student on the teacher's vocabulary, narrow LLaMA students pruned."""
 import pytest
 import torch
-
 from helpers import tiny_llama
-from kdistill.config import load_config
-from kdistill.errors import ConfigError
+
+from kdistill.base.errors import ConfigError
+from kdistill.config.schema import load_config
 from kdistill.students import build_student
 from kdistill.students.fractal import FractalForCausalLM, principal_embeddings
 

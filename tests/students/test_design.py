@@ -1,14 +1,14 @@
 """The designer: exact parameter counts, deep-narrow ordering, budget, and the written config."""
 import pytest
 import yaml
+from helpers import save_tiny_teacher, tiny_llama_config
 from transformers import LlamaForCausalLM
 
-from helpers import save_tiny_teacher, tiny_llama_config
-from kdistill.cli import main
-from kdistill.config import load_config
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
+from kdistill.commands.cli import main
+from kdistill.config.schema import load_config
+from kdistill.models.heads import count_parameters
 from kdistill.students import design
-from kdistill.modeling import count_parameters
 from kdistill.students.llama import student_config
 
 SMOL = tiny_llama_config(49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.students.fractal import (
     FractalConfig,
     FractalForCausalLM,

@@ -1,16 +1,16 @@
 """Layer selection: the fast greedy's cached prefixes give the plain KL, and layers that do nothing go first."""
 import pytest
 import torch
-
 from helpers import tiny_llama
-from kdistill.errors import ConfigError
+
+from kdistill.base.errors import ConfigError
 from kdistill.students.init import (
+    TeacherTargets,
     calibration_subset,
     even_layers,
     first_last_layers,
     importance_layers,
     layers_kl,
-    TeacherTargets,
     removal_scores,
     select_layers,
 )

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 import yaml
-
 from helpers import tiny_llama, tiny_tokenizer
-from kdistill.cli import main as cli_main
-from kdistill.errors import ConfigError
+
+from kdistill.base.errors import ConfigError
+from kdistill.commands.cli import main as cli_main
 from kdistill.losses import build_objective
 from kdistill.students.init import init_from_teacher
-from kdistill.students.layer_map import cka_map, check_pairs, linear_cka, monotone_map, resolve_pairs, uniform_pairs
+from kdistill.students.layer_map import check_pairs, cka_map, linear_cka, monotone_map, resolve_pairs, uniform_pairs
 from kdistill.students.llama import build_llama, teacher_sizes
 from kdistill.train.features import plan
 

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from kdistill.base.errors import ConfigError, ModelError
+from kdistill.config.schema import load_config
 from tests.students.settings import FAST
-from helpers import tiny_llama, tiny_tokenizer
-from kdistill.config import load_config
-from kdistill.errors import ConfigError, ModelError
 
 ROOT = Path(__file__).parents[2]
 DOLLY = str(ROOT / "data" / "dolly_sample.jsonl")
@@ -27,8 +27,7 @@ def cfg(teacher_dir, out, *extra):
 def lora_run(teacher_dir, tmp_path_factory):
     """One LoRA run on the Dolly sample, recording what the optimizer was given."""
     mp = pytest.MonkeyPatch()
-    module = importlib.import_module("kdistill.distill")  # the module; `from kdistill import distill` can be the function
-    from kdistill.evaluation.compare import compare
+    module = importlib.import_module("kdistill.run.distill")  # the module; `from kdistill import distill` can be the function
 
     seen = {}
     real_adamw = torch.optim.AdamW
@@ -115,7 +114,7 @@ def test_a_lora_run_resumes_its_adapter(teacher_dir, tmp_path, monkeypatch):
     """Redo the last steps from a checkpoint: the adapter ends where the uninterrupted run ended."""
     import shutil
 
-    from kdistill.distill import distill
+    from kdistill.run.distill import distill
 
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "kdcache"))
     out = tmp_path / "run"

@@ -1,7 +1,7 @@
 """Width pruning (Minitron): nothing removed is the teacher exactly; the most active slices are kept."""
 import torch
-
 from helpers import tiny_llama
+
 from kdistill.students.llama import build_llama, teacher_sizes
 from kdistill.students.prune import activation_importance, keep_heads, prune_into, top_sorted
 

@@ -3,8 +3,9 @@ import importlib.util
 from pathlib import Path
 
 from helpers import tiny_llama, tiny_tokenizer
-from kdistill.cli import main
-from kdistill.config import load_config
+
+from kdistill.commands.cli import main
+from kdistill.config.schema import load_config
 from tests.students.settings import FAST
 
 ROOT = Path(__file__).parents[2]

@@ -4,7 +4,7 @@ and `kdistill distill` runs it before the repair (or says why not, for a pruned 
 import pytest
 import torch
 
-from kdistill.modeling import decoder
+from kdistill.models.heads import decoder
 from kdistill.students.layer_map import span_pairs
 from kdistill.students.span_fit import fit_spans, span_targets
 from tests.students.copies import heldout_kl, rows, teacher_and_copy

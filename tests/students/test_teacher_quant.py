@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
-from kdistill.errors import ModelError
-from kdistill.teacher import load_teacher, teacher_memory
+from kdistill.base.errors import ModelError
+from kdistill.models.teacher import load_teacher, teacher_memory
 
 CPU = torch.device("cpu")
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
 
-from helpers import tiny_llama, tiny_tokenizer
-from kdistill.errors import KdistillError
+from kdistill.base.errors import KdistillError
 from kdistill.train import checkpoint
 
 VOCAB = 320

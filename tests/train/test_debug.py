@@ -4,10 +4,10 @@ import json
 import logging
 
 import torch
-
 from helpers import tiny_llama
-from kdistill.config import load_config
-from kdistill.distill import distill
+
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
 from kdistill.train import debug
 
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdistill.config import load_config
-from kdistill.distill import distill
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
 
 ROOT = Path(__file__).parents[2]
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
@@ -60,7 +60,7 @@ def test_more_processes_than_rows_is_refused(teacher_dir, tmp_path):
 
 
 def test_two_processes_from_a_teacher_cache_train_like_one(teacher_dir, tmp_path):
-    from kdistill.cache.writer import write_cache
+    from kdistill.run.cache import write_cache
 
     cache = tmp_path / "cache"
     write_cache(load_config(None, [f"teacher.model={teacher_dir}", f"cache.out={cache}", *FAST, "cache.k=16"]))

@@ -1,11 +1,11 @@
 """Bad feature-term inputs are refused before any folder is made or any model loads, naming key and fix."""
 import pytest
-
 from helpers import save_tiny_teacher
-from kdistill.config import load_config
-from kdistill.distill import distill
-from kdistill.errors import ConfigError, ModelError
+
+from kdistill.base.errors import ConfigError, ModelError
+from kdistill.config.schema import load_config
 from kdistill.losses import build_objective
+from kdistill.run.distill import distill
 from kdistill.train.features import plan
 
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
 
-from helpers import tiny_llama, tiny_tokenizer
-from kdistill.activations import capture
-from kdistill.config import load_config
-from kdistill.distill import distill
+from kdistill.config.schema import load_config
 from kdistill.losses import build_objective
+from kdistill.models.activations import capture
+from kdistill.run.distill import distill
 from kdistill.sources.model import ModelSource
 from kdistill.train import checkpoint
 from kdistill.train.features import plan

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from kdistill import fsutil
-from kdistill.config import load_config
-from kdistill.distill import distill
+from kdistill.base import fsutil
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
 from kdistill.train import checkpoint
 
 ROOT = Path(__file__).parents[2]

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from kdistill.config import load_config
-from kdistill.distill import distill
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
 
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
         "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=2",

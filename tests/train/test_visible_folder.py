@@ -6,7 +6,7 @@ import pytest
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from kdistill.errors import ConfigError
+from kdistill.base.errors import ConfigError
 from kdistill.train.distributed import Dist, check_visible
 
 

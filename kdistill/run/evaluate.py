@@ -1,0 +1,212 @@
+"""Evaluate a student against its teacher (`kdistill eval`): the table on screen, and JSON.
+
+    kdistill eval --student runs/demo/student --teacher default --data notes.txt --out eval.json
+    kdistill eval --run runs/demo --tasks tests/fixtures/tasks/tiny_mc.jsonl tests/fixtures/tasks/tiny_gen.jsonl
+    kdistill eval --run runs/demo --no-heldout --no-speed --tasks navigate/task.json
+
+`--run RUN_DIR` evaluates the student of a `kdistill distill` run against its teacher on the run's own
+held-out split (teacher, data and seq_len come from RUN_DIR/config.yaml; `--data FILE` measures on a file
+instead) and merges the result into RUN_DIR/eval.json, which `kdistill report` reads: each measurement
+keeps when and how it was taken, and one this command did not repeat (`--no-speed`, `--no-heldout`) stays
+(record.py). Without --run or --data the teacher writes new held-out samples with a seed of their own
+(eval_data.py). `--no-heldout` reads and generates no held-out text: tasks, sizes and speed only.
+`--lm-eval-dir DIR` also writes lm-eval task YAMLs for the --tasks files and prints the complete `lm_eval`
+commands that run them on the student and on the teacher's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shlex
+from pathlib import Path
+
+import torch
+
+from kdistill.base import fsutil
+from kdistill.base.errors import ConfigError, ModelError
+from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_threads
+from kdistill.config.schema import Config, load_config
+from kdistill.data import batches as batching
+from kdistill.data.task_files import read_task
+from kdistill.evaluation import cross_eval, eval_data, record
+from kdistill.evaluation.compare import compare, format_table, measure_speeds, speed_folders
+from kdistill.evaluation.exposure import exposure_metrics
+from kdistill.evaluation.lm_eval_tasks import lm_eval_command, write_task_yamls
+from kdistill.models.files import check_model_folder
+from kdistill.models.teacher import load_teacher
+
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """What one evaluation measures (the options of `kdistill eval`, kdistill/commands/args.py)."""
+    run: str | None = None             # a `kdistill distill` output_dir: its student, teacher and held-out split
+    student: str | None = None         # student folder (default with run: RUN/student)
+    teacher: str | None = None         # hub id, folder, .gguf file or 'default' (default with run: the run's)
+    data: str | None = None            # held-out text file (default: the run's split, else teacher-written)
+    seq_len: int = 128
+    batches: int = 8
+    tasks: list[str] | None = None     # benchmark files: JSONL, BIG-bench task.json, lm-eval YAML
+    limit: int | None = None           # the first N records of each task
+    max_new_tokens: int | None = None
+    no_speed: bool = False
+    no_heldout: bool = False
+    lm_eval_dir: str | None = None     # also write lm-eval task YAMLs there and print the lm_eval commands
+    out: str | None = None             # merge the result into this JSON file (with run: RUN/eval.json)
+
+def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
+    probe = "Once upon a time, the king said: 42 × π ≈ 131.9 — ok?"
+    if student_tok(probe)["input_ids"] != teacher_tok(probe)["input_ids"]:
+        raise ModelError(f"{student_dir}: the student's tokenizer differs from the teacher's; distillation "
+                         "and this comparison need one vocabulary (train the student with the teacher's tokenizer; a "
+                         "student.tokenizer run is evaluated per byte with `kdistill eval --run RUN_DIR`)")
+
+
+def resolve_args(args) -> tuple[Config, str, str]:
+    """(config, student folder, teacher spec) from --run or --student/--teacher."""
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--run {run}: no config.yaml there; give the output_dir of `kdistill distill`")
+        cfg = load_config(run / "config.yaml")
+        return cfg, args.student or str(run / "student"), args.teacher or cfg.teacher.model
+    if not args.student or not args.teacher:
+        raise ConfigError("give --run RUN_DIR, or both --student DIR and --teacher SPEC")
+    cfg = Config()
+    cfg.train.seq_len = args.seq_len
+    return cfg, args.student, args.teacher
+
+
+def output_path(args) -> Path | None:
+    if args.out:
+        return Path(args.out)
+    return Path(args.run) / "eval.json" if args.run else None
+
+
+def write_result(path: Path, result: dict) -> dict:
+    """Merge the result into the file's earlier measurements (record.merge) and write it; returns what
+    was written."""
+    old, when = {}, None
+    if path.is_file():
+        when = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            kept = path.with_name(path.name + ".unreadable")
+            path.replace(kept)
+            print(f"note: {path} was not valid JSON; kept as {kept}, a new one written")
+    merged = record.merge(old, result, when)
+    fsutil.write_json(path, merged)
+    return merged
+
+
+OPTIONS = [("run", "--run"), ("student", "--student"), ("teacher", "--teacher"), ("data", "--data"),
+           ("seq_len", "--seq-len"), ("batches", "--batches"), ("tasks", "--tasks"), ("limit", "--limit"),
+           ("max_new_tokens", "--max-new-tokens"), ("no_speed", "--no-speed"), ("no_heldout", "--no-heldout"),
+           ("lm_eval_dir", "--lm-eval-dir"), ("out", "--out")]
+DEFAULTS = {"seq_len": 128, "batches": 8}
+
+
+def command_line(args) -> str:
+    """The `kdistill eval` command these options make (also for the Python API, which has no argv)."""
+    parts = ["kdistill", "eval"]
+    for dest, flag in OPTIONS:
+        value = getattr(args, dest, None)
+        if value in (None, False, [], ()) or DEFAULTS.get(dest) == value:
+            continue
+        parts += [flag] if value is True else [flag, *map(shlex.quote, map(str, value if isinstance(value, list)
+                                                                              else [value]))]
+    return " ".join(parts)
+
+
+def load_models(args, cfg: Config, student_dir: str, teacher_spec: str):
+    """(teacher, tokenizer, teacher folder, teacher dtype, student, device)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    set_threads(0)
+    device = pick_device("auto")
+    if not Path(student_dir).is_dir():
+        raise ModelError(f"--student {student_dir}: no such folder")
+    use_safetensors = check_model_folder(student_dir, "--student")
+    t = cfg.teacher
+    dtype = pick_dtype("auto", device)
+    teacher, tokenizer, teacher_dir = load_teacher(teacher_spec, device, dtype, t.trust_remote_code,
+                                                   max_memory=t.max_memory, offload_dir=t.offload_dir,
+                                                   allow_pickle=t.allow_pickle)
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, trust_remote_code=False,
+                                                   use_safetensors=use_safetensors).to(device).eval()
+    check_same_tokenizer(AutoTokenizer.from_pretrained(student_dir, trust_remote_code=False), tokenizer,
+                         student_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return teacher, tokenizer, teacher_dir, dtype, student, device
+
+
+def heldout_examples(args, run: Path | None, run_cfg, teacher, tokenizer, teacher_dir, device):
+    """(held-out examples, eval.json's heldout_data, a warning or None); no examples with --no-heldout."""
+    from kdistill.data.load import load_examples
+
+    p = eval_data.plan(args, run_cfg)
+    if p["kind"] == "none":
+        return [], None, None
+    examples = load_examples(p["cfg"], teacher, tokenizer, teacher_dir, device)
+    training = None
+    if p["split"]:
+        training, examples = batching.split(examples, p["cfg"].data.heldout_fraction, p["cfg"].train.seed)
+    elif run_cfg is not None:
+        training = eval_data.training_split(run_cfg, tokenizer, teacher_dir, device)
+    info = eval_data.source_record(p, args, examples, run)
+    warning = eval_data.check_overlap(info, examples, training, run, tokenizer)
+    return examples, info, warning
+
+
+def print_lm_eval(args, tasks: list, max_new: int, student_dir: str, teacher_dir: str, dtype, device) -> None:
+    names = write_task_yamls(tasks, args.lm_eval_dir, max_new)
+    where = torch.device(device).type if torch.device(device).type == "cpu" else str(device)
+    student = lm_eval_command(student_dir, args.lm_eval_dir, names, "float32", where)
+    teacher = lm_eval_command(teacher_dir, args.lm_eval_dir, names, str(dtype).replace("torch.", ""), where)
+    print(f"lm-eval tasks in {args.lm_eval_dir}; run them with:\n  student: {student}\n  teacher: {teacher}")
+
+
+def run_eval(args: EvalSettings) -> int:
+    """Measure, print the table, merge the result into the output file (output_path); returns 0."""
+    from kdistill.sources.model import ModelSource
+
+    cfg, student_dir, teacher_spec = resolve_args(args)
+    run = eval_data.find_run(args.run, student_dir)
+    run_cfg = cfg if args.run else eval_data.run_config(run)
+    tasks = list(getattr(args, "tasks", None) or [])
+    for path in tasks:
+        read_task(path)  # bad task files fail before any model is loaded
+    if args.run and cross_eval.is_cross(cfg):  # the student has its own tokenizer: per group and per byte
+        return cross_eval.run_cross_eval(args, cfg, student_dir, teacher_spec, command_line(args), output_path(args),
+                                         write_result)
+    teacher, tokenizer, teacher_dir, dtype, student, device = load_models(args, cfg, student_dir, teacher_spec)
+    examples, info, warning = heldout_examples(args, run, run_cfg, teacher, tokenizer, teacher_dir, device)
+    batches = batching.heldout_batches(examples, cfg.train.batch_size, tokenizer.pad_token_id, args.batches) \
+        if examples else []
+    max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
+    reference = ModelSource(teacher, tokenizer, teacher_dir, teacher_spec)
+    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
+                     tasks=tasks, task_limit=getattr(args, "limit", None))
+    if batches:
+        result["heldout_data"] = info
+        result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,
+                                              cfg.rollout.prompt_tokens, cfg.train.seq_len, cfg.train.seed)
+    folders = {} if getattr(args, "no_speed", False) else speed_folders(reference, student_dir)
+    del teacher, student, reference, batches
+    release_memory()  # each speed subprocess's memory would add to the models held here
+    measure_speeds(result, folders, cfg.eval.prompts, max_new, device)
+    line = record.how(command_line(args), student_dir, f"{teacher_spec} ({teacher_dir})", device, dtype)
+    result = record.stamp(result, line)
+    print(format_table(result))
+    if warning:
+        print(warning)
+    out = output_path(args)
+    if out is not None:
+        write_result(out, result)
+        print(f"\nwrote {out}")
+    if getattr(args, "lm_eval_dir", None) and tasks:
+        print_lm_eval(args, tasks, max_new, student_dir, teacher_dir, dtype, device)
+    return 0

@@ -1,0 +1,142 @@
+"""The run folder: --resume refuses a changed meaning and records safe changes, --overwrite keeps the old
+run until the new one has a checkpoint, a failed fresh run leaves the folder as it was, Ctrl-C checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import kdistill.run.distill as distill_module
+from kdistill.base.errors import ConfigError
+from kdistill.config.schema import load_config
+from kdistill.run.distill import distill
+
+ROOT = Path(__file__).parents[2]
+FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
+        "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4",
+        "eval.measure_speed=false", "eval.prompts=[Once]", "student.layer_selection=first_last"]
+
+
+def _cfg(teacher_dir, out, *extra):
+    return load_config(None, [f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, *extra])
+
+
+def _listing(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def finished(teacher_dir, tmp_path_factory):
+    """A run of 2 steps with a checkpoint at each step (read-only: copy before changing it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    distill(_cfg(teacher_dir, out, "train.max_steps=2", "train.checkpoint_every=1"))
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("change, key", [("train.batch_size=2", "train.batch_size"), ("train.lr=0.01", "train.lr"),
+                                         ("student.num_layers=2", "student.num_layers"),
+                                         ("loss.terms=[{kind: reverse_kl}]", "loss.terms")])
+def test_resume_refuses_a_change_of_meaning_and_names_the_key(teacher_dir, finished, tmp_path, change, key):
+    out = _copy(finished, tmp_path / "run")
+    before = _listing(out)
+    with pytest.raises(ConfigError, match=f"changes what the run.*{key}") as e:
+        distill(_cfg(teacher_dir, out, "train.max_steps=3", "train.checkpoint_every=1", change), resume=True)
+    assert "delete" not in str(e.value)
+    assert _listing(out) == before  # nothing touched
+
+
+def test_resume_allows_more_steps_and_records_the_change(teacher_dir, finished, tmp_path):
+    out = _copy(finished, tmp_path / "run")
+    distill(_cfg(teacher_dir, out, "train.max_steps=3", "train.checkpoint_every=1"), resume=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    change = json.loads((out / "resumes.jsonl").read_text().splitlines()[0])
+    assert change["checkpoint"] == "step-000002" and change["changed"] == ["train.max_steps: 2 -> 3"]
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(teacher_dir, finished, tmp_path,
+                                                                         monkeypatch):
+    out = _copy(finished, tmp_path / "run")
+    before = _listing(out)
+
+    def broken(*args, **kw):
+        raise ConfigError("student: broken on purpose")
+
+    monkeypatch.setattr(distill_module, "build_student", broken)
+    with pytest.raises(ConfigError, match="broken on purpose"):
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert _listing(out) == before  # the old run is back, byte for byte
+    monkeypatch.undo()
+    distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]
+    assert not (out / ".replaced").exists()
+
+
+def test_a_fresh_run_that_fails_leaves_nothing_behind(teacher_dir, tmp_path, monkeypatch):
+    def broken(*args, **kw):
+        raise ConfigError("student: broken on purpose")
+
+    monkeypatch.setattr(distill_module, "build_student", broken)
+    out = tmp_path / "new"
+    with pytest.raises(ConfigError):
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"))
+    assert not out.exists()  # the corrected command needs no --overwrite
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ConfigError):
+        distill(_cfg(teacher_dir, tmp_path / "kept", "train.max_steps=1"))
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(teacher_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "kdistill", "distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST,
+            "train.max_steps=400", "train.checkpoint_every=1000", "train.eval_every=1000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for a few training steps
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
+        if len(rows) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    step = int(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"])
+    assert 1 <= step < 400
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{step:06d}"]
+    assert "--resume" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 160 KB tmpfs (root can mount one here): room for the config and metrics, not for a checkpoint."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_while_checkpointing_is_one_line_naming_the_path(teacher_dir, small_disk, capsys):
+    from kdistill.commands.cli import main
+
+    out = small_disk / "run"
+    status = main(["distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, "train.max_steps=1"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # above it: progress bars of the steps that ran
+    assert status == 2 and last.startswith("kdistill distill: error:") and "Traceback" not in err, err
+    assert "disk full while writing" in last and str(out / "checkpoints") in last

@@ -120,16 +120,18 @@ def report(runs: list[str | Path], out: str | Path | None = None, min_retention:
 def export(model: str | Path, format: str, type: str | None = None, out: str | Path | None = None, *,  # noqa: A002
            group_size: int | None = None, max_bits: float = 5.0, calibration: str | Path | None = None,
            keep_embeddings: bool = False, data: str | Path | None = None, seq_len: int = 128,
-           max_tokens: int = 2048, measure: bool = True) -> dict:
+           max_tokens: int = 2048, measure: bool = True, force: bool = False) -> dict:
     """Export a student folder, as `kdistill export`: `format` gguf (with `type` F32, F16, Q8_0, Q5_0 or
     Q4_0), int8 or int4 (group size, clipping and int8 layers chosen by KL on `calibration` text within
     `max_bits` a weight; `group_size` fixes the group). Returns {"out": path, "format": label, "card":
     model card path, "report": size and KL(fp32 || export) on held-out text (`data`, else a built-in
     paragraph), None if not `measure`; "warning": the line printed when that KL is far above the type's
-    bound, else None}."""
+    bound, else None}. An existing `out` is replaced only with `force`; the model folder, its inputs and a
+    run folder never are (kdistill/base/outputs.py)."""
     from kdistill.export.pipeline import ExportSettings, export_model
 
     return export_model(ExportSettings(
         model=str(model), format=format, type=type, out=str(out) if out else None, group_size=group_size,
         max_bits=max_bits, calibration=str(calibration) if calibration else None, keep_embeddings=keep_embeddings,
-        data=str(data) if data else None, seq_len=seq_len, max_tokens=max_tokens, measure=measure))
+        data=str(data) if data else None, seq_len=seq_len, max_tokens=max_tokens, measure=measure,
+        force=force))

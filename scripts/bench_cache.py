@@ -43,8 +43,8 @@ from kdistill.losses import build_objective  # noqa: E402
 from kdistill.models.teacher import load_teacher  # noqa: E402
 from kdistill.run.cache import write_cache  # noqa: E402
 from kdistill.students import build_student  # noqa: E402
-from kdistill.train.loop import train_step  # noqa: E402
 from kdistill.train.schedule import make_optimizer, warmup_cosine  # noqa: E402
+from kdistill.train.step import StudentLoss, train_step  # noqa: E402
 
 # the demo's default loss terms, with the sparse signal's missing-mass policy stated (dense signals ignore it)
 LOSS = "[{{kind: forward_kl, weight: 1.0, temperature: 1.0, missing_mass: {}}}, {{kind: ce, weight: 0.1}}]"
@@ -90,10 +90,8 @@ class Run:
         self.student.train()
         t0, c0 = time.perf_counter(), time.process_time()
         micro = [self.stream.next() for _ in range(self.cfg.train.grad_accum)]
-        row = train_step(self.student, self.teacher, objective, micro, device, self.step / self.cfg.train.max_steps)
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        row = train_step(StudentLoss(self.student, objective), self.teacher, self.opt, micro, device,
+                         self.step / self.cfg.train.max_steps, self.cfg.train.grad_clip)
         self.sched.step()
         self.step += 1
         if self.step > 1:  # step 1 warms up (allocations, first-call overheads)

@@ -100,8 +100,8 @@ def worker(student_args: list[str], layers: list[int] | None, objective: str, st
     from kdistill.losses import build_objective
     from kdistill.students import build_student
     from kdistill.train.features import plan
-    from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer, warmup_cosine
+    from kdistill.train.step import StudentLoss, accumulate_gradients
 
     cfg, source, train, heldout, pad = setup(student_args, layers, scaled(OBJECTIVES[objective], feature_weight))
     calib = B.collate(train[:4], pad)
@@ -114,13 +114,13 @@ def worker(student_args: list[str], layers: list[int] | None, objective: str, st
     optimizer = make_optimizer(params, cfg.train)
     scheduler = warmup_cosine(optimizer, cfg.train.warmup_steps, steps, cfg.train.min_lr_ratio)
     stream = B.BatchStream(train, cfg.train.batch_size, cfg.train.seed, pad)
+    model = StudentLoss(student, objective_, features)
     student.train()
     times, peaks = [], []
     for step in range(steps):
         t0 = time.perf_counter()
         with StepPeak() as peak:
-            row = train_step(student, source, objective_, [stream.next()], torch.device("cpu"), step / steps,
-                             features=features)
+            row = accumulate_gradients(model, source, [stream.next()], torch.device("cpu"), step / steps)
         torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

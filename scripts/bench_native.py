@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from kdistill.losses import closed_form, native
+from kdistill.losses.fused import closed_form, native
 from kdistill.losses.objective import build_objective
 from kdistill.losses.signals import DenseSignal
 

@@ -60,8 +60,8 @@ def _trainer(cfg, student, source, data, device):
     from kdistill.data import batches as batching
     from kdistill.data import rollout
     from kdistill.losses import build_objective
-    from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer
+    from kdistill.train.step import StudentLoss, train_step
 
     objective = build_objective(cfg.loss.terms, key="loss")
     stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id)
@@ -71,12 +71,8 @@ def _trainer(cfg, student, source, data, device):
     student.train()
 
     def step(progress: float = 0.0) -> int:
-        import torch
-
-        row = train_step(student, source, objective, [stream.next()], device, progress)
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        row = train_step(StudentLoss(student, objective), source, optimizer, [stream.next()], device, progress,
+                         cfg.train.grad_clip)
         return row["tokens"]
 
     return step

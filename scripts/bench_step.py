@@ -36,7 +36,6 @@ def worker(tree: str, steps: int) -> dict:
     from kdistill.losses import build_objective
     from kdistill.models.teacher import load_teacher
     from kdistill.students import build_student
-    from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer
 
     cpu = torch.device("cpu")
@@ -58,13 +57,25 @@ def worker(tree: str, steps: int) -> dict:
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.train)
     student.train()
+    if (Path(tree) / "kdistill" / "train" / "step.py").is_file():  # this tree: one call is the optimizer step
+        from kdistill.train.step import StudentLoss, train_step
+
+        model = StudentLoss(student, objective)
+
+        def step(batch):
+            train_step(model, teacher_arg, optimizer, [batch], cpu, 0.0, 1.0)
+    else:  # an older tree: forward and backward there, clip and step here
+        from kdistill.train.loop import train_step as backward
+
+        def step(batch):
+            backward(student, teacher_arg, objective, [batch], cpu, 0.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     times, cpu_times = [], []
     for i in range(steps + 2):
         t0, c0 = time.perf_counter(), time.process_time()
-        train_step(student, teacher_arg, objective, [batches[i % len(batches)]], cpu, 0.0)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step(batches[i % len(batches)])
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     return {"step_s": times[2:], "cpu_s": cpu_times[2:]}

@@ -1,8 +1,7 @@
 """`make demo` installs only what distilling needs; `make test` adds the test extras."""
 import re
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 TEST_ONLY = ("pytest", "lm-eval", "lm_eval")

@@ -78,8 +78,7 @@ def test_export_writes_a_card_too(cli_run, tmp_path):
 
 
 def test_api_distill_returns_eval_json(teacher_dir, tmp_path):
-    from kdistill import load_config
-    from kdistill.run import distill
+    from kdistill import distill, load_config
 
     out = tmp_path / "run"
     result = distill(load_config(None, [f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST[:-2],

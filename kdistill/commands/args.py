@@ -31,7 +31,8 @@ EXAMPLES = {
                   "  kdistill map-layers --teacher default --student runs/demo --data notes.txt --out runs/map",
     "config": "examples:\n  kdistill config list\n"
               "  kdistill config show --config configs/demo.yaml train.max_steps=20\n"
-              "  kdistill config cp demo my_run.yaml",
+              "  kdistill config cp demo my_run.yaml\n"
+              "  kdistill config reference > docs/configuration.md",
 }
 EXPORT_EPILOG = """\
 examples:
@@ -145,6 +146,7 @@ def design_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=512, help="context length for FLOPs per token (512)")
     p.add_argument("--choose", type=int, help="write candidate N instead of the first (deepest)")
     p.add_argument("--out", default="runs/design/student.yaml", help="where to write the chosen config")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def export_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,6 +158,8 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=("gguf", *INT_SCHEMES), help="output format")
     p.add_argument("--type", choices=GGUF_TYPES, help="GGUF tensor type (default F16)")
     p.add_argument("--out", help="output .gguf file or folder (default: beside --model, named by type)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it exists (never --model itself, an input or a run folder)")
     p.add_argument("--group-size", type=int,
                    help="int4 group length (default: 32, 64 and 128 measured, the lowest KL kept)")
     p.add_argument("--max-bits", type=float, default=5.0,
@@ -193,6 +197,9 @@ def config_arguments(p: argparse.ArgumentParser) -> None:
     cp.add_argument("name", metavar="NAME")
     cp.add_argument("file", metavar="FILE")
     cp.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    subs.add_parser("reference", help="print every config key as Markdown: type, default, choices, meaning",
+                    description="Print the configuration reference (docs/configuration.md) as Markdown: every "
+                                "section and key with its type, default, choices and meaning.")
 
 
 SUBCOMMANDS = [  # (name, help, add the arguments)
@@ -209,7 +216,8 @@ SUBCOMMANDS = [  # (name, help, add the arguments)
     ("export", "Quantise a student or export it as GGUF.", export_arguments),
     ("map-layers", "Map student layers to teacher layers by linear CKA; write the pairs, a matrix and a heat map.",
      map_layers_arguments),
-    ("config", "Show every config key with its meaning, list the shipped configs, copy one.", config_arguments),
+    ("config", "Show every config key with its meaning, list the shipped configs, copy one, print the reference.",
+     config_arguments),
 ]
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.commands.args import bench_loss_arguments
-from kdistill.losses import closed_form, native
+from kdistill.losses.fused import closed_form, native
 from kdistill.losses.objective import build_objective
 from kdistill.losses.signals import DenseSignal
 

@@ -40,8 +40,8 @@ def measure(args) -> dict[str, list[float]]:
     from kdistill.losses import build_objective
     from kdistill.sources import open_source
     from kdistill.students import build_student
-    from kdistill.train.loop import train_step
     from kdistill.train.schedule import make_optimizer
+    from kdistill.train.step import StudentLoss, train_step
 
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
@@ -60,10 +60,7 @@ def measure(args) -> dict[str, list[float]]:
     optimizer = make_optimizer(params, cfg.train)
 
     def step(objective, teacher, batch):
-        train_step(student, teacher, objective, [batch], cpu, 0.0)
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(StudentLoss(student, objective), teacher, optimizer, [batch], cpu, 0.0, cfg.train.grad_clip)
 
     no_teacher = _NoTeacher()
     times = {"teacher forward": [], "student step": [], "KD step": []}

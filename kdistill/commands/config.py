@@ -3,10 +3,11 @@
     kdistill config show [--config F] [key.path=value ...]   # the resolved YAML, each key's docstring as a comment
     kdistill config list                                     # configs/*.yaml with what each is for
     kdistill config cp demo my_run.yaml [--force]            # copy one to edit
+    kdistill config reference > docs/configuration.md        # every key as Markdown (the file is checked by a test)
 
 The meanings are the attribute docstrings of the dataclasses in kdistill/config/schema.py (a string literal
-right after a field), read from their source with `ast`. `config show`'s output loads back with
-`load_config` to the same config.
+right after a field), read from their source with `ast`; the choices of a key are its `Literal` type
+(kdistill/config/choices.py). `config show`'s output loads back with `load_config` to the same config.
 """
 from __future__ import annotations
 
@@ -16,15 +17,20 @@ import difflib
 import functools
 import inspect
 import textwrap
+import typing
 from pathlib import Path
 
 import yaml
 
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError
-from kdistill.config.schema import Config, load_config
+from kdistill.config.choices import choices
+from kdistill.config.presets import PRESETS, SIZE_KEYS
+from kdistill.config.schema import Config, LossConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's shipped configs
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+REGENERATE = "kdistill config reference > docs/configuration.md"
 
 
 @functools.cache
@@ -41,6 +47,28 @@ def field_docs(cls) -> dict[str, str]:
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
             docs[node.target.id] = inspect.cleandoc(after.value.value)
     return docs
+
+
+def term_kinds() -> tuple[str, ...]:
+    """The kinds a `loss.terms` entry takes (kdistill/losses: divergences, ce, ..., feature terms)."""
+    from kdistill.losses.config import KINDS
+    from kdistill.losses.feature_terms import KINDS as FEATURE_KINDS
+
+    return (*KINDS, *FEATURE_KINDS)
+
+
+def key_choices(section, name: str) -> tuple[str, ...] | None:
+    """The names key `name` of dataclass `section` accepts, or None when it is not a choice."""
+    if isinstance(section, LossConfig) and name == "terms":
+        return term_kinds()  # each term's `kind`
+    return choices(typing.get_type_hints(type(section))[name])
+
+
+def _choices_text(section, name: str) -> str | None:
+    names = key_choices(section, name)
+    if names is None:
+        return None
+    return ("each term's kind: " if isinstance(section, LossConfig) else "choices: ") + ", ".join(names)
 
 
 def _comment(text: str | None, indent: str) -> list[str]:
@@ -72,7 +100,7 @@ def show_lines(obj, indent: str = "") -> list[str]:
             lines.append(f"{indent}{f.name}:")
             lines += show_lines(value, indent + "  ")
         else:
-            lines += _comment(docs.get(f.name), indent)
+            lines += _comment(docs.get(f.name), indent) + _comment(_choices_text(obj, f.name), indent)
             lines.append(f"{indent}{f.name}: {_value(value)}")
     return lines
 
@@ -82,6 +110,87 @@ def show(cfg: Config) -> str:
             "# A config file states only what differs from these defaults; any key can also be set on the",
             "# command line as key.path=value."]
     return "\n".join(head + show_lines(cfg)) + "\n"
+
+
+def _type_name(tp) -> str:
+    """A field's type in words: int, float or empty, list of str, choice, ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "choice"
+    if origin is list:
+        return f"list of {_type_name(args[0]) if args else 'values'}"
+    if origin is dict or tp is dict:
+        return "mapping"
+    inner = [a for a in args if a is not type(None)]
+    if inner and len(inner) < len(args):
+        return f"{_type_name(inner[0])} or empty"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _reference_rows(section, prefix: str) -> list[str]:
+    """The table of one section's keys; its sub-sections follow as sections of their own."""
+    hints, docs = typing.get_type_hints(type(section)), field_docs(type(section))
+    rows = ["| key | type | default | choices | meaning |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        default = "empty" if value is None else f"`{_value(value)}`"
+        names = key_choices(section, f.name)
+        listed = ("each term's kind: " * isinstance(section, LossConfig) + ", ".join(f"`{n}`" for n in names)
+                  if names else "")
+        rows.append(f"| `{prefix}{f.name}` | {_cell(_type_name(hints[f.name]))} | {_cell(default)} | "
+                    f"{_cell(listed)} | {_cell(docs.get(f.name, ''))} |")
+    return rows
+
+
+def _reference_sections(obj, prefix: str = "") -> list[str]:
+    """A heading, a description and a table for `obj` and for each of its sub-sections, depth first."""
+    docs = field_docs(type(obj))
+    out = [f"## {f'`{prefix[:-1]}`' if prefix else 'Top level'}", ""]
+    about = _class_doc(type(obj)) if prefix else None
+    out += [_cell(about), ""] if about else []
+    out += _reference_rows(obj, prefix) + [""]
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = _reference_sections(value, f"{prefix}{f.name}.")
+            about = docs.get(f.name)
+            out += sub[:2] + ([_cell(about), ""] if about and not _class_doc(type(value)) else []) + sub[2:]
+    return out
+
+
+def _presets_table() -> list[str]:
+    """The student presets (kdistill/config/presets.py): what each sets; the rest is the teacher's."""
+    rows = ["## Student presets (`student.preset`)", "",
+            "Each preset sets these sizes; a size it leaves blank is the teacher's (so its layers copy over), "
+            "and any `student.*` size key overrides the preset.", "",
+            "| preset | " + " | ".join(SIZE_KEYS) + " |", "|---|" + "---|" * len(SIZE_KEYS)]
+    for name, sizes in PRESETS.items():
+        cells = [str(sizes.get(k, "")) for k in SIZE_KEYS]
+        if "layer_fraction" in sizes:
+            cells[0] = f"{sizes['layer_fraction']:.0%} of the teacher's"
+        rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return rows + [""]
+
+
+def reference() -> str:
+    """docs/configuration.md: every section and key of the config with its type, default, choices and
+    meaning, and the student presets; generated from kdistill/config, so it cannot drift."""
+    head = ["# Configuration reference", "",
+            f"Generated from `kdistill/config/` by `{REGENERATE}`; edit the docstrings there, not this file.",
+            "",
+            "A config file (YAML) states only what differs from these defaults; any key can also be set on the "
+            "command line as `key.path=value`. `kdistill config show` prints the resolved config with these "
+            "meanings as comments. A key with choices takes only the names listed (the nearest is suggested); "
+            "`empty` is YAML `null` or nothing after `=`. Defaults marked empty that depend on other keys "
+            "(`train.lr`) are filled when the config loads.", ""]
+    lines = head + _reference_sections(Config()) + _presets_table()
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def shipped() -> list[tuple[str, str]]:
@@ -116,6 +225,8 @@ def copy(name: str, file: str, force: bool = False) -> Path:
 def main(args) -> int:
     if args.action == "show":
         print(show(load_config(args.config, args.overrides)), end="")
+    elif args.action == "reference":
+        print(reference(), end="")
     elif args.action == "list":
         rows = shipped()
         width = max((len(n) for n, _ in rows), default=0)

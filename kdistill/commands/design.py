@@ -6,6 +6,7 @@ as a config file (the sizing rules: kdistill/students/design.py).
 from __future__ import annotations
 
 from kdistill.base.errors import ConfigError
+from kdistill.base.outputs import check_output
 from kdistill.commands.args import design_arguments
 from kdistill.students.design import candidates, instantiated_parameters, parse_count, student_yaml, table
 
@@ -36,6 +37,7 @@ def main(args) -> int:
 
     from kdistill.base import fsutil
 
+    check_output(args.out, args.force)  # before the teacher's config is read
     config = load_teacher_config(args.teacher)
     teacher_params = instantiated_parameters(config)
     if args.compression is not None and args.compression <= 1:

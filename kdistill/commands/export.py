@@ -13,5 +13,5 @@ add_arguments = export_arguments  # defined without torch, so `kdistill export -
 def main(args) -> int:
     api.export(args.model, args.format, args.type, args.out, group_size=args.group_size, max_bits=args.max_bits,
                calibration=args.calibration, keep_embeddings=args.keep_embeddings, data=args.data,
-               seq_len=args.seq_len, max_tokens=args.max_tokens, measure=not args.no_eval)
+               seq_len=args.seq_len, max_tokens=args.max_tokens, measure=not args.no_eval, force=args.force)
     return 0

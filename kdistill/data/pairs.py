@@ -5,7 +5,7 @@
 Each side renders the prompt its own way (its chat template, or the plain "### User:" layout when it has
 none; plain text gets the side's BOS, else EOS, as its first token), then the response text is tokenised
 on its own by each tokenizer (`token_bytes.encode_bytes`: lossless or a DataError naming it) and the two
-token sequences are grouped by byte offsets (`losses.alignment.byte_groups`) relative to the response, so
+token sequences are grouped by byte offsets (`losses.cross.alignment.byte_groups`) relative to the response, so
 chat templates, BOS and system prompts may differ freely. Each side ends with its EOS, paired with the
 other's as one last group. Only the response counts (the mask marks its tokens and the EOS); a record is
 one example (plain text is not packed), cut at a group boundary when either side would pass its length.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from kdistill.base.errors import DataError
 from kdistill.data.render import TEXT_FIELDS, _field, _ids, _messages, _template_ids, _where, detect_format
 from kdistill.data.token_bytes import encode_bytes
-from kdistill.losses.alignment import byte_groups
+from kdistill.losses.cross.alignment import byte_groups
 
 
 def prompt_ids(tokenizer, messages: list[dict] | None) -> list[int]:

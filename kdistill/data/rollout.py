@@ -301,7 +301,7 @@ def eos_ids_of(tokenizer, *models) -> set[int]:
 
 def teacher_model(source):
     """The source's model, for the teacher to write or mix into rollouts; a cache has none."""
-    model = getattr(source, "model", None)
+    model = source.rollout_model()
     if model is None or not source.can_score_new_text:
         raise ConfigError("rollout.source=teacher and rollout.teacher_mix need a live teacher model "
                           "(teacher.model), not a cache")

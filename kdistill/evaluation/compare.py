@@ -1,6 +1,8 @@
 """Student against teacher: held-out agreement, benchmarks, size, measured speed and memory, completions.
 
-`compare(...)` returns the dict written as `eval.json`; `format_table(result)` is what is printed.
+`measure_against(...)` is what `distill` and `kdistill eval` both measure while they hold the two models
+(`compare(...)`, the dict written as `eval.json`, plus exposure), and `measure_speeds` what they measure
+once they have let go of them; `format_table(result)` is what is printed.
 
     {"heldout": {kl, js, top1_agreement, top10_agreement, ppl_student, ppl_teacher, tokens,
                  kl_by_position, kl_quantiles},        (against the real teacher; "heldout_cache" etc.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from kdistill.evaluation.completions import complete, completion_settings, describe
+from kdistill.evaluation.exposure import exposure_metrics
 from kdistill.evaluation.heldout import heldout_metrics
 from kdistill.evaluation.speed import folder_bytes, measure_in_subprocess
 from kdistill.evaluation.tasks import retention_summary, run_tasks
@@ -58,12 +61,14 @@ def measure_speeds(result: dict, folders: dict, prompts, max_new_tokens: int, de
 
 
 def compare(student, reference, batches, device, student_dir, prompts, max_new_tokens: int = 32,
-            tasks=None, task_limit: int | None = None, heldout: dict | None = None) -> dict:
-    """Every teacher-vs-student number against `reference`, a teacher source with a live model (`.model`,
-    `.folder`, `.tokenizer`); `heldout` reuses metrics already measured on `batches`; no `batches` (None
-    or []) measures nothing held-out; `tasks` are task files (see `tasks.py`). Completions use the
-    student folder's own generation settings (completions.py). Speeds are `measure_speeds`' (after the
-    caller lets go of the models)."""
+            tasks=None, task_limit: int | None = None, heldout: dict | None = None,
+            student_tokenizer=None) -> dict:
+    """Every teacher-vs-student number against `reference`, a source's `final_reference` (a live `.model`,
+    its `.folder` and `.tokenizer`); `heldout` reuses metrics already measured on `batches`; no `batches`
+    (None or []) measures nothing held-out; `tasks` are task files (see `tasks.py`). The student writes its
+    completions with `student_tokenizer` (the source's `tokenizer`; default the teacher's) and its folder's
+    own generation settings (completions.py). Speeds are `measure_speeds`' (after the caller lets go of
+    the models)."""
     teacher, tokenizer = reference.model, reference.tokenizer
     settings = completion_settings(student_dir, max_new_tokens)
     result = {"prompts": prompts, "completions": {}, "completion_settings": settings}
@@ -73,7 +78,7 @@ def compare(student, reference, batches, device, student_dir, prompts, max_new_t
     for name, (model, folder) in models.items():
         result[name] = {"parameters": count_parameters(model), "size_on_disk_mb": folder_bytes(folder) / 2**20
                         if folder else None}
-        own = getattr(reference, "student_tokenizer", tokenizer) if name == "student" else tokenizer  # cross-tokenizer
+        own = (student_tokenizer or tokenizer) if name == "student" else tokenizer
         result["completions"][name] = complete(model, own, prompts, settings, device)
     result.update(ratios(result["teacher"], result["student"]))
     if tasks:
@@ -82,6 +87,23 @@ def compare(student, reference, batches, device, student_dir, prompts, max_new_t
         result["benchmarks"] = bench
         result.update(retention_summary(bench))
     return result
+
+
+def measure_against(student, source, reference, batches, device, student_dir, cfg, max_new_tokens: int, *,
+                    tasks=None, task_limit: int | None = None, heldout: dict | None = None,
+                    speed: bool = True) -> tuple[dict, dict]:
+    """(eval.json's numbers so far, {"teacher", "student": folder} for `measure_speeds`): the student against
+    `reference` (`source.final_reference(...)`) on the held-out `batches` (`source.collate`d), measured
+    while both models are held: `compare`, then exposure (each model grades the other's samples) where the
+    reference can score new text. `cfg` gives the prompts, the rollout's prompt length, seq_len and seed;
+    `speed=False` leaves the folders out (no speed measurement)."""
+    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new_tokens,
+                     tasks=tasks, task_limit=task_limit, heldout=heldout, student_tokenizer=source.tokenizer)
+    if batches and reference.can_score_new_text:
+        result["exposure"] = exposure_metrics(student, reference.model, batches, source.tokenizer, device,
+                                              max_new_tokens, cfg.rollout.prompt_tokens, cfg.train.seq_len,
+                                              cfg.train.seed)
+    return result, speed_folders(reference, student_dir) if speed else {}
 
 
 def _fmt(v) -> str:

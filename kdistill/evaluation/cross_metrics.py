@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from kdistill.losses.cross import aligned_support, group_logprobs, uld
-from kdistill.losses.cross_objective import group_starts
+from kdistill.losses.cross.groups import aligned_support, group_logprobs, uld
+from kdistill.losses.cross.objective import group_starts
 from kdistill.losses.divergences import forward_kl_from_logprobs, jsd_from_logprobs
 from kdistill.losses.signals import normalise_pair
 

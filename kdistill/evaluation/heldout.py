@@ -24,9 +24,8 @@ import torch
 
 from kdistill.data.batches import to_device
 from kdistill.evaluation.cross_metrics import cross_batch_sums, cross_summary
-from kdistill.losses import SparseSignal
-from kdistill.losses.cross import CrossSignal
 from kdistill.losses.divergences import divergence, forward_kl, jsd
+from kdistill.losses.signals import GROUPS, SPARSE
 
 TOP_K = 10
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
@@ -119,7 +118,7 @@ def sparse_sums(logits, signal, targets) -> dict:
 
 def signal_sums(student_logits, signal, targets) -> dict:
     """`batch_sums` for rows of any teacher signal. Shapes: (N, V), signal over (N,), (N,) -> dict"""
-    if isinstance(signal, SparseSignal):
+    if signal.form == SPARSE:
         return sparse_sums(student_logits.float(), signal, targets)
     t = signal.take(torch.arange(len(targets), device=targets.device)).logits
     mask = torch.ones(1, len(targets), dtype=torch.bool, device=targets.device)
@@ -145,7 +144,7 @@ def heldout_metrics(student, source, batches, device, signals: dict | None = Non
             signal = source.signal(batch, s_logits.shape[-1])
             if signals is not None:
                 signals[i] = signal
-        if isinstance(signal, CrossSignal):  # another tokenizer: per aligned group and per byte
+        if signal.form == GROUPS:  # another tokenizer: per aligned group and per byte
             cross = True
             for k, v in cross_batch_sums(s_logits, signal, batch).items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -174,11 +173,12 @@ class HeldoutEvaluator:
 
     def __init__(self, source, batches: list[dict], device):
         self.against, self.source, self.batches, self.device = source.against, source, batches, device
+        self.static = source.static
         self.signals: dict = {}
 
     def freeze(self, vocab_size: int) -> None:
         """Compute every held-out signal now (a source whose signal changes, like an EMA, is kept live)."""
-        if not getattr(self.source, "static", True):
+        if not self.static:
             return
         for i, batch in enumerate(self.batches):
             if i not in self.signals:
@@ -186,7 +186,7 @@ class HeldoutEvaluator:
         self.source = None
 
     def __call__(self, student) -> dict:
-        memo = self.signals if getattr(self.source, "static", True) else None
+        memo = self.signals if self.static else None
         return heldout_metrics(student, self.source, self.batches, self.device, memo)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdistill.base.errors import KdistillError
+from kdistill.base.outputs import check_output
 from kdistill.export.bounds import EXPECTED_KL, kind_of, kl_warning
 from kdistill.export.gguf_writer import load_student, write_gguf
 from kdistill.export.measure import (
@@ -44,6 +45,7 @@ class ExportSettings:
     seq_len: int = 128
     max_tokens: int = 2048
     measure: bool = True            # load the output back and measure KL(fp32 || export)
+    force: bool = False             # replace an existing output (never the model itself or a run folder)
 
 
 def default_out(model_dir: Path, args: ExportSettings) -> Path:
@@ -148,6 +150,8 @@ def export_model(args: ExportSettings) -> dict:
     args = dataclasses.replace(args, type=args.type or "F16")
     model_dir = Path(args.model)
     out = Path(args.out) if args.out else default_out(model_dir, args)
+    check_output(out, args.force, [p for p in (args.model, args.data, args.calibration) if p],
+                 "--out" if args.out else "--out (default, beside --model)")
     text = read_heldout(args.data) if args.data else HELD_OUT_TEXT
     model, tokenizer = load_student(model_dir, llama_only=args.format == "gguf")
     batches = None if not args.measure else text_batches(tokenizer, text, args.seq_len, args.max_tokens)

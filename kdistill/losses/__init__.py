@@ -20,7 +20,7 @@ Conventions (every function in this package follows them; they are written here 
 - The teacher is a signal of one of two types (`signals`): `DenseSignal` (logits, or hidden states plus
   output weight) or `SparseSignal` (K ids with log-probabilities: top-k or sampled), with an explicit
   missing-mass policy. Losses never know whether the teacher ran online or came from a cache.
-- The student's (tokens x vocab) logits exist one chunk of rows at a time (`chunked`), in forward and
+- The student's (tokens x vocab) logits exist one chunk of rows at a time (`fused.chunked`), in forward and
   backward, for every term; the chunk size comes from the vocabulary and a memory budget unless given.
 - Shape letters: B batch, T time, V vocab, D width, K top-k, N flattened tokens (rows).
 
@@ -29,10 +29,9 @@ their per-token formulas, `feature_terms` their config; `Objective.features` lis
 `train/features.FeatureLoss` computes them, with the projections they train.
 
 Files: divergences (per-token formulas), signals (teacher signals, supports, missing mass), selective
-(entropy-gated top-k), schedules, reduction, chunked (fused output layer), config (term validation),
-objective (`build_objective`), bench (`kdistill bench loss`); across tokenizers: alignment (byte-offset
-groups, vocabulary pairs by string), cross (`CrossSignal`, group distributions, `uld`, `hybrid`; a value
-per group, reduced by the count of student tokens), cross_objective (chunks of whole groups).
+(entropy-gated top-k), schedules, reduction, config (term validation), objective (`build_objective`);
+fused/ (the fast paths: chunked output layer, closed-form chunk gradient, its C kernel); cross/ (across
+tokenizers: alignment by byte offsets, `CrossSignal` and `uld`/`hybrid` per group, chunks of whole groups).
 """
 from kdistill.losses.config import Term, parse_terms
 from kdistill.losses.objective import LossOutput, Objective, build_objective

@@ -15,11 +15,12 @@ Summing a term over teachers with weights w (Σw = 1) distils a mixture of them:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from kdistill.losses.signals import DenseSignal
+from kdistill.losses.signals import DENSE, MIXTURE, DenseSignal
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Part:
 
 @dataclass(frozen=True)
 class Mixture:
+    form: ClassVar[str] = MIXTURE
     parts: tuple[Part, ...]
 
     @property
@@ -62,6 +64,7 @@ class Mixture:
 class MixtureDistribution:
     """The weighted arithmetic mixture p̄ = Σ w_i p_i of dense teacher signals, as a dense signal."""
 
+    form: ClassVar[str] = DENSE
     weights: tuple[float, ...]
     signals: tuple[DenseSignal, ...]
 

@@ -18,17 +18,18 @@ import torch
 from torch import Tensor
 
 from kdistill.base.errors import ConfigError
-from kdistill.losses import closed_form, cross, policy
-from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
+from kdistill.losses import cross, policy
 from kdistill.losses.config import Term, number, parse_terms
 from kdistill.losses.divergences import cross_entropy, divergence
 from kdistill.losses.feature_terms import PARSERS as FEATURE_PARSERS
 from kdistill.losses.feature_terms import FeatureTerm
+from kdistill.losses.fused import closed_form
+from kdistill.losses.fused.chunked import auto_chunk_size, fused_linear_loss
 from kdistill.losses.mixture import Mixture
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.selective import selective
-from kdistill.losses.signals import DenseSignal, SparseSignal, fp32
+from kdistill.losses.signals import GROUPS, MIXTURE, DenseSignal, SparseSignal, fp32
 
 TOKEN_WEIGHT = "token_weight"  # extras key: a float weight per row (0 = the row does not count)
 
@@ -77,7 +78,7 @@ def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | N
                              normaliser(temperature)), temperature
     if term.kind == policy.KIND:
         return policy.term_value(term, student_logits, teacher, targets, temperature, extras), temperature
-    if term.kind in cross.KINDS:  # one tokenizer: every token is a group (a CrossSignal goes to cross_objective)
+    if term.kind in cross.KINDS:  # one tokenizer: every token is a group (a CrossSignal goes to cross/objective.py)
         lse = normaliser(1.0) if isinstance(teacher, SparseSignal) and term.missing_mass == "residual" else None
         return cross.token_level(term.kind, student_logits, teacher, temperature, term.divergence, term.top_k,
                                  term.missing_mass, lse, **term.params), temperature
@@ -119,7 +120,7 @@ class Objective:
 
         sparse: the teacher signal is a SparseSignal (its terms keep no teacher (rows x V) logits);
         teachers: how many teachers each teacher term is evaluated for (a Mixture's parts);
-        closed: the chunks take the closed form (closed_form.py), which keeps no autograd graph.
+        closed: the chunks take the closed form (fused/closed_form.py), which keeps no autograd graph.
         """
         if closed and not self.chunk_size:
             return auto_chunk_size(vocab_size, self.memory_budget_mb, [], live=closed_form.LIVE_TENSORS)
@@ -143,7 +144,7 @@ class Objective:
         Shapes: student_logits (N, V), teacher over (N,), targets (N,) -> ()
         """
         weight = (extras or {}).get(TOKEN_WEIGHT)
-        if isinstance(teacher, Mixture):
+        if teacher is not None and teacher.form == MIXTURE:
             return self._mixture_loss(student_logits, teacher, targets, num_tokens, progress, logs, weight)
         total, normaliser = 0.0, StudentNormaliser(student_logits)
         for term in self.terms:
@@ -201,8 +202,8 @@ class Objective:
         Shapes: hidden (B, T, D), head_weight (V, D), teacher over (B, T), targets (B, T), mask (B, T) -> ()
         """
         self._check(head_weight.shape[0], teacher, targets)
-        if isinstance(teacher, cross.CrossSignal):  # another tokenizer: the loss is per aligned group
-            from kdistill.losses.cross_objective import cross_loss
+        if teacher is not None and teacher.form == GROUPS:  # another tokenizer: the loss is per aligned group
+            from kdistill.losses.cross.objective import cross_loss
 
             return LossOutput(*cross_loss(self, hidden, head_weight, teacher, targets, mask, num_tokens, progress,
                                           token_weight))
@@ -214,8 +215,8 @@ class Objective:
 
         # the closed form's terms have no per-token extras (policy.prepare gives none for them)
         closed = self.use_closed_form and token_weight is None and closed_form.eligible(self.terms, teacher, {})
-        chunk_size = self.chunk_size_for(head_weight.shape[0], isinstance(teacher, SparseSignal),
-                                         len(teacher.parts) if isinstance(teacher, Mixture) else 1, closed)
+        teachers = len(teacher.parts) if teacher is not None and teacher.form == MIXTURE else 1
+        chunk_size = self.chunk_size_for(head_weight.shape[0], isinstance(teacher, SparseSignal), teachers, closed)
         extras = policy.prepare(self.terms, policy.head_logits(hidden, head_weight), teacher, targets, mask,
                                 behaviour_logprobs, progress, chunk_size)
         if token_weight is not None:
@@ -223,7 +224,7 @@ class Objective:
         if extras and closed:
             raise AssertionError(f"closed-form terms {self.kinds} got per-token extras {sorted(extras)}")
 
-        # the teacher's chunk logits from hidden states: one block reused by every chunk (see chunked.py)
+        # the teacher's chunk logits from hidden states: one block reused by every chunk (see fused/chunked.py)
         teacher_out = teacher.weight.new_empty(min(len(rows), chunk_size), teacher.weight.shape[0]) \
             if isinstance(teacher, DenseSignal) and teacher.logits is None else None
 

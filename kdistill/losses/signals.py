@@ -27,17 +27,24 @@ support; it is dropped from both distributions (the student is renormalised over
 support), so padding a vocabulary with -inf never changes a divergence and nothing becomes inf or NaN.
 Dropped entries hold the finite sentinel `NEG` instead of -inf: logaddexp and logsumexp of -inf have
 NaN gradients.
+
+Every signal says its `form` (a class attribute), and whatever treats the kinds differently (the
+objective, held-out metrics) reads it instead of asking for a class: DENSE and SPARSE (the two above: a
+distribution at every position), MIXTURE (`mixture.Mixture`: several teachers' signals, each scored on
+its own) and GROUPS (`cross.CrossSignal`: the teacher per aligned group of another tokenizer's tokens).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 NEG = -1e30  # log-value of an id outside the teacher's support; exp(NEG) == 0 in fp32 and fp64
 MISSING_MASS = ("renormalize", "residual")
+DENSE, SPARSE, MIXTURE, GROUPS = "dense", "sparse", "mixture", "groups"  # the `form` of a signal
 
 
 def take_rows(x: Tensor, rows: Tensor) -> Tensor:
@@ -55,6 +62,7 @@ class DenseSignal:
     Shapes: logits (B, T, V) | hidden (B, T, Dt) with weight (V, Dt)
     """
 
+    form: ClassVar[str] = DENSE
     logits: Tensor | None = None
     hidden: Tensor | None = None
     weight: Tensor | None = None
@@ -95,6 +103,7 @@ class SparseSignal:
     Shapes: ids (B, T, K) long, logprobs (B, T, K)
     """
 
+    form: ClassVar[str] = SPARSE
     ids: Tensor
     logprobs: Tensor
 

@@ -26,8 +26,7 @@ from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_
 from kdistill.config.schema import Config, to_dict
 from kdistill.data import batches as batching
 from kdistill.data import rollout
-from kdistill.evaluation.compare import compare, format_table, measure_speeds, speed_folders
-from kdistill.evaluation.exposure import exposure_metrics
+from kdistill.evaluation.compare import format_table, measure_against, measure_speeds
 from kdistill.evaluation.heldout import HeldoutEvaluator, eval_row, heldout_key
 from kdistill.evaluation.record import distill_record
 from kdistill.losses import build_objective
@@ -39,7 +38,7 @@ from kdistill.run.folder import run_folder
 from kdistill.sources import open_source
 from kdistill.students import build_student, save_student
 from kdistill.train import distributed
-from kdistill.train.loop import run_training
+from kdistill.train.loop import Parts, run_training
 
 log = logging.getLogger("kdistill")
 
@@ -109,11 +108,10 @@ CALIBRATION_ROWS = 16
 
 def make_student(cfg: Config, source, data: Data, device):
     teacher = source.init_model
-    teacher_view = getattr(source, "calibration_batch", None)  # a source whose teacher reads other tokens
     rows = data.train[:max(CALIBRATION_ROWS, cfg.student.repair_rows,  # layer choice (first 256 tokens),
                            cfg.student.span_fit_rows if cfg.student.span_fit_steps else 0)]
     # pruning (4 rows), repair (student.repair_rows), span fit (student.span_fit_rows)
-    calib = batching.to_device(teacher_view(rows) if teacher_view else batching.collate(rows, data.pad_id), device)
+    calib = batching.to_device(source.calibration_batch(rows, data.pad_id), device)  # as the teacher reads them
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)
     student.to(device)
@@ -163,24 +161,18 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
     measured = {ev.against: ev(student.eval()) for ev in evaluators}
     reference = source.final_reference(cfg, device, dtype)
     if reference is not None:
-        result = compare(student, reference, data.heldout, device, student_dir, cfg.eval.prompts,
-                         cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None,
-                         heldout=measured.get(reference.against))
+        result, folders = measure_against(student, source, reference, data.heldout, device, student_dir, cfg,
+                                          cfg.eval.max_new_tokens, tasks=cfg.eval.tasks or None,
+                                          heldout=measured.get(reference.against), speed=cfg.eval.measure_speed)
+        result["teacher_memory"] = {"load_in": cfg.teacher.load_in, **teacher_memory(reference.model, dtype)}
     else:
-        result = {"student": {"parameters": count_parameters(student)},
-                  "teacher": {"parameters": source.identity().get("parameters")}}
+        result, folders = {"student": {"parameters": count_parameters(student)},
+                           "teacher": {"parameters": source.identity().get("parameters")}}, {}
     for against, metrics in measured.items():
         result[heldout_key(against)] = metrics
     result.update(start)
     result["teacher_source"] = source.identity()
     result["student_init"] = report
-    if reference is not None:
-        result["teacher_memory"] = {"load_in": cfg.teacher.load_in, **teacher_memory(reference.model, dtype)}
-    if reference is not None and reference.can_score_new_text and data.heldout:  # each grades the other's samples
-        result["exposure"] = exposure_metrics(student, reference.model, data.heldout, source.tokenizer, device,
-                                              cfg.eval.max_new_tokens, cfg.rollout.prompt_tokens,
-                                              cfg.train.seq_len, cfg.train.seed)
-    folders = speed_folders(reference, student_dir) if reference is not None and cfg.eval.measure_speed else {}
     return result, folders
 
 
@@ -275,9 +267,9 @@ def _distill(cfg: Config, run, dist) -> dict:
     stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
     record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report,
               **({"feature_pairs": report["feature_pairs"]} if features is not None else {})}
-    trained = run_training(cfg, student, source, source.tokenizer, objective, stream, evaluate, device, run.path,
-                           run.resume_from, record=record, on_checkpoint=run.on_checkpoint, dist=dist,
-                           features=features).student
+    parts = Parts(student, source, objective, stream, evaluate, device, features, dist, record)
+    trained = run_training(cfg.train, parts, run).student
+    del parts  # it holds the models, which are freed below
     release_memory(trained)  # optimizer state and gradients: not held through evaluation
     if not dist.main:
         return {}

@@ -12,9 +12,16 @@ keeps when and how it was taken, and one this command did not repeat (`--no-spee
 (eval_data.py). `--no-heldout` reads and generates no held-out text: tasks, sizes and speed only.
 `--lm-eval-dir DIR` also writes lm-eval task YAMLs for the --tasks files and prints the complete `lm_eval`
 commands that run them on the student and on the teacher's folder.
+
+The teacher is opened by `sources.open_source`, as `distill` opens it, from the run's config (or a fresh
+one for --student/--teacher): held-out text is read and collated by that source, so a run whose student
+has its own tokenizer (`student.tokenizer`) is measured per aligned group and per byte
+(evaluation/cross_metrics.py), each model completing prompts with its own tokenizer; benchmark tasks,
+which score one model's tokens with the other, are refused for it, and exposure metrics are not measured.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -29,13 +36,11 @@ from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_
 from kdistill.config.schema import Config, load_config
 from kdistill.data import batches as batching
 from kdistill.data.task_files import read_task
-from kdistill.evaluation import cross_eval, eval_data, record
-from kdistill.evaluation.compare import compare, format_table, measure_speeds, speed_folders
-from kdistill.evaluation.exposure import exposure_metrics
+from kdistill.evaluation import eval_data, record
+from kdistill.evaluation.compare import format_table, measure_against, measure_speeds
 from kdistill.evaluation.lm_eval_tasks import lm_eval_command, write_task_yamls
 from kdistill.models.files import check_model_folder
-from kdistill.models.teacher import load_teacher
-
+from kdistill.sources import open_source
 
 
 @dataclasses.dataclass
@@ -54,6 +59,7 @@ class EvalSettings:
     no_heldout: bool = False
     lm_eval_dir: str | None = None     # also write lm-eval task YAMLs there and print the lm_eval commands
     out: str | None = None             # merge the result into this JSON file (with run: RUN/eval.json)
+
 
 def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
     probe = "Once upon a time, the king said: 42 × π ≈ 131.9 — ok?"
@@ -120,45 +126,71 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
-def load_models(args, cfg: Config, student_dir: str, teacher_spec: str):
-    """(teacher, tokenizer, teacher folder, teacher dtype, student, device)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def teacher_config(cfg: Config, spec: str, student_dir: str) -> Config:
+    """The config `kdistill eval` opens its teacher with (`open_source`, as `distill` does): `cfg` with the
+    teacher `spec` itself in full precision (a run's cache or several teachers are not what its student is
+    compared with); a student with its own tokenizer (`student.tokenizer`) reads the one saved beside it."""
+    own = copy.deepcopy(cfg)
+    own.teacher.model, own.teacher.cache, own.teacher.sources, own.teacher.load_in = spec, None, [], "full"
+    if own.student.tokenizer:
+        own.student.tokenizer = student_dir
+    return own
 
-    set_threads(0)
-    device = pick_device("auto")
+
+def check_student_folder(student_dir: str) -> bool:
+    """Whether the student folder's weights are safetensors; ModelError naming --student when it has none."""
     if not Path(student_dir).is_dir():
         raise ModelError(f"--student {student_dir}: no such folder")
-    use_safetensors = check_model_folder(student_dir, "--student")
-    t = cfg.teacher
-    dtype = pick_dtype("auto", device)
-    teacher, tokenizer, teacher_dir = load_teacher(teacher_spec, device, dtype, t.trust_remote_code,
-                                                   max_memory=t.max_memory, offload_dir=t.offload_dir,
-                                                   allow_pickle=t.allow_pickle)
+    return check_model_folder(student_dir, "--student")
+
+
+def load_student(student_dir: str, use_safetensors: bool, tokenizer, device):
+    """The student in fp32, checked to read `tokenizer` (the source's: what the student was trained on)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, trust_remote_code=False,
                                                    use_safetensors=use_safetensors).to(device).eval()
     check_same_tokenizer(AutoTokenizer.from_pretrained(student_dir, trust_remote_code=False), tokenizer,
                          student_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return teacher, tokenizer, teacher_dir, dtype, student, device
+    return student
 
 
-def heldout_examples(args, run: Path | None, run_cfg, teacher, tokenizer, teacher_dir, device):
-    """(held-out examples, eval.json's heldout_data, a warning or None); no examples with --no-heldout."""
-    from kdistill.data.load import load_examples
-
+def heldout(args, run: Path | None, run_cfg, source, teacher_dir: str, batch_size: int, device):
+    """(held-out batches collated by the source, eval.json's heldout_data, a warning or None); nothing with
+    --no-heldout. The source reads the text as `distill` did (another tokenizer: both sides and the groups)."""
     p = eval_data.plan(args, run_cfg)
     if p["kind"] == "none":
         return [], None, None
-    examples = load_examples(p["cfg"], teacher, tokenizer, teacher_dir, device)
+    examples = source.load_examples(p["cfg"], device)
     training = None
     if p["split"]:
         training, examples = batching.split(examples, p["cfg"].data.heldout_fraction, p["cfg"].train.seed)
     elif run_cfg is not None:
-        training = eval_data.training_split(run_cfg, tokenizer, teacher_dir, device)
+        training = eval_data.training_split(run_cfg, source.tokenizer, teacher_dir, device)
     info = eval_data.source_record(p, args, examples, run)
-    warning = eval_data.check_overlap(info, examples, training, run, tokenizer)
-    return examples, info, warning
+    warning = eval_data.check_overlap(info, examples, training, run, source.tokenizer)
+    pad = source.tokenizer.pad_token_id
+    batches = [source.collate(examples[i:i + batch_size], pad) for i in range(0, len(examples), batch_size)]
+    return batches[:args.batches], info, warning
+
+
+def measure(args, cfg: Config, student_dir: str, teacher_spec: str, tasks: list, max_new: int, device,
+            dtype) -> tuple[dict, dict, str, str | None]:
+    """(result, folders for `measure_speeds`, the teacher's folder, an overlap warning or None): the teacher
+    opened as `distill` opens it, the student loaded, everything that needs them measured. Nothing here
+    outlives the call: the models are let go when it returns."""
+    use_safetensors = check_student_folder(student_dir)
+    source = open_source(teacher_config(cfg, teacher_spec, student_dir), device, dtype)
+    student = load_student(student_dir, use_safetensors, source.tokenizer, device)
+    reference = source.final_reference(cfg, device, dtype)
+    run = eval_data.find_run(args.run, student_dir)
+    run_cfg = cfg if args.run else eval_data.run_config(run)
+    batches, info, warning = heldout(args, run, run_cfg, source, reference.folder, cfg.train.batch_size, device)
+    result, folders = measure_against(student, source, reference, batches, device, student_dir, cfg, max_new,
+                                      tasks=tasks, task_limit=args.limit, speed=not args.no_speed)
+    if batches:
+        result["heldout_data"] = info
+    return result, folders, reference.folder, warning
 
 
 def print_lm_eval(args, tasks: list, max_new: int, student_dir: str, teacher_dir: str, dtype, device) -> None:
@@ -171,35 +203,23 @@ def print_lm_eval(args, tasks: list, max_new: int, student_dir: str, teacher_dir
 
 def run_eval(args: EvalSettings) -> int:
     """Measure, print the table, merge the result into the output file (output_path); returns 0."""
-    from kdistill.sources.model import ModelSource
-
     cfg, student_dir, teacher_spec = resolve_args(args)
-    run = eval_data.find_run(args.run, student_dir)
-    run_cfg = cfg if args.run else eval_data.run_config(run)
-    tasks = list(getattr(args, "tasks", None) or [])
+    tasks = list(args.tasks or [])
     for path in tasks:
         read_task(path)  # bad task files fail before any model is loaded
-    if args.run and cross_eval.is_cross(cfg):  # the student has its own tokenizer: per group and per byte
-        return cross_eval.run_cross_eval(args, cfg, student_dir, teacher_spec, command_line(args), output_path(args),
-                                         write_result)
-    teacher, tokenizer, teacher_dir, dtype, student, device = load_models(args, cfg, student_dir, teacher_spec)
-    examples, info, warning = heldout_examples(args, run, run_cfg, teacher, tokenizer, teacher_dir, device)
-    batches = batching.heldout_batches(examples, cfg.train.batch_size, tokenizer.pad_token_id, args.batches) \
-        if examples else []
-    max_new = getattr(args, "max_new_tokens", None) or cfg.eval.max_new_tokens
-    reference = ModelSource(teacher, tokenizer, teacher_dir, teacher_spec)
-    result = compare(student, reference, batches, device, student_dir, cfg.eval.prompts, max_new,
-                     tasks=tasks, task_limit=getattr(args, "limit", None))
-    if batches:
-        result["heldout_data"] = info
-        result["exposure"] = exposure_metrics(student, teacher, batches, tokenizer, device, max_new,
-                                              cfg.rollout.prompt_tokens, cfg.train.seq_len, cfg.train.seed)
-    folders = {} if getattr(args, "no_speed", False) else speed_folders(reference, student_dir)
-    del teacher, student, reference, batches
-    release_memory()  # each speed subprocess's memory would add to the models held here
+    if tasks and cfg.student.tokenizer:
+        raise ModelError("--tasks: benchmark tasks score both models with one tokenizer; this run's student has "
+                         "its own (student.tokenizer). Evaluate tasks on the student alone")
+    set_threads(0)
+    device = pick_device("auto")
+    dtype = pick_dtype("auto", device)
+    max_new = args.max_new_tokens or cfg.eval.max_new_tokens
+    result, folders, teacher_dir, warning = measure(args, cfg, student_dir, teacher_spec, tasks, max_new, device,
+                                                    dtype)
+    release_memory()  # the models are gone: each speed subprocess's memory would add to theirs
     measure_speeds(result, folders, cfg.eval.prompts, max_new, device)
-    line = record.how(command_line(args), student_dir, f"{teacher_spec} ({teacher_dir})", device, dtype)
-    result = record.stamp(result, line)
+    result = record.stamp(result, record.how(command_line(args), student_dir, f"{teacher_spec} ({teacher_dir})",
+                                             device, dtype))
     print(format_table(result))
     if warning:
         print(warning)
@@ -207,6 +227,6 @@ def run_eval(args: EvalSettings) -> int:
     if out is not None:
         write_result(out, result)
         print(f"\nwrote {out}")
-    if getattr(args, "lm_eval_dir", None) and tasks:
+    if args.lm_eval_dir and tasks:
         print_lm_eval(args, tasks, max_new, student_dir, teacher_dir, dtype, device)
     return 0

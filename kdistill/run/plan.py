@@ -62,7 +62,7 @@ def student_line(cfg) -> str:
 
         sizes = ", ".join(f"{k} {v}" for k, v in resolve_sizes(s, config).items())
     else:
-        from kdistill.students.presets import PRESETS, SIZE_KEYS
+        from kdistill.config.presets import PRESETS, SIZE_KEYS
 
         known = {**PRESETS[s.preset], **{k: getattr(s, k) for k in SIZE_KEYS if getattr(s, k) is not None}}
         if "layer_fraction" in known:

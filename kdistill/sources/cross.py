@@ -8,7 +8,7 @@ with its own tokenizer). It wraps the teacher's model source and speaks the stud
 across the two token sequences); `collate` pads both sides and marks every row with its group;
 `signal` runs the teacher on its own tokens and returns a `CrossSignal`: per group, the teacher's
 distribution at the group's first token, the log-probability of its later tokens and its first id. The
-objective (`losses/cross_objective.py`) and held-out metrics (`evaluation/cross_metrics.py`) take it from
+objective (`losses/cross/objective.py`) and held-out metrics (`evaluation/cross_metrics.py`) take it from
 there. Vocabulary entries are paired by equal strings once, here (one tokenizer: id with id; the EOS of
 each side with the other's).
 """
@@ -23,8 +23,8 @@ from kdistill.data import batches as batching
 from kdistill.data.files import read_records
 from kdistill.data.pairs import render_pairs
 from kdistill.data.token_bytes import vocab_bytes
-from kdistill.losses.alignment import identity_pairs, string_pairs
-from kdistill.losses.cross import CrossSignal
+from kdistill.losses.cross.alignment import identity_pairs, string_pairs
+from kdistill.losses.cross.groups import CrossSignal
 from kdistill.losses.signals import DenseSignal
 from kdistill.models.heads import final_hidden, head_weight, logits_from_hidden_ok, unwrap
 from kdistill.sources.base import Quiet
@@ -171,8 +171,8 @@ class CrossTokenizerSource(Quiet):
             log.info("student embeddings: %d of %d rows from the teacher's rows of the same strings", n,
                      head_weight(student).shape[0])
 
-    def calibration_batch(self, examples: list[dict]) -> dict:
-        """The teacher's own tokens of `examples`, for choosing its layers (`students.init`)."""
+    def calibration_batch(self, examples: list[dict], pad_id: int) -> dict:
+        """The teacher's own tokens of `examples` (padded with the teacher's pad id, not `pad_id`)."""
         own = [{"ids": e["teacher_ids"], "mask": [True] * len(e["teacher_ids"])} for e in examples]
         return batching.collate(own, self.teacher_tokenizer.pad_token_id)
 
@@ -200,11 +200,11 @@ class CrossTokenizerSource(Quiet):
 
 
 class CrossReference:
-    """The teacher for the final comparison: its model and folder, each model with its own tokenizer."""
+    """The teacher for the final comparison: its model, folder and own tokenizer; signals per group."""
 
     def __init__(self, source: CrossTokenizerSource):
         self.source, self.model, self.folder = source, source.inner.model, source.inner.folder
-        self.against, self.tokenizer, self.student_tokenizer = "teacher", source.teacher_tokenizer, source.tokenizer
+        self.against, self.tokenizer = "teacher", source.teacher_tokenizer
         self.can_score_new_text = False  # the exposure metrics score one model's text with the other's tokens
         self.static = True
 

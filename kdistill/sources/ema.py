@@ -14,11 +14,13 @@ import copy
 import torch
 
 from kdistill.data import batches as batching
+from kdistill.data.load import load_examples
+from kdistill.sources.base import Quiet
 from kdistill.sources.model import signal_with_activations, teacher_signal
 
 
-class EmaSource:
-    static = False  # its signal for a batch never changes (held-out signals can be kept)
+class EmaSource(Quiet):
+    static = False  # its signal changes with every update of the shadow
     can_score_new_text = True
     provides_activations = True
     init_model = None
@@ -60,8 +62,15 @@ class EmaSource:
         """Activations of the shadow (the student's own layers, averaged)."""
         return signal_with_activations(self.model, batch, vocab_size, request)
 
+    def load_examples(self, cfg, device) -> list[dict]:
+        """data.path read with the tokenizer it was given (teacher-written data needs a teacher beside it)."""
+        return load_examples(cfg, None, self.tokenizer, "", device)
+
     def collate(self, examples: list[dict], pad_id: int) -> dict:
         return batching.collate(examples, pad_id)
+
+    def rollout_model(self):
+        return self.model
 
     def references(self) -> list:
         return [self]
@@ -79,6 +88,3 @@ class EmaSource:
         with torch.no_grad():
             for name, shadow, _ in self._pairs:
                 shadow.copy_(state[name])
-
-    def release_init(self) -> None:
-        pass

@@ -83,6 +83,9 @@ class ModelSource(Quiet):
     def collate(self, examples: list[dict], pad_id: int) -> dict:
         return batching.collate(examples, pad_id)
 
+    def rollout_model(self):
+        return self.model
+
     def signal(self, batch: dict, vocab_size: int) -> DenseSignal:
         return teacher_signal(self.model, batch, vocab_size)
 

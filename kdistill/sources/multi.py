@@ -18,12 +18,11 @@ against each teacher (`eval_<name>_kl`) and, for `sum` over live models, against
 """
 from __future__ import annotations
 
-import difflib
-
 import torch
 
 from kdistill.base.errors import ConfigError, DataError, ModelError
 from kdistill.cache import manifest as M
+from kdistill.config.sources import source_entries
 from kdistill.data import batches as batching
 from kdistill.data.load import load_examples
 from kdistill.losses.mixture import Mixture, MixtureDistribution, Part
@@ -31,62 +30,6 @@ from kdistill.sources.base import no_activations
 from kdistill.sources.cached import CacheSource, init_teacher, open_for_training
 from kdistill.sources.ema import EmaSource
 from kdistill.sources.model import ModelSource
-
-KEYS = {"model": ("name", "model", "weight", "load_in", "max_memory", "offload_dir"),
-        "cache": ("name", "cache", "weight"),
-        "ema": ("name", "kind", "weight", "update_rate", "every")}
-
-
-def parse_sources(cfg) -> list[dict]:
-    """Checked entries of teacher.sources ({name, kind, weight (normalised), ...}); ConfigError naming the key."""
-    entries, names = [], set()
-    for i, raw in enumerate(cfg.teacher.sources):
-        key = f"teacher.sources[{i}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{key}: expected a mapping like {{name: a, model: default}}, got {raw!r}")
-        kind = raw.get("kind", "cache" if "cache" in raw else "model")
-        if kind not in KEYS:
-            raise ConfigError(f"{key}.kind: {kind!r} is not a source kind; give `model:` or `cache:`, or kind: ema")
-        for k in raw:
-            if k not in KEYS[kind]:
-                near = difflib.get_close_matches(k, KEYS[kind], n=1)
-                raise ConfigError(f"{key}.{k}: unknown key" + (f"; did you mean '{near[0]}'?" if near else
-                                                              f"; valid keys: {', '.join(KEYS[kind])}"))
-        name = raw.get("name")
-        if not isinstance(name, str) or not name or name in names or name in ("teacher", "cache", "mixture"):
-            raise ConfigError(f"{key}.name: give each source a distinct name (not teacher, cache or mixture), "
-                              f"got {name!r}")
-        names.add(name)
-        if kind == "model" and not raw.get("model"):
-            raise ConfigError(f"{key}.model: name the teacher (hub id, folder, .gguf or default)")
-        weight = raw.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"{key}.weight: must be a number >= 0, got {weight!r}")
-        entry = {**raw, "kind": kind, "weight": float(weight)}
-        if kind == "ema":
-            rate, every = raw.get("update_rate", 0.01), raw.get("every", 1)
-            if not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-                raise ConfigError(f"{key}.update_rate: must be in (0, 1], got {rate!r}")
-            if not isinstance(every, int) or every < 1:
-                raise ConfigError(f"{key}.every: must be a whole number >= 1, got {every!r}")
-            entry.update(update_rate=float(rate), every=every)
-        entries.append(entry)
-    total = sum(e["weight"] for e in entries)
-    if entries and total <= 0:
-        raise ConfigError("teacher.sources: the weights sum to 0; give at least one source a positive weight")
-    if cfg.teacher.combine == "route":
-        if not cfg.teacher.route_key:
-            raise ConfigError("teacher.combine=route needs teacher.route_key: the data field naming each "
-                              "example's teacher")
-        if not cfg.data.path:
-            raise ConfigError("teacher.combine=route needs data.path: records with a "
-                              f"'{cfg.teacher.route_key}' field (teacher-written data has none)")
-        if any(e["kind"] == "ema" for e in entries):
-            raise ConfigError("teacher.combine=route: an ema source scores no route of its own; use combine=sum")
-    if cfg.teacher.cache:
-        raise ConfigError("teacher.sources and teacher.cache are both set; put every teacher in teacher.sources "
-                          "({name: c, cache: DIR})")
-    return [{**e, "weight": e["weight"] / total} for e in entries]
 
 
 def _where(child) -> str:
@@ -134,7 +77,7 @@ class MultiSource:
 
     @classmethod
     def open(cls, cfg, device, dtype) -> "MultiSource":
-        entries = parse_sources(cfg)
+        entries = source_entries(cfg.teacher)  # checked by the config
         makers = {"model": lambda e: _load_child(e, cfg, device, dtype), "cache": lambda e: _cache_child(e, cfg),
                   "ema": lambda e: EmaSource(e["name"], e["update_rate"], e["every"])}
         children = [makers[e["kind"]](e) for e in entries]
@@ -212,6 +155,12 @@ class MultiSource:
             batch["route"] = torch.tensor([e["route"] for e in examples])
         return batch
 
+    def calibration_batch(self, examples: list[dict], pad_id: int) -> dict:
+        return batching.collate(examples, pad_id)  # the student's tokens: every teacher here shares them
+
+    def rollout_model(self):
+        return None  # several teachers: none of them alone writes the rollouts
+
     def signal(self, batch: dict, vocab_size: int):
         if len(self.children) == 1 and self.combine == "sum":
             return self.children[0].signal(batch, vocab_size)  # one teacher: the plain signal
@@ -281,7 +230,7 @@ class MixtureReference:
 
     def __init__(self, children, weights):
         self.children, self.weights = children, weights
-        self.static = all(getattr(c, "static", True) for c in children)
+        self.static = all(c.static for c in children)
 
     def signal(self, batch: dict, vocab_size: int) -> MixtureDistribution:
         return MixtureDistribution(tuple(self.weights), tuple(c.signal(batch, vocab_size) for c in self.children))

@@ -1,5 +1,6 @@
-"""Students, one builder per `student.kind`: `llama` (sized by `presets.py`/`design.py`, initialised from
-the teacher by `init.py` and `prune.py`), `fractal` (`fractal.py`) and `pretrained` (`pretrained.py`).
+"""Students, one builder per `student.kind`: `llama` (sized by a preset, kdistill/config/presets.py, or by
+`design.py`; initialised from the teacher by `init.py` and `prune.py`), `fractal` (`fractal.py`) and
+`pretrained` (`pretrained.py`).
 
 Any causal LM can be the teacher. A LLaMA student copies (or prunes) chosen teacher layers only from a
 LLaMA-family teacher (Llama, Mistral, Qwen2); from any other (GPT-2, Gemma, Phi, ...) it takes the
@@ -13,11 +14,11 @@ from tqdm.auto import tqdm
 
 from kdistill.base import fsutil
 from kdistill.base.hardware import release_memory
+from kdistill.config.presets import SIZE_KEYS
 from kdistill.models.heads import count_parameters, decoder_layers
 from kdistill.students.init import init_from_teacher, select_layers
 from kdistill.students.layer_map import increasing
 from kdistill.students.llama import build_llama, llama_blocks_missing, resolve_sizes, teacher_sizes, window_dropped
-from kdistill.students.presets import SIZE_KEYS
 from kdistill.students.prune import prune_into
 
 log = logging.getLogger("kdistill")

@@ -14,7 +14,7 @@ import difflib
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kdistill.base.errors import ConfigError
-from kdistill.students.presets import PRESETS, SIZE_KEYS
+from kdistill.config.presets import PRESETS, SIZE_KEYS
 
 LLAMA_BLOCKS = ("llama", "mistral", "qwen2")  # model types whose decoder layers a LlamaDecoderLayer can hold
 _QKV_BIAS = ("qwen2",)

@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from kdistill.losses.chunked import fused_linear_loss
+from kdistill.losses.fused.chunked import fused_linear_loss
 from kdistill.models.heads import decoder, decoder_layers, head_weight
 from kdistill.students.init import TeacherTargets
 
@@ -37,7 +37,7 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 def _lse(hidden: torch.Tensor, weight: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Sum over rows of logsumexp(hidden @ weight.T), a chunk of rows at a time with its gradient
-    (softmax) taken at once (losses/chunked.py: memory one (chunk, V) block, no recompute in backward).
+    (softmax) taken at once (losses/fused/chunked.py: memory one (chunk, V) block, no recompute in backward).
     Shapes: hidden (N, D), weight (V, D) -> ()"""
     def block(logits: torch.Tensor, rows: slice):
         s = logits.detach()

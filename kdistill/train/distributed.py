@@ -8,7 +8,7 @@ Every process draws the same global batch of `train.batch_size` examples from th
 keeps its own rows (`local_rows`); the token count that divides the loss is the global batch's, counted
 before the split, so N processes compute the loss and gradients of one process with that batch. DDP and
 FSDP average gradients over processes, so each process's loss is multiplied by N (`loss_scale`). The
-student and the objective run as one module (`StudentLoss`) under the wrapper, so the output layer's
+student and the objective run as one module (`step.StudentLoss`) under the wrapper, so the output layer's
 weight is read inside the forward (unsharded under FSDP) and the wrapper sees every use of it. The
 frozen teacher is replicated (ddp) or sharded per layer (fsdp), never wrapped for gradients. Only the
 main process writes; checkpoints hold full (gathered) state dicts, so a run resumes on any number of
@@ -25,9 +25,7 @@ import torch
 from torch import nn
 
 from kdistill.base.errors import ConfigError
-from kdistill.base.hardware import autocast
-from kdistill.models.activations import capture
-from kdistill.models.heads import decoder_layers, final_hidden, head_weight
+from kdistill.models.heads import decoder_layers
 
 log = logging.getLogger("kdistill")
 MODES = ("auto", "none", "ddp", "fsdp")
@@ -186,38 +184,9 @@ def device_for(dist_world: int, device: torch.device) -> torch.device:
     return device
 
 
-class StudentLoss(nn.Module):
-    """The student's forward and the fused objective as one module: what a DDP/FSDP wrapper runs.
-
-    Shapes: batch input_ids (B, T) ... -> loss (), terms dict of floats
-
-    `features` (train/features.FeatureLoss: hidden-state and attention terms with their projections) is
-    a submodule, so the wrapper sees the projections; the student's activations are captured by hooks
-    inside this forward and compared with `teacher_acts` (the source's, same batch)."""
-
-    def __init__(self, student, objective, features=None):
-        super().__init__()
-        self.student, self.objective, self.features = student, objective, features
-
-    def forward(self, batch: dict, signal, num_tokens: int, progress: float, teacher_acts: dict | None = None):
-        device = batch["input_ids"].device
-        request = self.features.student_request if self.features is not None else {}
-        with autocast(device), capture(self.student, request) as found:
-            hidden = final_hidden(self.student, batch["input_ids"], batch["attention_mask"])
-        loss, terms = hidden.new_zeros((), dtype=torch.float32), {}
-        if self.objective.terms:
-            out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],
-                                 num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"),
-                                 token_weight=batch.get("weight"))
-            loss, terms = out.loss, out.terms
-        if self.features is not None:
-            extra, logs = self.features(found, teacher_acts, batch, num_tokens, progress)
-            loss, terms = loss + extra, {**terms, **logs}
-        return loss, terms
-
-
-def wrap(module: StudentLoss, dist: Dist, device: torch.device) -> nn.Module:
-    """The student's loss module under DDP or FSDP2 (each decoder layer its own unit), or as it is."""
+def wrap(module: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
+    """The student's loss module (`train/step.StudentLoss`) under DDP or FSDP2 (each decoder layer its own
+    unit), or as it is."""
     if dist.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

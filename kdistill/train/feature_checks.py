@@ -1,9 +1,10 @@
-"""Preflight of hidden-state and attention terms: every refusal that needs no model weights.
+"""Preflight of hidden-state and attention terms against the teacher's config.json (no weights load).
 
-Run by `preflight.check` before any folder is touched or any model loads: a cached or combined teacher
-(no activations), FSDP, a student without layers, a pair naming a layer that does not exist (from the
-teacher's config.json alone when it can be read), attention_map on a teacher whose attention cannot be
-recomputed from q_proj/k_proj and rotary embeddings.
+Run by `preflight.check` before any folder is touched or any model loads: a pair naming a layer that does
+not exist (from the teacher's config.json alone when it can be read), attention_map on a teacher whose
+attention cannot be recomputed from q_proj/k_proj and rotary embeddings. What needs no file (a cached or
+combined teacher has no activations, FSDP, a fractal student) is refused by the config itself
+(kdistill/config/checks.py).
 """
 from __future__ import annotations
 
@@ -14,9 +15,6 @@ from kdistill.base.errors import ConfigError, KdistillError
 from kdistill.losses import build_objective
 from kdistill.students.layer_map import check_pairs
 from kdistill.students.llama import LLAMA_BLOCKS, resolve_sizes, teacher_sizes
-
-WHAT = {"hidden_mse": "hidden states", "hidden_cosine": "hidden states", "attention_output": "attention outputs",
-        "attention_map": "attention maps"}
 
 
 def feature_terms(cfg) -> list:
@@ -43,24 +41,6 @@ def teacher_config(cfg):
         return None  # the teacher's own checks say what is wrong with it
 
 
-def _refuse_teacher(cfg, term) -> None:
-    what = WHAT[term.kind]
-    if cfg.teacher.cache:
-        raise ConfigError(f"{term.key} ({term.kind}) compares the teacher's {what} with the student's, but "
-                          f"teacher.cache={cfg.teacher.cache} holds only the teacher's output signal (top-k or "
-                          "sampled tokens), no activations; drop teacher.cache so the teacher runs live, or remove "
-                          "the term (a `kdistill cache` does not store activations)")
-    if cfg.teacher.sources:
-        raise ConfigError(f"{term.key} ({term.kind}) needs one live teacher's {what}; teacher.sources combines "
-                          "several teachers' output signals only. Use teacher.model alone, or remove the term")
-    if cfg.train.distributed == "fsdp":
-        raise ConfigError(f"{term.key} ({term.kind}) with train.distributed=fsdp is not supported yet (its "
-                          "projections are not sharded); use train.distributed=ddp or none")
-    if cfg.student.kind == "fractal":
-        raise ConfigError(f"{term.key} ({term.kind}): the fractal student has one shared block, no layers to "
-                          "pair with the teacher's; use student.kind=llama or remove the term")
-
-
 def _check_layers(cfg, term, config) -> None:
     if config is None or cfg.student.kind != "llama":
         return
@@ -76,8 +56,8 @@ def _check_layers(cfg, term, config) -> None:
 
 
 def check(cfg) -> None:
+    """ConfigError for a feature term's pair or kind the teacher's config.json rules out."""
     terms = feature_terms(cfg)
     config = teacher_config(cfg) if terms else None
     for term in terms:
-        _refuse_teacher(cfg, term)
         _check_layers(cfg, term, config)

@@ -45,7 +45,7 @@ import sys, time, types
 pkg = types.ModuleType("kdistill")  # fsutil alone, without the package's transformers import
 pkg.__path__ = [sys.argv[3]]
 sys.modules["kdistill"] = pkg
-from kdistill import fsutil
+from kdistill.base import fsutil
 if sys.argv[1] == "lock":
     with fsutil.run_lock(sys.argv[2]):
         print("held", flush=True)

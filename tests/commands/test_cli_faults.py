@@ -15,7 +15,7 @@ def _run(monkeypatch, capsys, fault, *flags):
     def command(args):
         fault()
 
-    monkeypatch.setitem(cli.COMMANDS, "report", command)
+    monkeypatch.setattr("kdistill.commands.report.main", command)
     status = cli.main([*flags, "report", "runs/x"])
     return status, capsys.readouterr().err
 

@@ -59,3 +59,31 @@ def test_every_shipped_config_shows_and_loads_back(name, tmp_path):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     (tmp_path / "c.yaml").write_text(show(cfg))
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_show_lists_the_choices_of_each_typed_key():
+    text = show(Config())
+    assert "  # choices: sum, route\n  combine: sum" in text
+    assert "  # choices: jsonl, tensorboard, aim, wandb\n  tracker: [jsonl]" in text
+    assert "# choices: auto, teacher-width-4l" in text  # student.preset: the presets table's names
+    assert "# each term's kind: forward_kl, reverse_kl" in text
+
+
+def test_the_reference_lists_every_key_with_type_default_and_choices(capsys):
+    from kdistill.commands.config import reference
+
+    text = reference()
+    for path in leaf_paths(Config()):
+        assert f"| `{path}` |" in text, f"{path} missing from the reference"
+    assert "| `teacher.combine` | choice | `sum` | `sum`, `route` | How `sources` combine" in text
+    assert "| `train.lr` | float or empty | empty |" in text
+    assert "| `nano` | 4 | 128 | 4 | 2 | 384 |" in text  # the presets table
+    assert cli.main(["config", "reference"]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_docs_configuration_md_is_the_generated_reference():
+    from kdistill.commands.config import REFERENCE, REGENERATE, reference
+
+    assert REFERENCE.is_file() and REFERENCE.read_text() == reference(), (
+        f"{REFERENCE} differs from the config schema; regenerate it: {REGENERATE}")

@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM
 
 from kdistill.base.errors import ModelError
 from kdistill.commands.cli import main
-from kdistill.export.complete import complete, load_for_generation, prompt_ids
 from kdistill.export import quantize_model, save_quantized, write_gguf
+from kdistill.export.complete import complete, load_for_generation, prompt_ids
 from tests.export.export_fixtures import save_student
 from tests.helpers import tiny_tokenizer
 

@@ -65,16 +65,16 @@ def test_every_shipped_config_loads():
 
 
 def test_learning_rate_default_depends_on_the_student():
-    from kdistill.config.schema import FITTED_LR, OTHER_LR, SHALLOW_LR, TEACHER_WIDTH_PRESETS
-    from kdistill.students.presets import PRESETS
+    from kdistill.config.presets import FITTED_LR, OTHER_LR, PRESETS, SHALLOW_LR, TEACHER_WIDTH
 
     assert load_config(None, []).train.lr == FITTED_LR  # teacher layers at the teacher's width, span-fitted
     for extra in (["student.span_fit_steps=0"], ["student.hidden_size=128"], ["student.preset=micro"],
                   ["student.tokenizer=some/tokenizer"]):  # no span fit runs: the shallow student's rate
         assert load_config(None, extra).train.lr == SHALLOW_LR, extra
     assert load_config(None, ["student.preset=teacher-width-4l"]).train.lr == FITTED_LR
-    assert set(TEACHER_WIDTH_PRESETS) == {name for name, sizes in PRESETS.items()
-                                          if not {"hidden_size", "num_heads", "intermediate_size"} & set(sizes)}
+    assert TEACHER_WIDTH == ("auto", "teacher-width-4l", "teacher-width-8l", "teacher-width-12l")
+    assert set(TEACHER_WIDTH) == {name for name, sizes in PRESETS.items()
+                                  if not {"hidden_size", "num_heads", "intermediate_size"} & set(sizes)}
     for extra in (["student.kind=fractal"], ["student.kind=pretrained", "student.model=x"], ["student.init=random"]):
         assert load_config(None, extra).train.lr == OTHER_LR, extra
     assert load_config(None, ["train.lr=1e-4"]).train.lr == 1e-4

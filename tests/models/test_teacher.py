@@ -6,8 +6,8 @@ import torch
 from helpers import save_tiny_teacher, tiny_tokenizer
 
 from kdistill.base.errors import ModelError
-from kdistill.run.evaluate import check_same_tokenizer
 from kdistill.models.teacher import load_teacher, resolve
+from kdistill.run.evaluate import check_same_tokenizer
 from kdistill.sources.model import teacher_signal
 
 CPU = torch.device("cpu")

@@ -6,8 +6,8 @@ import pytest
 
 from kdistill.base.errors import ConfigError, DataError
 from kdistill.commands.cli import main
-from kdistill.report.build import build_report, default_out
 from kdistill.report import tradeoff
+from kdistill.report.build import build_report, default_out
 from kdistill.report.plots import smooth
 from kdistill.report.runs import load_run, read_metrics, term_keys
 from kdistill.report.sections import versus

@@ -2,8 +2,8 @@
 measurement was taken, no stale speed-up, benchmark baselines, and the too-little-data warning."""
 import json
 
-from kdistill.report.build import build_report
 from kdistill.report import facts, plots
+from kdistill.report.build import build_report
 from kdistill.report.runs import load_run
 from kdistill.report.sections import benchmark_table, comparison_table, run_section
 

@@ -11,7 +11,7 @@ from kdistill.config.schema import load_config
 from kdistill.data.pairs import render_pairs
 from kdistill.data.token_bytes import encode_bytes
 from kdistill.losses import DenseSignal, build_objective
-from kdistill.losses.alignment import byte_groups
+from kdistill.losses.cross.alignment import byte_groups
 from kdistill.run.distill import distill
 from kdistill.sources.cross import CrossTokenizerSource, collate_pairs
 from kdistill.sources.model import ModelSource, teacher_signal
@@ -149,7 +149,7 @@ def test_lossless_encoding_is_checked_before_loading(teacher_dir, tmp_path):
 
 
 def test_no_shared_strings_says_hybrid_falls_back_to_uld(teacher_dir, tmp_path, monkeypatch, capsys):
-    import kdistill.losses.alignment as alignment
+    import kdistill.losses.cross.alignment as alignment
     from kdistill.sources.cross_checks import check_cross
 
     empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))

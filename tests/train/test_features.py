@@ -14,7 +14,7 @@ from kdistill.run.distill import distill
 from kdistill.sources.model import ModelSource
 from kdistill.train import checkpoint
 from kdistill.train.features import plan
-from kdistill.train.loop import train_step
+from kdistill.train.step import StudentLoss, accumulate_gradients
 
 TERMS = [{"kind": "forward_kl"}, {"kind": "hidden_mse", "pairs": [[0, 1], [1, 3]], "weight": 0.7},
          {"kind": "hidden_cosine", "pairs": "uniform", "target": "residual"},
@@ -52,7 +52,7 @@ def grads(*modules):
 def run(student, source, objective, features, micro):
     student.zero_grad(set_to_none=True)
     features.zero_grad(set_to_none=True)
-    row = train_step(student, source, objective, micro, torch.device("cpu"), 0.3, features=features)
+    row = accumulate_gradients(StudentLoss(student, objective, features), source, micro, torch.device("cpu"), 0.3)
     return row, grads(student, features)
 
 

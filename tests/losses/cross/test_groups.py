@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from kdistill.losses.alignment import identity_pairs
-from kdistill.losses.cross import group_logprobs, hybrid, uld
+from kdistill.losses.cross.alignment import identity_pairs
+from kdistill.losses.cross.groups import group_logprobs, hybrid, uld
 from kdistill.losses.divergences import forward_kl, jsd
 
-from .references import logits
+from ..references import logits
 
 G, VS, VT = 7, 13, 11  # odd shapes: groups, student and teacher vocabularies
 

@@ -14,7 +14,7 @@ sequences, and each group covers the same bytes on both sides. With one tokenize
 token is its own group. A token with no bytes (a special token) joins the group it is in.
 
 `string_pairs` matches vocabulary entries whose byte strings are equal, once per tokenizer pair: the
-exact part of the `hybrid` loss compares the two distributions on those entries (see `losses/cross.py`).
+exact part of the `hybrid` loss compares the two distributions on those entries (see `losses/cross/groups.py`).
 """
 from __future__ import annotations
 

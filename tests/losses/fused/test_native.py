@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from kdistill.losses import DenseSignal, build_objective, closed_form, native
+from kdistill.losses import DenseSignal, build_objective
+from kdistill.losses.fused import closed_form, native
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="no C compiler: the torch passes run instead (tested in test_closed_form)")

@@ -1,7 +1,7 @@
 """The objective on a `CrossSignal`: chunks of whole groups of student rows through the fused output layer.
 
 A group's value needs the student's full distribution at its first row and the log-probabilities of its
-later rows' targets, so the chunks of `chunked.fused_linear_loss` are cut between groups (a group longer
+later rows' targets, so the chunks of `fused.chunked.fused_linear_loss` are cut between groups (a group longer
 than the chunk size is a chunk of its own). Per chunk: CE per student token, `uld`/`hybrid` per group;
 every value is summed and divided by `num_tokens`, the global count of student tokens in the mask (the
 loop's count), so chunking, accumulation and processes give the full-batch loss, and with one tokenizer
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdistill.losses.chunked import fused_linear_loss
-from kdistill.losses.cross import KINDS, CrossSignal, group_logprobs, hybrid, temper, uld
+from kdistill.losses.cross.groups import KINDS, CrossSignal, group_logprobs, hybrid, temper, uld
 from kdistill.losses.divergences import cross_entropy
+from kdistill.losses.fused.chunked import fused_linear_loss
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.signals import fp32
 

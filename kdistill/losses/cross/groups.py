@@ -27,12 +27,13 @@ group and the objective divides the sum by the global count of student tokens (`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from kdistill.losses.divergences import DIVERGENCES
-from kdistill.losses.signals import NEG, DenseSignal, fp32, log1mexp, normalise_pair
+from kdistill.losses.signals import GROUPS, NEG, DenseSignal, fp32, log1mexp, normalise_pair
 
 KINDS = ("uld", "hybrid")
 EMPTY = 1e-30  # a sum of later log-probabilities above -EMPTY leaves the bucket empty
@@ -49,6 +50,7 @@ class CrossSignal:
     Shapes: teacher over (G,), teacher_rest (G,), teacher_first (G,) long, group_of (B*T,) long, pairs (M,)
     """
 
+    form: ClassVar[str] = GROUPS
     teacher: DenseSignal
     teacher_rest: Tensor
     teacher_first: Tensor

@@ -5,7 +5,7 @@
  * temperature, teacher, student at the CE temperature when it differs) into a row scratch that stays in
  * L2, with their sums; pass 3 writes the gradient over s. The torch path makes about twelve passes over
  * a tile, each its own kernel. Values and gradients equal that path's to fp32 rounding
- * (tests/losses/test_native.py). Built by native.py with the system C compiler; no OpenMP: rows are split
+ * (tests/losses/fused/test_native.py). Built by native.py with the system C compiler; no OpenMP: rows are split
  * between Python threads, and ctypes releases the GIL during the call.
  *
  * A teacher logit of -inf is outside the teacher's support: the KL drops it from both distributions (the

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kdistill.losses import DenseSignal, SparseSignal, build_objective
-from kdistill.losses.chunked import auto_chunk_size, fused_linear_loss
+from kdistill.losses.fused.chunked import auto_chunk_size, fused_linear_loss
 
 B, T, D, V = 3, 7, 16, 53
 TERMS = {

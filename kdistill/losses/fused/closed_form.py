@@ -11,21 +11,21 @@ and one exp per distribution: exp((s - max s)/T) gives both the logsumexp and th
 The passes run one tile of rows at a time (`TILE_ELEMENTS`, a few MB: the tile's temporaries stay in
 cache while the chunk, sized for the matmuls, does not) and the gradient overwrites the chunk's logits,
 so a chunk holds two (rows × V) blocks, the student's and the teacher's (`LIVE_TENSORS`).
-A teacher id with a -inf logit is outside its support: as in the general path (signals.py), the KL
+A teacher id with a -inf logit is outside its support: as in the general path (losses/signals.py), the KL
 drops it from both distributions (the student renormalised over the support), CE does not.
 On CPU, a chunk of fp32 logits with at most one KL and one CE term goes through one compiled C kernel
 instead (native.py, native_kernel.c: three passes a row, every exp once, the row's temporaries in L2),
 built with the system C compiler on first use; without a compiler, or with KDISTILL_NATIVE=0, the torch
-passes below run. `kdistill bench loss` measures both against the autograd path; tests/losses/test_closed_form.py proves
+passes below run. `kdistill bench loss` measures both against the autograd path; tests/losses/fused/test_closed_form.py proves
 values, logged terms and gradients equal to it. Every other objective (other divergences, sparse or
-mixed teachers, per-token weights or temperatures, rollout terms) takes the general path in `objective.py`.
+mixed teachers, per-token weights or temperatures, rollout terms) takes the general path in `losses/objective.py`.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from kdistill.losses import native
+from kdistill.losses.fused import native
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.signals import NEG, DenseSignal

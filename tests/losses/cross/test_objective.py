@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from kdistill.losses import DenseSignal, build_objective
-from kdistill.losses.alignment import identity_pairs
-from kdistill.losses.cross import CrossSignal, group_logprobs, hybrid, uld
-from kdistill.losses.cross_objective import group_chunks
+from kdistill.losses.cross.alignment import identity_pairs
+from kdistill.losses.cross.groups import CrossSignal, group_logprobs, hybrid, uld
+from kdistill.losses.cross.objective import group_chunks
 
-from .references import logits
+from ..references import logits
 
 B, T, D, VS, VT = 2, 6, 5, 13, 11
 # group of each student row (-1: not in the mask); groups are numbered across the batch

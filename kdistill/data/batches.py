@@ -75,6 +75,28 @@ class BatchStream:
         self._order = self._permutation(self.epoch)
 
 
+class Lookahead:
+    """A stream read `depth` batches ahead, so a source can start on their signals early (a served teacher
+    asks its server when a batch is made). `state()` is the position after the last batch handed out, so a
+    checkpoint and its resume see exactly the batches of a stream without look-ahead."""
+
+    def __init__(self, stream, depth: int):
+        self.stream, self.depth, self.queue = stream, depth, []
+
+    def next(self):
+        while len(self.queue) <= self.depth:
+            before = self.stream.state()
+            self.queue.append((before, self.stream.next()))
+        return self.queue.pop(0)[1]
+
+    def state(self) -> dict:
+        return self.queue[0][0] if self.queue else self.stream.state()
+
+    def load_state(self, state: dict) -> None:
+        self.queue = []
+        self.stream.load_state(state)
+
+
 def heldout_batches(examples: list[dict], batch_size: int, pad_id: int, max_batches: int) -> list[dict]:
     return [collate(examples[i:i + batch_size], pad_id)
             for i in range(0, len(examples), batch_size)][:max_batches]

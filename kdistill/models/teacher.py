@@ -134,6 +134,25 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
         raise ModelError(f"cannot load a tokenizer for teacher {spec!r}: {e}") from e
 
 
+def local_folder(spec: str) -> str:
+    """The folder a teacher's files are read from (a .gguf converted once to safetensors), e.g. for a
+    server to serve; a hub id is returned as it is."""
+    folder, gguf = resolve(spec)
+    return str(convert_gguf(folder, gguf)) if gguf else folder
+
+
+def load_tokenizer_and_config(spec: str, trust_remote_code: bool = False):
+    """(tokenizer, config, folder) of a teacher without its weights (a served teacher's local side)."""
+    from transformers import AutoConfig
+
+    tokenizer = load_tokenizer(spec, trust_remote_code)
+    folder = local_folder(spec)
+    try:
+        return tokenizer, AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code), folder
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of teacher {spec!r}: {e}") from e
+
+
 def quantization_config(load_in: str, dtype: torch.dtype):
     """bitsandbytes settings for teacher.load_in (None for full): 8-bit LLM.int8 (fp16 activations), or
     4-bit NF4 with double quantisation computing in `dtype`. Raises ModelError when bitsandbytes is missing."""

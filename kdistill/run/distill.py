@@ -264,6 +264,8 @@ def _distill(cfg: Config, run, dist) -> dict:
     start = begin(run, evaluators, student) if dist.main else {}
     stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id,
                                   collate_fn=lambda picked: source.collate(picked, data.pad_id))
+    if source.prefetch:  # signals asked for ahead of the step (a teacher server), same batches and resume
+        stream = batching.Lookahead(stream, source.prefetch)
     stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
     record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report,
               **({"feature_pairs": report["feature_pairs"]} if features is not None else {})}

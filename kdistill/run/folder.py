@@ -36,7 +36,10 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "adapte
 PRECIOUS = ("checkpoints", "student", "adapter", "eval.json")  # what a run made that is worth keeping
 ASIDE = ".replaced"
 SAFE_TO_CHANGE = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-                  "train.threads", "eval.", "cache.")
+                  "train.threads", "eval.", "cache.",
+                  # where the teacher server is and how it is asked: the parity check proves it is the same teacher
+                  "teacher.server", "teacher.server_api_key_env", "teacher.server_prefetch", "teacher.server_timeout",
+                  "teacher.server_retries", "teacher.parity_check", "teacher.parity_max_kl")
 IGNORED = ("output_dir",)  # a run folder that was moved is the same run
 
 

@@ -16,12 +16,17 @@ if TYPE_CHECKING:  # the kinds are imported only when opened: `import kdistill.s
 
 
 def open_source(cfg, device, dtype) -> TeacherSource:
-    """The run's teacher source: several (`teacher.sources`), a cache (`teacher.cache`), else the model (read
+    """The run's teacher source: several (`teacher.sources`), a server (`teacher.server`), a cache
+    (`teacher.cache`), else the model (read
     through its own tokenizer when the student has another: `student.tokenizer`, `cross.py`)."""
     if cfg.teacher.sources:
         from kdistill.sources.multi import MultiSource
 
         return MultiSource.open(cfg, device, dtype)
+    if cfg.teacher.server:
+        from kdistill.sources.served import ServedSource
+
+        return ServedSource.open(cfg, device, dtype)
     if cfg.teacher.cache:
         from kdistill.sources.cached import CacheSource
 

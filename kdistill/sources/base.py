@@ -12,6 +12,7 @@ is a new class that has them all (tests/sources/test_protocol.py checks each cla
 | MultiSource          | several combined (`teacher.sources`)           | the student's batch  | None          |
 | EmaSource            | an EMA of the student (in `teacher.sources`)   | the student's batch  | its shadow    |
 | CrossTokenizerSource | read in its own tokens (`student.tokenizer`)   | the teacher's tokens | None          |
+| ServedSource         | on an inference server (`teacher.server`)      | the student's batch  | None          |
 """
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ class TeacherSource(Protocol):
     def init_model(self):
         """The model the student is initialised from (a live teacher, or one on the meta device for
         shapes only), None where there is none; dropped by `release_init`."""
+
+    @property
+    def prefetch(self) -> int:
+        """Batches the run makes ahead of the step that trains on them, so their signals are on the way
+        (`collate` starts them): a teacher server's latency hides behind the student's step; 0 for a local
+        teacher."""
 
     def load_examples(self, cfg, device) -> list[dict]:
         """The run's token examples ({"ids", "mask", ...} of at most train.seq_len + 1 ids); a cache
@@ -123,6 +130,8 @@ def no_activations(source) -> ConfigError:
 class Quiet:
     """Defaults for a source with no state, nothing to do between steps, the student's tokens and no
     model of its own for rollouts."""
+
+    prefetch = 0
 
     def state_dict(self) -> dict:
         return {}

@@ -63,6 +63,7 @@ def _load_child(entry: dict, cfg, device, dtype) -> ModelSource:
 class MultiSource:
     """Several named sources combined by `sum` or `route`; itself a source like any other."""
 
+    prefetch = 0
     can_score_new_text = True
     provides_activations = False
     static = False  # an ema child changes; references are evaluated one by one

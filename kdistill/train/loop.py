@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdistill.base import fsutil
-from kdistill.base.errors import KdistillError
+from kdistill.base.errors import KdistillError, TeacherUnavailable
 from kdistill.train import checkpoint
 from kdistill.train.distributed import Dist, Whole, full_optimizer_state, load_into_shards, world_change, wrap
 from kdistill.train.schedule import make_optimizer, warmup_cosine
@@ -84,9 +84,11 @@ def run_training(tc, parts: Parts, run) -> RunState:
                disable=not dist.main)
     since = (time.time(), state.tokens)
     student.train()
+    before = parts.stream.state()
     try:
         with StopFlag() as stop:
             while state.step < tc.max_steps:
+                before = parts.stream.state()
                 micro = [parts.stream.next() for _ in range(tc.grad_accum)]
                 numbers = train_step(engine.model, source, engine.optimizer, micro, parts.device,
                                      state.step / tc.max_steps, tc.grad_clip, dist, due(tc.debug_every, state.step + 1))
@@ -107,12 +109,28 @@ def run_training(tc, parts: Parts, run) -> RunState:
                                       "Continue with the same command and --resume")
     except NonFiniteLoss as e:  # the step's number; the weights are those of the step before
         raise NonFiniteLoss(f"step {state.step + 1}: {e}") from None
+    except TeacherUnavailable as e:  # no step was taken: keep the last one, then stop
+        raise type(e)(f"{e}. {stopped_at(run, parts, engine, state, tc, before)}") from None
     finally:  # a failed step ends the bar's line, so the error starts on its own
         bar.close()
         trackers.close()
     state.student = engine.whole.refresh(engine.model).eval()  # what to save and compare: whole on the main process
     student.eval()
     return state
+
+
+def stopped_at(run, parts: Parts, engine: Engine, state: RunState, tc, before: dict | None) -> str:
+    """After a step that never happened: a checkpoint of the last completed step, its data position
+    `before` the failed step's batches (one process only: several would first have to agree); the
+    sentence that says how to continue."""
+    if state.step == 0:
+        return "No step was taken; run the same command again once the teacher answers"
+    if parts.dist.active:
+        return "Continue from the last checkpoint with the same command and --resume"
+    parts.stream.load_state(before)  # the failed step's batches come first again
+    written = run.path / "checkpoints" / f"step-{state.step:06d}"
+    path = written if written.is_dir() else save(run, parts, engine, state, tc.keep_checkpoints)
+    return f"Checkpoint {path} (step {state.step}) is the last step; continue with the same command and --resume"
 
 
 def due(every: int, step: int) -> bool:

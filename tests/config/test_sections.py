@@ -92,12 +92,14 @@ def test_choices_are_the_names_the_code_takes():
     """The Literal types in config/ mirror constants of heavier modules (torch) that config may not import."""
     from kdistill.base.hardware import DTYPES
     from kdistill.losses.feature_terms import KINDS as FEATURE_KINDS
+    from kdistill.sources.server_client import APIS
     from kdistill.train.distributed import MODES
     from kdistill.train.tracking import KINDS as TRACKERS
 
     assert set(typing.get_args(C.Dtype)) == {"auto", *DTYPES}
     assert typing.get_args(C.Distributed) == MODES
     assert typing.get_args(C.Tracker) == TRACKERS
+    assert typing.get_args(C.ServerApi) == APIS
     assert set(FEATURE_WHAT) == set(FEATURE_KINDS)
 
 
@@ -146,3 +148,16 @@ def test_sources_entries_are_normalised_and_checked():
     teacher.cache = "runs/other"
     with pytest.raises(ConfigError, match="teacher.sources and teacher.cache are both set"):
         TeacherConfig(sources=teacher.sources[:1], cache="runs/other").validate()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("teacher.server=localhost:8000", "give the server's URL"),
+    ("teacher.server_top_k=0", "teacher.server_top_k=0: must be at least 1"),
+    ("teacher.server_timeout=0", "teacher.server_timeout=0.0: give seconds above 0"),
+    ("teacher.server_api=tgi", "unknown server api .tgi. \\(choices: vllm, sglang\\)"),
+])
+def test_the_server_keys_are_checked_before_anything_loads(override, message):
+    overrides = [override] if override.startswith("teacher.server=") else ["teacher.server=http://127.0.0.1:1/v1",
+                                                                            override]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -16,8 +16,10 @@ from kdistill.sources.cross import CrossTokenizerSource
 from kdistill.sources.ema import EmaSource
 from kdistill.sources.model import ModelSource
 from kdistill.sources.multi import MultiSource
+from kdistill.sources.served import ServedSource
+from kdistill.sources.server_client import ServerClient
 
-KINDS = (ModelSource, CacheSource, MultiSource, EmaSource, CrossTokenizerSource)
+KINDS = (ModelSource, CacheSource, MultiSource, EmaSource, CrossTokenizerSource, ServedSource)
 
 
 def _members() -> tuple[dict, list[str]]:
@@ -47,12 +49,14 @@ def sources() -> dict:
     ema.attach_student(tiny_llama(len(tok), seed=1))
     return {ModelSource: model, CacheSource: CacheSource(cache, None, None, False),
             MultiSource: MultiSource([model], [1.0], "sum", None, model.model), EmaSource: ema,
-            CrossTokenizerSource: CrossTokenizerSource(model, tiny_tokenizer())}
+            CrossTokenizerSource: CrossTokenizerSource(model, tiny_tokenizer()),
+            ServedSource: ServedSource(ServerClient("http://127.0.0.1:9/v1"), 4, tok, model.model.config, None, "",
+                                       "tiny")}
 
 
 def test_the_protocol_documents_every_member():
     methods, data = _members()
-    assert len(methods) + len(data) == 21
+    assert len(methods) + len(data) == 22
     for name in [*methods, *data]:
         assert (inspect.getdoc(getattr(TeacherSource, name)) or "").strip(), name
 
@@ -91,6 +95,7 @@ def test_what_each_kind_gives_for_rollouts_and_calibration(sources):
     rollout = {kind: sources[kind].rollout_model() for kind in KINDS}
     assert rollout[ModelSource] is sources[ModelSource].model and rollout[EmaSource] is sources[EmaSource].model
     assert rollout[CacheSource] is rollout[MultiSource] is rollout[CrossTokenizerSource] is None
+    assert rollout[ServedSource] is None
 
     tok = tiny_tokenizer()
     ids = tok.encode("Once upon a time")

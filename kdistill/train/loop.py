@@ -38,6 +38,8 @@ log = logging.getLogger("kdistill")
 class Interrupted(KdistillError):
     """Ctrl-C: the run stopped after a step and wrote a checkpoint."""
 
+    exit_code = 130  # the shell's convention for a command stopped by SIGINT
+
 
 @dataclass
 class Parts:

@@ -36,10 +36,17 @@ def served(tmp_path_factory):
     if not SERVER_PYTHON.is_file():
         pytest.skip(f"no vLLM environment at {SERVER_PYTHON}: `make teacher-server-env` installs it "
                     "(`make test` does so first)")
-    os.environ["KDISTILL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     from kdistill.models.teacher import local_folder
 
-    folder = local_folder("default")
+    before = os.environ.get("KDISTILL_CACHE")
+    os.environ["KDISTILL_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # the converted teacher: this run's own
+    try:
+        folder = local_folder("default")
+    finally:
+        if before is None:
+            os.environ.pop("KDISTILL_CACHE")
+        else:
+            os.environ["KDISTILL_CACHE"] = before
     port, log = _free_port(), tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:

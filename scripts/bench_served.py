@@ -15,6 +15,11 @@ prefetched requests also overlap the other rows). Its bound is max(teacher only,
 is what no overlap would cost.
 Median seconds per step over steps 2..N (step 1 of each warms up). On a 2-core CPU the server and the
 trainer share the cores: quote the machine and `uptime` with the numbers.
+
+Then teacher-written data (`data.generate`'s path, data/teacher_written.py): --gen-prompts built-in prompts
+continued by --gen-tokens sampled tokens, in the trainer's process (batches of --gen-batch, left-padded
+`generate`) and through the server's completions (every prompt of the batch in flight at once), alternated
+--gen-rounds times; new tokens per second of each.
 """
 from __future__ import annotations
 
@@ -32,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdistill.base.hardware import set_threads  # noqa: E402
 from kdistill.config.schema import load_config  # noqa: E402
 from kdistill.data import batches as batching  # noqa: E402
+from kdistill.data import teacher_written  # noqa: E402
 from kdistill.losses import SparseSignal, build_objective  # noqa: E402
 from kdistill.sources.model import ModelSource  # noqa: E402
 from kdistill.sources.served import ServedSource  # noqa: E402
+from kdistill.sources.server_writer import ServerWriter  # noqa: E402
 from kdistill.students import build_student  # noqa: E402
 from kdistill.train.schedule import make_optimizer  # noqa: E402
 from kdistill.train.step import StudentLoss, train_step  # noqa: E402
@@ -74,6 +81,10 @@ def main() -> None:
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", help="a text file (default: the demo's teacher-written data)")
+    p.add_argument("--gen-prompts", type=int, default=32, help="prompts for the data-writing rows (0: none)")
+    p.add_argument("--gen-tokens", type=int, default=48)
+    p.add_argument("--gen-batch", type=int, default=16, help="prompts per batch (data.generate.batch_size)")
+    p.add_argument("--gen-rounds", type=int, default=2)
     a = p.parse_args()
     set_threads(a.threads)
     cfg = load_config("configs/demo.yaml", [
@@ -133,6 +144,38 @@ def main() -> None:
     alone = med["served, back to back"]
     print(f"  bound max(teacher, student) {bound:.3f}; sum {total:.3f}; served back to back / bound {alone / bound:.2f}; "
           f"/ in-process {alone / med['in-process']:.2f}")
+    if a.gen_prompts:
+        bench_writing(served, a)
+
+
+def bench_writing(served: ServedSource, a) -> None:
+    """New tokens/s of the teacher writing data in the trainer's process and through the server."""
+    tok, model = served.tokenizer, served.init_model
+    prompts = teacher_written.builtin_prompts(tok, a.gen_prompts)
+    settings = {"max_new_tokens": a.gen_tokens, "temperature": 0.8, "top_p": 0.95, "batch_size": a.gen_batch,
+                "seed": 0}
+    writer = ServerWriter(served.client, {tok.eos_token_id})
+    tok.padding_side = "left"
+
+    def in_process(chunk, b):
+        torch.manual_seed(b)
+        return teacher_written._generate_batch(model, tok, chunk, settings, torch.device("cpu"))
+
+    ways = {"in-process": in_process, "server": lambda chunk, b: writer.write_batch(chunk, settings, b)}
+    tokens, seconds = {w: 0 for w in ways}, {w: 0.0 for w in ways}
+    for _ in range(a.gen_rounds):
+        for name, write in ways.items():
+            for b in range(0, len(prompts), a.gen_batch):
+                start = time.perf_counter()
+                rows = write(prompts[b:b + a.gen_batch], b)
+                seconds[name] += time.perf_counter() - start
+                tokens[name] += sum(map(len, rows))
+    rate = {w: tokens[w] / seconds[w] for w in ways}
+    print(f"\nteacher-written data, {a.gen_prompts} prompts x up to {a.gen_tokens} new tokens, batches of "
+          f"{a.gen_batch}, {a.gen_rounds} rounds alternated:")
+    for w in ways:
+        print(f"  {w:<11} {tokens[w]:>6} tokens in {seconds[w]:7.2f}s: {rate[w]:7.1f} tokens/s")
+    print(f"  server / in-process {rate['server'] / rate['in-process']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The teacher's distribution at the loss positions of a batch, reduced to what the cache stores.
 
-`topk_rows` keeps the k most likely ids and the mass outside them; `sampled_rows` draws ids from the
-teacher and keeps the distinct ids with their counts. Both return the error of what is stored, measured
+`topk_rows` keeps the k most likely ids and the mass outside them; `topk_from_sparse` does the same from a
+teacher that gave only its top K' >= k (a teacher server); `sampled_rows` draws ids from the teacher and
+keeps the distinct ids with their counts. Both return the error of what is stored, measured
 against the exact distribution (sums over rows, so shards and batches add up).
 """
 from __future__ import annotations
@@ -36,6 +37,22 @@ def topk_rows(logprobs: torch.Tensor, k: int, value_bits: int) -> tuple[np.ndarr
     stats = {"positions": len(lp), "captured_mass": float(probs.sum()), "kl_stored": float(kl_terms.sum()),
              "kl_full": float(kl_full.sum())}
     return ids.numpy().astype(np.int64), probs, rest, stats
+
+
+def topk_from_sparse(top_ids: torch.Tensor, top_logprobs: torch.Tensor, k: int,
+                     value_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """`topk_rows` from the teacher's K' >= k best ids and log-probabilities, sorted by rank (a teacher
+    server's answer). What the tail looks like is unknown here, so the stats hold no kl_full.
+    Shapes: top_ids, top_logprobs (N, K') -> ids (N, k), probs (N, k) float64, rest (N,) float64, stats"""
+    lp = top_logprobs[:, :k].double().numpy()
+    probs = np.exp(lp)
+    rest = np.clip(1.0 - probs.sum(1), 0.0, 1.0)
+    buckets = np.concatenate([probs, rest[:, None]], 1)
+    approx = codec.dequantise(codec.quantise(buckets, value_bits))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_terms = np.where(buckets > 0, buckets * (np.log(buckets) - np.log(approx)), 0.0)
+    stats = {"positions": len(lp), "captured_mass": float(probs.sum()), "kl_stored": float(kl_terms.sum())}
+    return top_ids[:, :k].numpy().astype(np.int64), probs, rest, stats
 
 
 def sampled_rows(logprobs: torch.Tensor, samples: int,

@@ -60,6 +60,9 @@ def distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in output_dir")
+    p.add_argument("--accept-changed-data", action="store_true",
+                   help="with --resume: continue although the data files changed since the checkpoint "
+                        "(recorded in resumes.jsonl); without it such a resume is refused")
     p.add_argument("--dry-run", action="store_true",
                    help="resolve and check the config, print the plan, and stop: no model loads, nothing is written")
 
@@ -85,6 +88,12 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
                                  "the result is merged into RUN/eval.json")
     p.add_argument("--student", help="student folder (default with --run: RUN/student)")
     p.add_argument("--teacher", help="hub id, folder, .gguf file or 'default' (default with --run: from its config)")
+    p.add_argument("--teacher-server", metavar="URL",
+                   help="the teacher on an inference server (vLLM http://HOST:PORT/v1, or SGLang): held-out numbers "
+                        "against it; --teacher (or the run's teacher.model) gives its tokenizer, and its weights where "
+                        "they load for the rest of the table")
+    p.add_argument("--server-model", help="the model name the server serves (default: its only model)")
+    p.add_argument("--server-api", choices=["vllm", "sglang"], default=None, help="the server's API (default vllm)")
     p.add_argument("--data", help="held-out data file (default: with --run the run's own held-out split, else "
                                   "new teacher samples with a seed of their own)")
     p.add_argument("--seq-len", type=int, default=128)

@@ -11,5 +11,6 @@ def main(args) -> int:
     api.evaluate(args.student, args.teacher, args.data, run=args.run, tasks=args.tasks or (), seq_len=args.seq_len,
                  batches=args.batches, limit=args.limit, max_new_tokens=args.max_new_tokens,
                  measure_speed=not args.no_speed, heldout=not args.no_heldout, out=args.out,
-                 lm_eval_dir=args.lm_eval_dir)
+                 lm_eval_dir=args.lm_eval_dir, teacher_server=args.teacher_server, server_model=args.server_model,
+                 server_api=args.server_api)
     return 0

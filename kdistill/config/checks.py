@@ -68,6 +68,10 @@ def _check_rollout_teacher(cfg) -> None:
     """On-policy text is new text: only a live teacher can score it."""
     r = cfg.rollout
     cached = next((e.get("cache") for e in cfg.teacher.sources if isinstance(e, dict) and e.get("cache")), None)
+    if cfg.teacher.server and r.on_policy and (r.source == "teacher" or r.teacher_mix > 0):
+        raise ConfigError(f"rollout.source={r.source} with rollout.teacher_mix={r.teacher_mix}: the teacher on "
+                          f"{cfg.teacher.server} scores text but does not write rollouts in the run; use "
+                          "rollout.source=student with rollout.teacher_mix=0 (the server scores the student's text)")
     if r.on_policy and (cfg.teacher.cache or cached):
         raise ConfigError(f"rollout.source={r.source} with rollout.lmbda={r.lmbda} trains on text written during "
                           f"the run, but teacher cache {cfg.teacher.cache or cached} holds the teacher's signal for "
@@ -83,6 +87,10 @@ def _check_feature_teacher(cfg, key: str, kind: str) -> None:
                           f"teacher.cache={cfg.teacher.cache} holds only the teacher's output signal (top-k or "
                           "sampled tokens), no activations; drop teacher.cache so the teacher runs live, or remove "
                           "the term (a `kdistill cache` does not store activations)")
+    if cfg.teacher.server:
+        raise ConfigError(f"{key} ({kind}) compares the teacher's {what} with the student's, but the teacher on "
+                          f"teacher.server={cfg.teacher.server} gives only its top-K log-probabilities; remove the "
+                          "term, or drop teacher.server to run the teacher in the trainer")
     if cfg.teacher.sources:
         raise ConfigError(f"{key} ({kind}) needs one live teacher's {what}; teacher.sources combines "
                           "several teachers' output signals only. Use teacher.model alone, or remove the term")

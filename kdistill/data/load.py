@@ -147,9 +147,11 @@ def filtered_examples(cfg, teacher, tokenizer, teacher_id, device) -> Examples:
     files = list(f.contamination_files) + (list(cfg.eval.tasks) if f.contamination_eval_tasks else [])
     grams = contamination_grams(files, f.contamination_ngram) if f.enabled and files else {}
     if f.enabled and f.min_logprob is not None:
-        if teacher is None:
-            raise ModelError("data.generate.filter.min_logprob needs the teacher model to score the samples")
-        score_logprobs(teacher, samples, device)
+        scorer = getattr(teacher, "local", teacher)  # a teacher server's writer: the local copy, where it loads
+        if scorer is None:
+            raise ModelError("data.generate.filter.min_logprob needs the teacher model to score the samples "
+                             "(with teacher.server: teacher.model's weights)")
+        score_logprobs(scorer, samples, device)
     kept, dropped = quality_filter(samples, f, grams)
     c = gen.cot
     examples = weighted_examples(kept, cfg.train.seq_len, c.rationale_weight, c.answer_weight) if c.problems \
@@ -174,7 +176,8 @@ def filtered_examples(cfg, teacher, tokenizer, teacher_id, device) -> Examples:
 
 
 def load_examples(cfg, teacher, tokenizer, teacher_id: str, device) -> list[dict]:
-    """Token examples of at most `train.seq_len` + 1 ids; `teacher` is used only to generate data."""
+    """Token examples of at most `train.seq_len` + 1 ids; `teacher` (a model, or a teacher server's writer)
+    is used only to generate data."""
     if not cfg.data.path:
         return filtered_examples(cfg, teacher, tokenizer, teacher_id, device)
     records = read_records(cfg.data.path, cfg.data.split, cfg.data.max_records)

@@ -303,8 +303,9 @@ def teacher_model(source):
     """The source's model, for the teacher to write or mix into rollouts; a cache has none."""
     model = source.rollout_model()
     if model is None or not source.can_score_new_text:
-        raise ConfigError("rollout.source=teacher and rollout.teacher_mix need a live teacher model "
-                          "(teacher.model), not a cache")
+        raise ConfigError(f"rollout.source=teacher and rollout.teacher_mix need a local teacher model that "
+                          f"writes text (teacher.model); this run's teacher ({source.against}) has none: use "
+                          "rollout.source=student with rollout.teacher_mix=0")
     return model
 
 

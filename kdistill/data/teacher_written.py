@@ -109,7 +109,9 @@ def _finished(folder: Path) -> list[dict] | None:
 
 def generate(model, tokenizer, teacher_id: str, prompts: list[list[int]], settings: dict, device,
              desc: str = "teacher generates data", extra: dict | None = None) -> tuple[list[dict], Path]:
-    """Records of every prompt (in order) and the cache folder that holds them; see the module docstring."""
+    """Records of every prompt (in order) and the cache folder that holds them; see the module docstring.
+    `model` is the local teacher, or a writer with `write_batch(prompts, settings, seed)` (a teacher server:
+    sources/server_writer.py)."""
     folder = cache_root() / "generated" / cache_key(teacher_id, settings, prompts, extra)
     records = _finished(folder)
     if records is not None:
@@ -141,9 +143,10 @@ def _write(model, tokenizer, prompts, settings, device, desc, extra, folder: Pat
                       dynamic_ncols=True):
             chunk = prompts[b * size:(b + 1) * size]
             torch.manual_seed(settings["seed"] + b)
+            news = model.write_batch(chunk, settings, settings["seed"] + b) if hasattr(model, "write_batch") \
+                else _generate_batch(model, tokenizer, chunk, settings, device)
             rows = [{"prompt": b * size + i, "ids": p + new, "n_prompt": len(p),
-                     "text": tokenizer.decode(new, skip_special_tokens=True)}
-                    for i, (p, new) in enumerate(zip(chunk, _generate_batch(model, tokenizer, chunk, settings, device)))]
+                     "text": tokenizer.decode(new, skip_special_tokens=True)} for i, (p, new) in enumerate(zip(chunk, news))]
             fsutil.append_jsonl(partial, {"batch": b, "rows": rows})
             done.append(rows)
     finally:

@@ -38,8 +38,10 @@ from kdistill.data import batches as batching
 from kdistill.data.task_files import read_task
 from kdistill.evaluation import eval_data, record
 from kdistill.evaluation.compare import format_table, measure_against, measure_speeds
+from kdistill.evaluation.heldout import heldout_key, heldout_metrics
 from kdistill.evaluation.lm_eval_tasks import lm_eval_command, write_task_yamls
 from kdistill.models.files import check_model_folder
+from kdistill.models.heads import count_parameters
 from kdistill.sources import open_source
 
 
@@ -59,6 +61,9 @@ class EvalSettings:
     no_heldout: bool = False
     lm_eval_dir: str | None = None     # also write lm-eval task YAMLs there and print the lm_eval commands
     out: str | None = None             # merge the result into this JSON file (with run: RUN/eval.json)
+    teacher_server: str | None = None  # the teacher on a vLLM/SGLang server (default with run: the run's)
+    server_model: str | None = None    # the name it serves (default: the run's, else its only model)
+    server_api: str | None = None      # vllm or sglang (default: the run's, else vllm)
 
 
 def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
@@ -110,7 +115,8 @@ def write_result(path: Path, result: dict) -> dict:
 OPTIONS = [("run", "--run"), ("student", "--student"), ("teacher", "--teacher"), ("data", "--data"),
            ("seq_len", "--seq-len"), ("batches", "--batches"), ("tasks", "--tasks"), ("limit", "--limit"),
            ("max_new_tokens", "--max-new-tokens"), ("no_speed", "--no-speed"), ("no_heldout", "--no-heldout"),
-           ("lm_eval_dir", "--lm-eval-dir"), ("out", "--out")]
+           ("lm_eval_dir", "--lm-eval-dir"), ("out", "--out"), ("teacher_server", "--teacher-server"),
+           ("server_model", "--server-model"), ("server_api", "--server-api")]
 DEFAULTS = {"seq_len": 128, "batches": 8}
 
 
@@ -126,12 +132,22 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
-def teacher_config(cfg: Config, spec: str, student_dir: str) -> Config:
+def teacher_config(cfg: Config, spec: str, student_dir: str, args=None) -> Config:
     """The config `kdistill eval` opens its teacher with (`open_source`, as `distill` does): `cfg` with the
     teacher `spec` itself in full precision (a run's cache or several teachers are not what its student is
-    compared with); a student with its own tokenizer (`student.tokenizer`) reads the one saved beside it."""
+    compared with), on `args.teacher_server` when given (a run's own server otherwise); a student with its
+    own tokenizer (`student.tokenizer`) reads the one saved beside it."""
     own = copy.deepcopy(cfg)
     own.teacher.model, own.teacher.cache, own.teacher.sources, own.teacher.load_in = spec, None, [], "full"
+    if getattr(args, "teacher_server", None):
+        own.teacher.server, own.teacher.sources = args.teacher_server, []
+        own.teacher.server_model = args.server_model
+        own.teacher.server_api = args.server_api or "vllm"
+    elif own.teacher.server:
+        own.teacher.server_model = getattr(args, "server_model", None) or own.teacher.server_model
+        own.teacher.server_api = getattr(args, "server_api", None) or own.teacher.server_api
+    if own.teacher.server:
+        own.student.init = "random"  # nothing is initialised here: the teacher's weights are optional
     if own.student.tokenizer:
         own.student.tokenizer = student_dir
     return own
@@ -180,17 +196,27 @@ def measure(args, cfg: Config, student_dir: str, teacher_spec: str, tasks: list,
     opened as `distill` opens it, the student loaded, everything that needs them measured. Nothing here
     outlives the call: the models are let go when it returns."""
     use_safetensors = check_student_folder(student_dir)
-    source = open_source(teacher_config(cfg, teacher_spec, student_dir), device, dtype)
+    own = teacher_config(cfg, teacher_spec, student_dir, args)
+    source = open_source(own, device, dtype)
     student = load_student(student_dir, use_safetensors, source.tokenizer, device)
-    reference = source.final_reference(cfg, device, dtype)
+    reference = source.final_reference(own, device, dtype)
     run = eval_data.find_run(args.run, student_dir)
     run_cfg = cfg if args.run else eval_data.run_config(run)
-    batches, info, warning = heldout(args, run, run_cfg, source, reference.folder, cfg.train.batch_size, device)
-    result, folders = measure_against(student, source, reference, batches, device, student_dir, cfg, max_new,
-                                      tasks=tasks, task_limit=args.limit, speed=not args.no_speed)
+    folder = reference.folder if reference is not None else source.folder
+    batches, info, warning = heldout(args, run, run_cfg, source, folder, cfg.train.batch_size, device)
+    if reference is None:  # a teacher server without local weights: what it can give, the held-out signal
+        if tasks:
+            raise ModelError("--tasks score the teacher's own answers, which needs its weights here; give "
+                             "--teacher a folder that holds them, or drop --tasks")
+        result, folders = {"student": {"parameters": count_parameters(student)}, "teacher": {}}, {}
+    else:
+        result, folders = measure_against(student, source, reference, batches, device, student_dir, cfg, max_new,
+                                          tasks=tasks, task_limit=args.limit, speed=not args.no_speed)
+    if batches and (reference is None or reference.against != source.against):
+        result[heldout_key(source.against)] = heldout_metrics(student, source, batches, device)
     if batches:
         result["heldout_data"] = info
-    return result, folders, reference.folder, warning
+    return result, folders, folder, warning
 
 
 def print_lm_eval(args, tasks: list, max_new: int, student_dir: str, teacher_dir: str, dtype, device) -> None:

@@ -47,8 +47,9 @@ class TeacherSource(Protocol):
 
     @property
     def can_score_new_text(self) -> bool:
-        """False when it holds signals for its own tokens only (a cache) or reads other tokens (another
-        tokenizer): on-policy rollouts and exposure metrics need True."""
+        """True when `signal` scores any token ids of the student's vocabulary (a model, a teacher server);
+        False when it holds signals for its own tokens only (a cache) or reads other tokens (another
+        tokenizer). On-policy rollouts of the student need True; exposure metrics also need a live model."""
 
     @property
     def provides_activations(self) -> bool:

@@ -8,6 +8,9 @@ trains on a server (the mass outside the top K is handled by the loss term's `mi
 cache). Requests start when a batch is made (`collate`), and the run reads `prefetch` batches ahead, so
 the server scores the next batches while the student trains on this one. `teacher.model` gives the
 tokenizer and config; its weights are read only to initialise the student and for the parity check.
+Teacher-written data (`data.generate`, self-instruct, chain of thought) is written by the server's
+completions (sources/server_writer.py), and on-policy rollouts of the student are scored by the server like
+any batch (`collate` asks, `signal` reads).
 
 The parity check (`teacher.parity_check`, on by default) runs before training: the server's tokens for a
 probe text must equal the local tokenizer's, and where the local weights load, the server's top-K
@@ -29,6 +32,7 @@ from kdistill.models.teacher import load_tokenizer_and_config
 from kdistill.sources.base import Quiet
 from kdistill.sources.model import ModelSource, load_from_config
 from kdistill.sources.server_client import ServerClient, ServerError
+from kdistill.sources.server_writer import ServerWriter
 
 log = logging.getLogger("kdistill")
 PROBE = ["Once upon a time, the king said: 42 × π ≈ 131.9 — ok?",
@@ -94,7 +98,7 @@ class ServedSource(Quiet):
 
     against = "server"
     static = True  # the server is frozen: held-out signals are asked for once
-    can_score_new_text = False  # no local model to grade new text (exposure, rollouts)
+    can_score_new_text = True  # the server reads any token ids: the student's rollouts are scored like data
     provides_activations = False
 
     def __init__(self, client: ServerClient, k: int, tokenizer, config, init_model, folder, spec: str,
@@ -122,9 +126,6 @@ class ServedSource(Quiet):
                     raise type(e)(f"{e} (with teacher.server, teacher.model's weights are read only to initialise "
                                   "the student; set student.init=random to train without them)") from e
                 log.info("teacher.model has no weights here (%s): the parity check compares tokenizers only", e)
-        if not cfg.data.path and model is None:
-            raise ConfigError("with teacher.server and no local teacher weights, give data.path: the teacher "
-                              "writes training data only from a local copy (teacher.model)")
         source = cls(client, t.server_top_k, tokenizer, config, model, folder, t.model, t.server_prefetch)
         if t.parity_check:
             source.check_parity(t.parity_max_kl, device)
@@ -157,7 +158,10 @@ class ServedSource(Quiet):
         return int(self.config.vocab_size)
 
     def load_examples(self, cfg, device) -> list[dict]:
-        return load_examples(cfg, self.init_model, self.tokenizer, self.folder, device)
+        """The run's examples; teacher-written ones are written by the server (keyed apart from local ones)."""
+        eos = {self.tokenizer.eos_token_id} - {None}
+        writer = ServerWriter(self.client, eos, local=self.init_model)
+        return load_examples(cfg, writer, self.tokenizer, f"{self.folder}@server:{self.client.model or ''}", device)
 
     def _ask(self, ids: list[int]):
         key = tuple(ids)

@@ -119,6 +119,28 @@ class ServerClient:
                               f"asked; start the server with --max-logprobs {k} or more (vLLM)")
         return [[t for t, _, _ in r] for r in top], [[v for _, v, _ in r] for r in top]
 
+    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float,
+                     seed: int) -> list[int]:
+        """The new token ids the server samples after the prompt `ids` (its EOS kept when it stopped there),
+        with the request's own seed, so the same request writes the same tokens. Shapes: (T,) -> (<= max_new,)"""
+        sampling = {"temperature": float(temperature), "top_p": float(top_p) if temperature > 0 else 1.0}
+        if self.api == "vllm":
+            body = {"prompt": ids, "max_tokens": max_new_tokens, "seed": seed, "return_token_ids": True,
+                    "skip_special_tokens": False, **sampling, **({"model": self.model} if self.model else {})}
+            answer, where, key = self.post("/completions", body), f"{self.url}/completions", "token_ids"
+            found = answer.get("choices", [{}])[0] if isinstance(answer, dict) and answer.get("choices") else {}
+        else:
+            body = {"input_ids": ids, "sampling_params": {"max_new_tokens": max_new_tokens, "sampling_seed": seed,
+                                                          **sampling}}
+            found, where, key = self.post("/generate", body, base=self._base()), f"{self._base()}/generate", "output_ids"
+        new = found.get(key) if isinstance(found, dict) else None
+        if not isinstance(new, list) or not all(isinstance(t, int) for t in new):
+            raise ServerError(f"teacher server {where} returned no {key}; it must be "
+                              f"{'vLLM 0.10.2 or newer' if self.api == 'vllm' else 'SGLang'} to write data by token ids")
+        if len(new) > max_new_tokens:
+            raise ServerError(f"teacher server {where}: {len(new)} new tokens where at most {max_new_tokens} were asked")
+        return new
+
     def tokenize(self, text: str) -> list[int]:
         """The server's own tokens for `text` (no special tokens added), to compare tokenizers."""
         if self.api == "vllm":

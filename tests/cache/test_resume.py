@@ -67,6 +67,37 @@ def test_other_settings_are_refused_unless_overwritten(make_cfg, tmp_path):
         writer.write_cache(make_cfg(tmp_path / "other"))
 
 
+def test_a_full_disk_before_the_first_shard_is_continued_by_the_same_command(make_cfg, tmp_path, monkeypatch):
+    import errno
+
+    from kdistill.base import fsutil
+
+    straight = writer.write_cache(make_cfg(tmp_path / "a"))
+    real = fsutil.write_bytes
+
+    def full(path, data):
+        if path.name.startswith("shard-"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(fsutil, "write_bytes", full)
+    with pytest.raises(OSError, match="No space"):
+        writer.write_cache(make_cfg(tmp_path / "b"))
+    monkeypatch.setattr(fsutil, "write_bytes", real)  # space freed: the same command goes on
+    assert writer.write_cache(make_cfg(tmp_path / "b"))["stats"] == straight["stats"]
+    assert _shards(tmp_path / "b") == _shards(tmp_path / "a")
+
+
+def test_a_folder_of_only_kdistills_files_without_a_manifest_is_continued(make_cfg, tmp_path):
+    straight = writer.write_cache(make_cfg(tmp_path / "a"))
+    out = tmp_path / "b"
+    out.mkdir()  # what an older kdistill left when stopped before its first manifest
+    (out / "teacher_config.json").write_text("{}")
+    (out / ".shard-00000.safetensors.abcd1234.tmp").write_bytes(b"half")
+    assert writer.write_cache(make_cfg(out))["stats"] == straight["stats"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_kill_9_then_rerun_finishes_the_cache(make_cfg, teacher_dir, tmp_path):
     out = tmp_path / "k"
     args = [f"teacher.model={teacher_dir}", f"cache.out={out}", "train.seq_len=32", "train.threads=1",

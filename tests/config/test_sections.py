@@ -7,13 +7,10 @@ import pytest
 from kdistill.base.errors import ConfigError
 from kdistill.config import choices as C
 from kdistill.config.checks import FEATURE_WHAT, check_agreement, check_supported
-from kdistill.config.generation import CotConfig, FilterConfig, GenerateConfig, SelfInstructConfig
-from kdistill.config.rollout import RolloutConfig
+from kdistill.config.generation import CotConfig
 from kdistill.config.schema import (
-    CacheConfig,
     Config,
     DataConfig,
-    EvalConfig,
     LossConfig,
     StudentConfig,
     TeacherConfig,
@@ -27,29 +24,39 @@ from kdistill.config.sources import source_entries
 @pytest.mark.parametrize("section, key, value, message", [
     (TeacherConfig, "max_memory", "2GB", "teacher.max_memory needs teacher.offload_dir"),
     (TeacherConfig, "sources", [{"name": "a", "modle": "x"}], "teacher.sources[0].modle: unknown key"),
-    (StudentConfig, "num_heads", 0, "student.num_heads=0 must be at least 1"),
-    (StudentConfig, "span_fit_lr", 0.0, "student.span_fit_lr must be a positive learning rate"),
-    (StudentConfig, "fractal_steps", 0, "student.fractal_steps=0 must be at least 1"),
     (StudentConfig, "layer_selection", "explicit", "student.layers must list teacher layer indices"),
-    (DataConfig, "heldout_fraction", 1.0, "data.heldout_fraction must be between 0 and 1"),
     (LossConfig, "terms", [{"kind": "forwrd_kl"}], "loss.terms[0].kind: unknown divergence 'forwrd_kl'"),
-    (LossConfig, "chunk_size", 0, "loss.chunk_size"),
-    (TrainConfig, "seq_len", 4, "train.seq_len must be at least 8"),
-    (TrainConfig, "eval_every", 0, "train.eval_every must be at least 1"),
     (TrainConfig, "device", "gpu", "train.device='gpu' is not a device"),
-    (EvalConfig, "max_batches", 0, "eval.max_batches must be at least 1"),
-    (CacheConfig, "value_bits", 20, "cache.value_bits must be between 2 and 16"),
-    (RolloutConfig, "top_p", 0.0, "rollout.top_p must be in (0, 1]"),
-    (GenerateConfig, "temperature", -1.0, "data.generate.temperature must be 0 (greedy) or positive"),
-    (FilterConfig, "near_duplicate", 1.5, "data.generate.filter.near_duplicate must be in (0, 1]"),
-    (SelfInstructConfig, "oversample", 0.5, "data.generate.self_instruct.oversample must be at least 1"),
-    (CotConfig, "memory_mb", 8, "data.generate.cot.memory_mb must be at least 32"),
+    (CotConfig, "answer_weight", 0.0, "data.generate.cot.rationale_weight and answer_weight are both 0"),
 ])
-def test_each_section_refuses_a_bad_value_naming_the_key(section, key, value, message):
+def test_each_section_refuses_a_bad_combination_naming_the_key(section, key, value, message):
     section().validate()  # the defaults are valid
     bad = dataclasses.replace(section(), **{key: value})
+    if section is CotConfig:
+        bad.rationale_weight = 0.0
     with pytest.raises(ConfigError) as err:
         bad.validate()
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("student.num_heads=0", "student.num_heads=0 (command line) must be at least 1, or empty"),
+    ("student.span_fit_lr=0", "student.span_fit_lr=0.0 (command line) must be above 0 (a learning rate"),
+    ("student.fractal_steps=0", "student.fractal_steps=0 (command line) must be at least 1"),
+    ("data.heldout_fraction=1", "data.heldout_fraction=1.0 (command line) must be in (0, 1)"),
+    ("loss.chunk_size=0", "loss.chunk_size=0 (command line) must be at least 1, or empty"),
+    ("train.seq_len=4", "train.seq_len=4 (command line) must be at least 8"),
+    ("eval.max_batches=0", "eval.max_batches=0 (command line) must be at least 1, or empty (empty = all)"),
+    ("cache.value_bits=20", "cache.value_bits=20 (command line) must be between 2 and 16"),
+    ("rollout.top_p=0", "rollout.top_p=0.0 (command line) must be in (0, 1]"),
+    ("data.generate.temperature=-1", "data.generate.temperature=-1.0 (command line) must be at least 0 (0 = greedy)"),
+    ("data.generate.filter.near_duplicate=1.5", "near_duplicate=1.5 (command line) must be in (0, 1], or empty"),
+    ("data.generate.self_instruct.oversample=0.5", "oversample=0.5 (command line) must be at least 1"),
+    ("data.generate.cot.memory_mb=8", "data.generate.cot.memory_mb=8 (command line) must be at least 32"),
+])
+def test_a_value_out_of_its_range_is_refused_naming_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
     assert message in str(err.value)
 
 
@@ -152,8 +159,8 @@ def test_sources_entries_are_normalised_and_checked():
 
 @pytest.mark.parametrize("override,message", [
     ("teacher.server=localhost:8000", "give the server's URL"),
-    ("teacher.server_top_k=0", "teacher.server_top_k=0: must be at least 1"),
-    ("teacher.server_timeout=0", "teacher.server_timeout=0.0: give seconds above 0"),
+    ("teacher.server_top_k=0", "teacher.server_top_k=0 \\(command line\\) must be at least 1"),
+    ("teacher.server_timeout=0", "teacher.server_timeout=0.0 \\(command line\\) must be above 0 \\(seconds\\)"),
     ("teacher.server_api=tgi", "unknown server api .tgi. \\(choices: vllm, sglang\\)"),
 ])
 def test_the_server_keys_are_checked_before_anything_loads(override, message):
@@ -161,3 +168,13 @@ def test_the_server_keys_are_checked_before_anything_loads(override, message):
                                                                             override]
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["rollout.source=teacher", "rollout.lmbda=1"], "scores text but does not write rollouts"),
+    (["rollout.source=student", "rollout.lmbda=1", "rollout.teacher_mix=0.5"], "rollout.teacher_mix=0"),
+    (["loss.terms=[{kind: forward_kl, weight: 1}, {kind: hidden_mse, weight: 0.1}]"], "gives only its top-K"),
+])
+def test_what_a_server_cannot_give_is_refused_before_anything_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):  # the preflight check (run/preflight.py)
+        check_supported(load_config(None, ["teacher.server=http://127.0.0.1:1/v1", *overrides]))

@@ -131,7 +131,10 @@ def test_a_server_that_dies_mid_run_stops_with_a_checkpoint_and_resumes(teacher_
     out = tmp_path / "run"
     dying = FakeServer(model, tok, dead_after=12)  # parity (4 requests), held-out rows, then a few steps
     try:
+        notes = tmp_path / "notes.txt"  # data from a file: the fake server's requests are the signal's only
+        notes.write_text("\n\n".join(f"Note {i}: the fox read {i} books by the river." for i in range(24)))
         args = [f"teacher.model={teacher_dir}", f"teacher.server={dying.url}", f"output_dir={out}", *FAST,
+                f"data.path={notes}",
                 "train.max_steps=6", "train.checkpoint_every=100", "train.eval_every=100"]
         done = _distill(args, tmp_path)
     finally:

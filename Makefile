@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup setup-demo demo test clean bench-loss chromium teacher-server-env teacher-server
+.PHONY: setup setup-demo demo test clean bench-loss chromium teacher-server-env teacher-server sandbox-tool
 
 # `make demo` installs what distilling needs (configs/demo.yaml: torch, transformers, safetensors, gguf,
 # datasets, accelerate); `make test` adds the extras the tests exercise (pytest, lm-eval, peft,
@@ -35,7 +35,7 @@ $(VENV)/.installed: $(VENV)/.installed-demo
 demo: setup-demo
 	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite
 
-test: setup chromium teacher-server-env
+test: setup chromium teacher-server-env sandbox-tool
 	OMP_NUM_THREADS=1 KDISTILL_THREADS=1 $(PY) -m pytest -q
 
 # A teacher on a real inference server: vLLM's CPU build in its own environment (never in the trainer's;
@@ -66,6 +66,31 @@ teacher-server: setup-demo teacher-server-env
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "== installing Debian's chromium for the report test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# Model-written programs (program-of-thought, code checks) run only inside bubblewrap 0.8+
+# (kdistill/base/sandbox.py). Where no working `bwrap` is on PATH, Debian's package is unpacked into
+# .tools/bwrap-root without root (apt-get download + dpkg -x; it needs only libcap2 and libselinux1),
+# with a private copy of apt's package lists if the system's are empty.
+BWRAP_LOCAL := .tools/bwrap-root/usr/bin/bwrap
+BWRAP_PROBE := --unshare-all --unshare-user --ro-bind / / --size 1048576 --tmpfs /tmp true
+APT_PRIVATE = -o Dir::State::Lists=$(CURDIR)/.tools/apt/lists -o Dir::Cache=$(CURDIR)/.tools/apt/cache \
+	-o Debug::NoLocking=1
+sandbox-tool:
+	@if command -v bwrap >/dev/null 2>&1 && bwrap $(BWRAP_PROBE) 2>/dev/null; then \
+	  echo "== sandbox: $$(command -v bwrap) works"; \
+	elif [ -x $(BWRAP_LOCAL) ] && $(BWRAP_LOCAL) $(BWRAP_PROBE) 2>/dev/null; then \
+	  echo "== sandbox: $(BWRAP_LOCAL) works"; \
+	else \
+	  echo "== sandbox: unpacking Debian's bubblewrap into .tools/bwrap-root (no root needed)"; \
+	  rm -rf .tools/bwrap-deb .tools/bwrap-root && mkdir -p .tools/bwrap-deb .tools/apt/lists/partial \
+	    .tools/apt/cache/archives/partial && \
+	  ( cd .tools/bwrap-deb && { apt-get download bubblewrap 2>/dev/null || \
+	    { apt-get $(APT_PRIVATE) update -qq && apt-get $(APT_PRIVATE) download bubblewrap; }; } ) && \
+	  dpkg -x .tools/bwrap-deb/bubblewrap_*.deb .tools/bwrap-root && chmod -R a+rX .tools/bwrap-root && \
+	  $(BWRAP_LOCAL) --version && $(BWRAP_LOCAL) $(BWRAP_PROBE) || { \
+	    echo "== sandbox: $(BWRAP_LOCAL) cannot run (above); program-of-thought and code checks will be" \
+	         "refused. Install bubblewrap 0.8+ (apt-get install bubblewrap) or allow user namespaces."; exit 1; }; \
+	fi
 
 bench-loss: setup-demo
 	$(PY) -m kdistill bench loss --tokens 4096 --vocab 49152 --hidden 576

@@ -1,154 +1,112 @@
-"""Run a teacher-written Python program in a separate, limited process and report how it ended.
+"""Run a model-written Python program inside bubblewrap (an OS-level sandbox) and report how it ended.
 
     out = run_python("print(6 * 7)", timeout_s=5, memory_mb=256)
     out.status, out.stdout            # ("ok", "42\\n")
 
-The program runs as `python -I -S -B` (isolated: no site-packages, no PYTHON* variables, no user or
-project folder on sys.path, so nothing of kdistill or its dependencies can be imported) in an empty
-temporary folder that is deleted afterwards, with an environment of PATH, HOME and TMPDIR only. Before
-the program's first line, a guard in the child:
+Program-of-thought and code checks (kdistill/data/cot.py) run what a teacher wrote. The program runs under
+`bwrap` (Debian's `bubblewrap`, 0.8 or newer; kdistill/base/bwrap.py finds it and builds the command):
 
-- sets hard resource limits: address space (`memory_mb`), CPU seconds (a backstop for the wall-clock
-  `timeout_s`), size of any file written (`output_bytes`, which also bounds stdout and stderr, since they
-  go to files), open files, no core dumps;
-- installs an audit hook (PEP 578) that ends the program at once with status "forbidden" when it forks,
-  spawns or execs a process, opens or uses a socket, signals another process, loads C code through
-  ctypes, raises its own resource limits, replaces a function's code, or writes, creates, renames or
-  deletes anything outside its folder (reads are allowed: the standard library must be read).
+- new user, PID, IPC, network, UTS and cgroup namespaces: it runs as `nobody` with no capabilities, sees
+  only its own processes (the parent and every host process are out of reach) and has no network (its
+  own loopback only);
+- a read-only view of the system directories and the Python installation, nothing else: no home folder,
+  no run or output folder, no host /tmp, no /etc;
+- one writable place, /sandbox (its working folder, HOME and TMPDIR), a fresh tmpfs of `disk_mb` that
+  vanishes with it; /, /tmp and /dev are read-only;
+- hard resource limits set inside, before the program's first line: address space (`memory_mb`), CPU
+  seconds (a backstop for the wall-clock `timeout_s`), size of any file written (`output_bytes`, which
+  also bounds stdout and stderr), processes and threads (`processes` besides its own), open files, no
+  core dumps; `python -I -S -B`, so nothing of kdistill or its dependencies imports.
 
-The parent adds a network namespace with no interfaces (`unshare -n`, where the kernel allows it) and, at
-the end, kills the program's whole process group. The limits are set by the child itself, not in a
-`preexec_fn`, which is unsafe in a parent that runs threads (torch does).
+Nothing runs unconfined: where bwrap is missing or the kernel refuses user namespaces, `run_python` raises
+`SandboxUnavailable` saying what to install (`require_sandbox()` checks this before any model loads).
 
-This stops the mistakes and casual hostility of generated code (an endless loop, a memory bomb, a fork
-bomb, `rm -rf`, a download); it is not a security boundary against code written to escape a CPython audit
-hook. Run untrusted code at scale in a container or VM.
+Status: ok, error, timeout, memory, output_limit (a file or the tmpfs is full), or forbidden (the sandbox
+refused it: a write to the read-only system, a link out of /sandbox, a process over the limit, the
+network); `detail` says which.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
+import errno
 import os
+import re
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-FORBIDDEN_EXIT = 113
-MARK = "kdistill-sandbox: refused "
+from kdistill.base.bwrap import BOX, SandboxUnavailable, bwrap_command, find_bwrap, run_as
+
+__all__ = ["Outcome", "SandboxUnavailable", "require_sandbox", "run_python"]
 
 GUARD = r'''
 import os, resource, sys
+started, memory, cpu, fsize, extra = map(int, sys.argv[1:6])
+mine = [p for p in os.listdir("/proc") if p.isdigit() and os.stat("/proc/" + p).st_uid == os.getuid()]
+for kind, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, fsize),
+                    (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0),
+                    (resource.RLIMIT_NPROC, len(mine) + extra)):
+    resource.setrlimit(kind, (value, value))
+os.write(started, b"1")
+os.close(started)
+os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", "main.py"])
+'''
 
-def _limit(memory, cpu, fsize):
-    for kind, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu),
-                        (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, 64),
-                        (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(kind, (value, value))
-
-def _hook_for(root):
-    W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    DENY = ("os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "os.kill",
-            "os.killpg", "subprocess.Popen", "pty.spawn", "signal.pthread_kill", "resource.setrlimit",
-            "resource.prlimit", "ctypes.", "socket.", "_winapi.", "os.startfile")
-    IMPORTS = ("ctypes", "_ctypes", "_posixsubprocess")
-    PATHS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
-             "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.utime": (0,),
-             "os.setxattr": (0,), "os.removexattr": (0,), "os.chflags": (0,), "os.lchflags": (0,),
-             "shutil.rmtree": (0,), "os.mkfifo": (0,), "os.mknod": (0,)}
-    DIR_FD = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 2, "os.chmod": 2, "os.chown": 3, "os.rename": 2,
-              "os.link": 2, "os.symlink": 2, "os.utime": 3, "shutil.rmtree": 1}
-    write, exit_, fsdecode, realpath, sep = os.write, os._exit, os.fsdecode, os.path.realpath, os.sep
-
-    def refuse(event, detail=""):
-        write(2, ("\n" + %(mark)r + event + (" " + detail if detail else "") + "\n").encode())
-        exit_(%(code)d)
-
-    def inside(path):
-        if isinstance(path, int):
-            return True  # an open descriptor: it was checked when it was opened
-        if not isinstance(path, (str, bytes)):
-            return False
-        p = realpath(fsdecode(path))
-        return p == root or p.startswith(root + sep) or p == "/dev/null"
-
-    def hook(event, args):
-        if event.startswith(DENY):
-            refuse(event)
-        if event == "import" and args and (args[0] in IMPORTS or str(args[0]).startswith("ctypes.")):
-            refuse(event, str(args[0]))
-        if event == "open":
-            path, mode, flags = args
-            writing = (isinstance(flags, int) and flags & W) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
-            if writing and not inside(path):
-                refuse("write outside the sandbox folder", str(path) if isinstance(path, (str, bytes)) else "")
-        elif event in PATHS:
-            at = DIR_FD.get(event)
-            if at is not None and len(args) > at and args[at] not in (None, -1):
-                refuse(event, "with dir_fd")
-            for i in PATHS[event]:
-                if not inside(args[i]):
-                    refuse(event + " outside the sandbox folder", str(args[i]))
-        elif event == "object.__setattr__" and args[1] == "__code__" and type(args[0]).__name__ == "function":
-            refuse(event, args[1])
-    return hook
-
-def _main():
-    root = os.path.realpath(os.getcwd())
-    with open("main.py", encoding="utf-8") as f:
-        source = f.read()
-    code = compile(source, "main.py", "exec")
-    _limit(*map(int, sys.argv[1:4]))
-    sys.argv = ["main.py"]
-    sys.addaudithook(_hook_for(root))
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-
-_main()
-''' % {"mark": MARK, "code": FORBIDDEN_EXIT}
+REFUSED = {  # errno of the program's last exception -> what the sandbox refused
+    errno.EROFS: "write to the read-only system", errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted", errno.EXDEV: "link out of the sandbox",
+    errno.EAGAIN: "process limit", errno.ENETUNREACH: "no network", errno.ECONNREFUSED: "no network",
+    errno.EHOSTUNREACH: "no network", errno.EADDRNOTAVAIL: "no network",
+    -2: "no network", -3: "no network", -5: "no network",  # getaddrinfo: EAI_NONAME, EAI_AGAIN, EAI_NODATA
+}
+FULL = {errno.EFBIG: "file size limit", errno.ENOSPC: "sandbox disk full"}
+ERRNO = re.compile(r"\[Errno (-?\d+)\]")
 
 
-@functools.lru_cache(maxsize=None)
-def network_prefix() -> tuple[str, ...]:
-    """("unshare", "-n") where a new, empty network namespace can be made here; else () (the hook alone)."""
-    try:
-        ok = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    return ("unshare", "-n") if ok else ()
+def require_sandbox() -> str:
+    """The bwrap that runs programs here; raises SandboxUnavailable (what to install) where none can."""
+    return find_bwrap()
 
 
-def _read(path: Path, limit: int) -> str:
-    with open(path, "rb") as f:
-        return f.read(limit).decode("utf-8", errors="replace")
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def _killed_by(rc: int | None) -> int | None:
+    """The signal that ended the program: Popen reports -N for bwrap itself, bwrap 128+N for its child."""
+    if rc is None:
+        return None
+    if rc < 0:
+        return -rc
+    return rc - 128 if 128 < rc < 160 else None
 
 
 def _status(rc: int | None, timed_out: bool, stderr: str) -> tuple[str, str]:
-    """(status, detail) of a finished program."""
-    if timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL):
+    """(status, detail) of a finished program, from its exit and the last line of its traceback."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    last = lines[-1][:200] if lines else ""
+    sig = _killed_by(rc)
+    if timed_out or sig in (signal.SIGXCPU, signal.SIGKILL):
         return "timeout", ""
-    if rc == FORBIDDEN_EXIT and MARK in stderr:
-        return "forbidden", stderr.rsplit(MARK, 1)[1].strip()
-    if rc == -signal.SIGXFSZ or "[Errno 27] File too large" in stderr[-2000:]:
-        return "output_limit", ""
-    if rc != 0 and "MemoryError" in stderr[-2000:]:
+    if rc == 0:
+        return "ok", ""
+    if sig == signal.SIGXFSZ:
+        return "output_limit", FULL[errno.EFBIG]
+    if "MemoryError" in stderr[-2000:]:
         return "memory", ""
-    if rc != 0:
-        lines = [line for line in stderr.strip().splitlines() if line.strip()]
-        return "error", lines[-1][:200] if lines else f"exit status {rc}"
-    return "ok", ""
+    if "can't start new thread" in last:
+        return "forbidden", f"process limit: {last}"
+    if "not allowed to raise maximum limit" in last:
+        return "forbidden", f"resource limits are fixed: {last}"
+    found = ERRNO.search(last)
+    code = int(found.group(1)) if found else None
+    if code in FULL:
+        return "output_limit", FULL[code]
+    if code in REFUSED:
+        return "forbidden", f"{REFUSED[code]}: {last}"
+    return "error", last or f"exit status {rc}"
 
 
 @dataclass
 class Outcome:
-    """How a sandboxed program ended: status is ok, error, timeout, memory, forbidden or output_limit."""
+    """How a sandboxed program ended: ok, error, timeout, memory, output_limit or forbidden (see above)."""
 
     status: str
     returncode: int | None
@@ -162,27 +120,53 @@ class Outcome:
         return self.status == "ok"
 
 
-def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512, output_bytes: int = 1 << 20) -> Outcome:
-    """Run `code` as a program in the sandbox (see the module docstring); never raises for the program."""
+def _memfd(name: str, data: bytes = b"") -> int:
+    fd = os.memfd_create(name)  # close-on-exec; passed on only through pass_fds
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _kill_group(pid: int) -> None:
+    """bwrap and the sandbox's init; the kernel then ends everything in the sandbox's PID namespace."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512, output_bytes: int = 1 << 20,
+               disk_mb: int = 64, processes: int = 0) -> Outcome:
+    """Run `code` as a program in the sandbox (see the module docstring); never raises for the program.
+    `processes`: how many processes or threads it may start besides itself (0: none)."""
+    bwrap = find_bwrap()
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="kdistill-box-") as box, \
-            tempfile.TemporaryDirectory(prefix="kdistill-box-io-") as io_dir:
-        Path(box, "main.py").write_text(code, encoding="utf-8")
-        out, err = Path(io_dir, "stdout"), Path(io_dir, "stderr")
-        limits = [str(memory_mb << 20), str(int(timeout_s) + 1), str(output_bytes)]
-        argv = [*network_prefix(), sys.executable, "-I", "-S", "-B", "-c", GUARD, *limits]
-        env = {"PATH": "/usr/bin:/bin", "HOME": box, "TMPDIR": box, "LANG": "C.UTF-8"}
-        timed_out = False
-        with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.Popen(argv, cwd=box, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                                    start_new_session=True, close_fds=True)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc.pid)  # also whatever it started, should anything have got through
+    source, out, err = _memfd("main.py", code.encode("utf-8")), _memfd("stdout"), _memfd("stderr")
+    started_r, started_w = os.pipe()
+    try:
+        limits = [started_w, memory_mb << 20, int(timeout_s) + 1, output_bytes, processes]
+        argv = bwrap_command(bwrap, disk_mb << 20, source, ["-c", GUARD, *map(str, limits)])
+        env = {"PATH": "/usr/bin:/bin", "HOME": BOX, "TMPDIR": BOX, "LANG": "C.UTF-8"}
+        timed_out = started = False
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                pass_fds=(source, started_w), start_new_session=True, **run_as())
+        os.close(started_w)
+        started_w = -1
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            if proc.returncode is None:  # not reaped yet, so its pid (and group) cannot be someone else's
+                _kill_group(proc.pid)
                 proc.wait()
-        stdout, stderr = _read(out, output_bytes), _read(err, output_bytes)
+        os.set_blocking(started_r, False)
+        with contextlib.suppress(BlockingIOError):
+            started = os.read(started_r, 1) == b"1"
+        stdout, stderr = (os.pread(fd, output_bytes, 0).decode("utf-8", errors="replace") for fd in (out, err))
+    finally:
+        for fd in (source, out, err, started_r, started_w):
+            if fd >= 0:
+                os.close(fd)
+    if not started and not timed_out:  # bwrap itself failed: not the program's doing
+        raise SandboxUnavailable(f"bwrap ({bwrap}) could not start the sandbox: {stderr.strip()[:300]}")
     status, detail = _status(proc.returncode, timed_out, stderr)
     return Outcome(status, proc.returncode, stdout, stderr, time.monotonic() - t0, detail)

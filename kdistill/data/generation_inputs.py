@@ -6,6 +6,7 @@ line, before the teacher is loaded.
 """
 from __future__ import annotations
 
+from kdistill.base.sandbox import require_sandbox
 from kdistill.data.cot import read_problems
 from kdistill.data.prompts_file import read_prompts
 from kdistill.data.self_instruct import read_seeds
@@ -19,6 +20,8 @@ def check_generate_files(cfg) -> None:
         read_seeds(g.self_instruct.seed_tasks)
     if g.cot.problems:
         read_problems(g.cot.problems, g.cot.mode, g.cot.max_problems)
+        if g.cot.mode in ("program", "code"):  # model-written programs run only in bwrap: say so before loading
+            require_sandbox()
     if g.filter.enabled and g.filter.contamination_files:
         from kdistill.data.task_files import read_task
 

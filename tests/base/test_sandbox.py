@@ -1,21 +1,67 @@
-"""The sandbox stops each hostile program within its limits, and lets an honest one run.
+"""The sandbox runs honest programs and returns their output, holds each limit, and refuses to run anything
+where bubblewrap cannot run (kdistill/base/sandbox.py, kdistill/base/bwrap.py).
 
-Each test would fail if the guard did not hold: the file outside would exist, the child would print,
-the server would see a connection, the loop would run past the limit."""
-import socket
+Hostile programs trying to get out are in test_sandbox_escapes.py."""
+import os
+import tempfile
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from kdistill.base.sandbox import run_python
+from kdistill.base import bwrap
+from kdistill.base.sandbox import SandboxUnavailable, require_sandbox, run_python
+from kdistill.config.generation import CotConfig, GenerateConfig
+
+try:
+    require_sandbox()
+    MISSING = ""
+except SandboxUnavailable as e:
+    MISSING = str(e)
+needs_bwrap = pytest.mark.skipif(bool(MISSING), reason=f"no sandbox here (`make sandbox-tool`): {MISSING}")
 
 
+@needs_bwrap
 def test_an_honest_program_runs_and_prints():
-    out = run_python("import math, collections, json\nprint(math.factorial(5))", timeout_s=5)
-    assert out.ok and out.stdout.strip() == "120"
+    out = run_python("import math, collections, json, re, fractions\nprint(math.factorial(5))", timeout_s=5)
+    assert out.ok and out.stdout.strip() == "120" and out.returncode == 0
 
 
+@needs_bwrap
+def test_its_own_folder_is_writable_and_holds_only_the_program():
+    code = textwrap.dedent("""
+        import os, sys, tempfile
+        print(sorted(os.listdir('.')), os.getcwd(), os.environ['HOME'], tempfile.gettempdir())
+        os.mkdir('d')
+        with open('d/x.txt', 'w') as f:
+            f.write('ok')
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(b'ok')
+        os.remove('d/x.txt')
+        print(sys.stdin.read() == '', 'done')
+    """)
+    out = run_python(code, timeout_s=5)
+    assert out.ok, out.stderr
+    assert out.stdout.splitlines() == ["['main.py'] /sandbox /sandbox /sandbox", "True done"]
+
+
+@needs_bwrap
+def test_errors_are_reported_with_their_last_line():
+    out = run_python("print('before')\nprint(1 / 0)", timeout_s=5)
+    assert (out.status, out.detail, out.stdout) == ("error", "ZeroDivisionError: division by zero", "before\n")
+
+
+@needs_bwrap
+def test_nothing_of_the_project_or_its_dependencies_imports():
+    for module in ("kdistill", "torch", "numpy"):
+        out = run_python(f"import {module}", timeout_s=5)
+        assert out.status == "error" and "ModuleNotFoundError" in out.stderr
+
+
+@needs_bwrap
 @pytest.mark.parametrize("code", ["while True:\n    pass", "import time\ntime.sleep(60)"])
 def test_endless_programs_stop_at_the_time_limit(code):
     t0 = time.monotonic()
@@ -23,91 +69,100 @@ def test_endless_programs_stop_at_the_time_limit(code):
     assert out.status == "timeout" and time.monotonic() - t0 < 4
 
 
+@needs_bwrap
 def test_unbounded_allocation_stops_at_the_memory_limit():
     code = "chunks = []\nfor _ in range(64):\n    chunks.append(bytearray(64 << 20))\nprint('allocated 4 GB')"
     out = run_python(code, timeout_s=10, memory_mb=200)
     assert out.status == "memory" and "allocated" not in out.stdout
 
 
-@pytest.mark.parametrize("code", [
-    "import os\nwhile True:\n    if os.fork() == 0:\n        print('child')",
-    "import os\ntry:\n    os.fork()\nexcept BaseException:\n    pass\nprint('child')",   # catching does not help
-    "import subprocess\nprint(subprocess.run(['echo', 'child'], capture_output=True).stdout)",
-    "import os\nos.system('echo child')",
-    "import os\nos.posix_spawn('/bin/echo', ['echo', 'child'], {})",
-    "import multiprocessing as mp\np = mp.Process(target=print, args=('child',))\np.start()\np.join()",
-    "import ctypes\nctypes.CDLL(None).fork()\nprint('child')",
-])
-def test_processes_cannot_be_started(code):
-    out = run_python(code, timeout_s=5)
-    assert out.status == "forbidden" and "child" not in out.stdout
-
-
-@pytest.mark.parametrize("template", [
-    "open({path!r}, 'w').write('escaped')",
-    "import os\nfd = os.open({path!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'escaped')",
-    "import shutil\nopen('mine.txt', 'w').write('escaped')\nshutil.copy('mine.txt', {path!r})",
-    "import os\nopen('mine.txt', 'w').write('escaped')\nos.rename('mine.txt', {path!r})",
-    "import os\nos.symlink({folder!r}, 'link')\nopen('link/outside.txt', 'w').write('escaped')",
-    "import pathlib\npathlib.Path({path!r}).write_text('escaped')",
-])
-def test_writes_outside_the_folder_are_refused(tmp_path, template):
-    target = tmp_path / "outside.txt"
-    out = run_python(template.format(path=str(target), folder=str(tmp_path)), timeout_s=5)
-    assert out.status == "forbidden" and not target.exists()
-
-
-def test_removing_outside_the_folder_is_refused(tmp_path):
-    keep = tmp_path / "precious.txt"
-    keep.write_text("mine")
-    out = run_python(f"import os\nos.remove({str(keep)!r})", timeout_s=5)
-    assert out.status == "forbidden" and keep.read_text() == "mine"
-
-
-def test_its_own_folder_is_writable_and_empty():
-    code = textwrap.dedent("""
-        import os
-        print(sorted(os.listdir('.')))
-        os.mkdir('d')
-        with open('d/x.txt', 'w') as f:
-            f.write('ok')
-        os.remove('d/x.txt')
-        print('done')
-    """)
-    out = run_python(code, timeout_s=5)
-    assert out.ok and out.stdout.split("\n")[:2] == ["['main.py']", "done"]
-
-
-def test_sockets_cannot_be_opened():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    server.setblocking(False)
-    port = server.getsockname()[1]
-    try:
-        out = run_python(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-                         "s.sendall(b'hello')\nprint('connected')", timeout_s=5)
-        assert out.status == "forbidden" and "connected" not in out.stdout
-        with pytest.raises(BlockingIOError):
-            server.accept()
-    finally:
-        server.close()
-
-
-def test_nothing_of_the_project_or_its_dependencies_imports():
-    for module in ("kdistill", "torch", "numpy"):
-        out = run_python(f"import {module}", timeout_s=5)
-        assert out.status == "error" and "ModuleNotFoundError" in out.stderr
-
-
-@pytest.mark.parametrize("code", [
-    "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))",    # raising its own limits
-    "import os\nos.kill(os.getppid(), 9)",                                   # signalling the parent
-])
-def test_the_limits_and_the_parent_are_out_of_reach(code):
-    assert run_python(code, timeout_s=5).status == "forbidden"
-
-
+@needs_bwrap
 def test_output_is_bounded():
     out = run_python("while True:\n    print('x' * 1000)", timeout_s=5, output_bytes=1 << 16)
-    assert out.status == "output_limit" and len(out.stdout) <= 1 << 16
+    assert (out.status, out.detail) == ("output_limit", "file size limit") and len(out.stdout) <= 1 << 16
+
+
+@needs_bwrap
+@pytest.mark.parametrize("processes", [0, 2])
+def test_processes_and_threads_stop_at_the_limit(processes):
+    code = textwrap.dedent("""
+        import os, threading, time
+        started = 0
+        try:
+            for _ in range(20):
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                started += 1
+        except OSError as e:
+            print(started, type(e).__name__)
+        try:
+            threading.Thread(target=time.sleep, args=(1,)).start()
+        except RuntimeError as e:
+            print('no thread')
+    """)
+    out = run_python(code, timeout_s=5, processes=processes)
+    assert out.ok and out.stdout.splitlines() == [f"{processes} BlockingIOError", "no thread"]
+    fork = run_python("import os\nos.fork()\nprint('child')", timeout_s=5)
+    assert fork.status == "forbidden" and fork.detail.startswith("process limit") and "child" not in fork.stdout
+
+
+@needs_bwrap
+def test_limits_cannot_be_raised_from_inside():
+    out = run_python("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", timeout_s=5)
+    assert out.status == "forbidden" and out.detail.startswith("resource limits are fixed")
+
+
+@needs_bwrap
+def test_two_programs_run_at_once():  # kdistill/data/load.py checks with two threads
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda i: run_python(f"print({i} * 7)", timeout_s=10), range(4)))
+    assert [o.stdout.strip() for o in outs] == ["0", "7", "14", "21"]
+
+
+# -- nothing runs unconfined --------------------------------------------------------------------------------
+
+def _refusal(match):
+    return pytest.raises(SandboxUnavailable, match=match)
+
+
+def test_without_bwrap_programs_are_refused_with_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv(bwrap.ENV, str(tmp_path / "no-bwrap"))
+    target = tmp_path / "ran.txt"
+    hint = r"no-bwrap: not found.*apt-get install bubblewrap.*make sandbox-tool"
+    with _refusal(hint):
+        require_sandbox()
+    with _refusal(hint):
+        run_python(f"open({str(target)!r}, 'w').write('ran unconfined')", timeout_s=5)
+    assert not target.exists()
+
+
+def test_a_bwrap_that_cannot_make_namespaces_is_refused(monkeypatch):
+    with tempfile.TemporaryDirectory() as folder:  # not under pytest's 0700 folder: root runs bwrap as nobody
+        os.chmod(folder, 0o755)
+        fake = Path(folder, "bwrap")  # what bwrap says where the kernel refuses user namespaces
+        fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv(bwrap.ENV, str(fake))
+        with _refusal(r"No permissions to create new namespace.*user namespaces"):
+            run_python("print(1)", timeout_s=5)
+
+
+def test_program_of_thought_and_code_checks_are_refused(tmp_path, monkeypatch):
+    from kdistill.data.cot import check
+    from kdistill.data.generation_inputs import check_generate_files
+
+    monkeypatch.setenv(bwrap.ENV, str(tmp_path / "no-bwrap"))
+    cfg = CotConfig(timeout_s=2.0, memory_mb=128)
+    problem = {"question": "What is 6 times 7?", "answer": "42"}
+    with _refusal("apt-get install bubblewrap"):
+        check(problem, "```python\nprint(6 * 7)\n```", cfg, "program")
+    assert check(problem, "6 * 7 = 42\nAnswer: 42", cfg, "rationale")[0] == "ok"  # no program: still runs
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"question": "What is 6 times 7?", "answer": "42"}\n')
+    run = SimpleNamespace(data=SimpleNamespace(generate=GenerateConfig()))
+    run.data.generate.cot = CotConfig(problems=str(problems), mode="program")
+    with _refusal("apt-get install bubblewrap"):  # before any model loads (preflight)
+        check_generate_files(run)
+    run.data.generate.cot.mode = "rationale"
+    check_generate_files(run)

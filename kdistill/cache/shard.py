@@ -7,6 +7,8 @@ counts (mask[t + 1]), in example order; row r of an example predicts its token t
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from kdistill.cache import bits as B
@@ -17,11 +19,20 @@ def signal_rows(examples: list[dict]) -> int:
     return sum(int(np.count_nonzero(e["mask"][1:])) for e in examples)
 
 
+def group_key(group) -> int:
+    """A stable 63-bit number for an example's "group" (the prompt it answers; batches.split)."""
+    return int.from_bytes(hashlib.sha256(str(group).encode()).digest()[:8], "little") >> 1
+
+
 def encode_tokens(examples: list[dict], id_bits: int) -> dict:
+    """Token streams; "groups" (one number per example, -1 for none) only where an example has a group."""
     ids = np.concatenate([np.asarray(e["ids"], np.int64) for e in examples])
     mask = np.concatenate([np.asarray(e["mask"], np.bool_) for e in examples])
-    return {"lengths": np.array([len(e["ids"]) for e in examples], np.int32),
-            "tokens": B.pack_fixed(ids, id_bits), "mask": np.packbits(mask)}
+    out = {"lengths": np.array([len(e["ids"]) for e in examples], np.int32),
+           "tokens": B.pack_fixed(ids, id_bits), "mask": np.packbits(mask)}
+    if any("group" in e for e in examples):
+        out["groups"] = np.array([group_key(e["group"]) if "group" in e else -1 for e in examples], np.int64)
+    return out
 
 
 def encode_topk(ids: np.ndarray, probs: np.ndarray, rest: np.ndarray, value_bits: int) -> dict:
@@ -56,10 +67,13 @@ def decode(tensors: dict, signal: dict, vocab_size: int) -> list[dict]:
     if sig_ids.size and sig_ids.max() >= vocab_size:
         raise ValueError(f"a teacher id {int(sig_ids.max())} is outside the vocabulary ({vocab_size})")
     out, row = [], 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    groups = tensors.get("groups")
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         n = int(np.count_nonzero(mask[a + 1:b]))
         out.append({"ids": tokens[a:b].tolist(), "mask": mask[a:b].tolist(),
                     "signal_ids": sig_ids[row:row + n].astype(np.int32), "signal_logprobs": logprobs[row:row + n]})
+        if groups is not None and groups[i] >= 0:
+            out[-1]["group"] = int(groups[i])
         row += n
     return out
 

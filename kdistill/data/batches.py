@@ -5,19 +5,46 @@ and a resumed run continues with exactly the batches it would have seen.
 """
 from __future__ import annotations
 
+import logging
 import random
 
 import torch
 
+log = logging.getLogger("kdistill")
+
 
 def split(examples: list[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Shuffle once with `seed` and hold out max(1, fraction * n) examples."""
+    """Hold out about max(1, fraction * n) examples, whole groups at a time: examples that share a "group"
+    (the prompt several samples answer) land on one side only, so held-out numbers never see a training
+    prompt; an example without one is its own group (then this is a plain shuffle with `seed`). A single
+    example is both sides (said); a single group is split per example (said)."""
     if len(examples) < 2:
+        if examples:
+            log.warning("the data gives 1 example: it is both the training and the held-out example, so held-out "
+                        "numbers measure memorisation, not generalisation; give more records")
         return examples, examples
-    order = list(range(len(examples)))
+    groups: dict = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(e.get("group", ("example", i)), []).append(i)
+    order = list(groups.values())
+    if len(order) == 1:
+        log.warning("all %d examples share one prompt: held-out examples are split per example and share it "
+                    "with training", len(examples))
+        order = [[i] for i in order[0]]
     random.Random(seed).shuffle(order)
-    n_held = max(1, round(heldout_fraction * len(examples)))
-    return [examples[i] for i in order[n_held:]], [examples[i] for i in order[:n_held]]
+    n_held, held = max(1, round(heldout_fraction * len(examples))), []
+    while len(held) < n_held and len(order) > 1:
+        held += order.pop(0)
+    return [examples[i] for g in order for i in g], [examples[i] for i in held]
+
+
+def split_report(train: list[dict], held: list[dict]) -> dict:
+    """What `split` did, for data_report.json: examples and prompt groups on each side."""
+    def count(side):
+        return len({e.get("group", ("example", id(e))) for e in side})
+    return {"by": "prompt" if any("group" in e for e in train + held) else "example",
+            "train_examples": len(train), "heldout_examples": len(held),
+            "train_groups": count(train), "heldout_groups": count(held)}
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

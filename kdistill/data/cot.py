@@ -188,5 +188,6 @@ def weighted_examples(samples: list[dict], seq_len: int, rationale_weight: float
         start = len(s["ids"]) if s.get("answer_token") is None else s["answer_token"] - (s["n_prompt"] - n_prompt)
         weight = [0.0 if j < n_prompt else rationale_weight if j < start else answer_weight for j in range(len(ids))]
         if any(w > 0 for w in weight[1:]):
-            out.append({"ids": ids, "mask": [w > 0 for w in weight], "weight": weight})
+            out.append({"ids": ids, "mask": [w > 0 for w in weight], "weight": weight,
+                        **({"group": s["prompt_text"]} if "prompt_text" in s else {})})
     return out

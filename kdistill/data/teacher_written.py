@@ -174,11 +174,12 @@ def fit(ids: list[int], n_prompt: int, seq_len: int) -> tuple[list[int], int]:
 
 def examples_from_generated(records: list[dict], seq_len: int) -> list[dict]:
     """Each generated sequence is its own example (`fit` to seq_len+1); the loss counts the teacher's
-    tokens only (mask[j] is True for ids[j] at or after the prompt)."""
+    tokens only (mask[j] is True for ids[j] at or after the prompt). "group" is the prompt's text, so the
+    held-out split keeps a prompt's samples on one side (batches.split)."""
     out = []
     for r in records:
         ids, n_prompt = fit(r["ids"], r["n_prompt"], seq_len)
         mask = [j >= n_prompt for j in range(len(ids))]
         if len(ids) >= 2 and any(mask[1:]):
-            out.append({"ids": ids, "mask": mask})
+            out.append({"ids": ids, "mask": mask, **({"group": r["prompt_text"]} if "prompt_text" in r else {})})
     return out

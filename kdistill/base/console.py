@@ -64,7 +64,7 @@ class _Tee:
 @contextlib.contextmanager
 def run_log(path: Path, append: bool = False, keep=lambda: True):
     """Copy kdistill's log records (INFO and up, or DEBUG with -v) and stdout into `path` while the block
-    runs. If the block fails and `keep()` is false, the file is removed (a failed fresh run leaves its
+    runs; other libraries' Python warnings (transformers, bitsandbytes, ...) go to the file only. If the block fails and `keep()` is false, the file is removed (a failed fresh run leaves its
     folder as it was)."""
     logger = logging.getLogger("kdistill")
     level = logger.level
@@ -76,6 +76,11 @@ def run_log(path: Path, append: bool = False, keep=lambda: True):
     logger.addHandler(handler)
     stdout = sys.stdout
     sys.stdout = _Tee(stdout, file)
+    warned = logging.getLogger("py.warnings")  # other libraries' warnings: in the file, never on the console
+    propagate = warned.propagate
+    logging.captureWarnings(True)
+    warned.propagate = False
+    warned.addHandler(handler)
     failed = False
     try:
         yield path
@@ -84,6 +89,9 @@ def run_log(path: Path, append: bool = False, keep=lambda: True):
         raise
     finally:
         sys.stdout = stdout
+        warned.removeHandler(handler)
+        warned.propagate = propagate
+        logging.captureWarnings(False)
         logger.removeHandler(handler)
         logger.setLevel(level)
         file.close()

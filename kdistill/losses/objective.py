@@ -28,7 +28,7 @@ from kdistill.losses.fused.chunked import auto_chunk_size, fused_linear_loss
 from kdistill.losses.mixture import Mixture
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
-from kdistill.losses.selective import selective
+from kdistill.losses.selective import kept, selective
 from kdistill.losses.signals import GROUPS, MIXTURE, DenseSignal, SparseSignal, fp32
 
 TOKEN_WEIGHT = "token_weight"  # extras key: a float weight per row (0 = the row does not count)
@@ -91,6 +91,18 @@ def term_values(term: Term, student_logits: Tensor, teacher, targets: Tensor | N
                       **term.params), temperature
 
 
+def log_per_token(term: Term, temperature, teacher, num_tokens, logs: dict) -> None:
+    """Token means of what a term decides per token, added into `logs` like the term's value (sums over
+    chunks, micro-batches and processes give the step's mean): the entropy temperature
+    (`temperature/NAME`) and the share of positions `selective` trains on (`kept/NAME`)."""
+    if isinstance(temperature, Tensor) and temperature.dim():
+        key = f"temperature/{term.name}"
+        logs[key] = logs.get(key, 0.0) + reduce_tokens(temperature.detach().float(), None, num_tokens)
+    if term.kind == "selective":
+        keep = kept(teacher, temperature, term.entropy_threshold, term.missing_mass).float()
+        logs[f"kept/{term.name}"] = logs.get(f"kept/{term.name}", 0.0) + reduce_tokens(keep, None, num_tokens)
+
+
 class Objective:
     """Weighted loss terms; call it with the student's head input and weight (see `__call__`)."""
 
@@ -151,6 +163,7 @@ class Objective:
             values, temperature = term_values(term, student_logits, teacher, targets, progress, normaliser, extras)
             values = values if weight is None else values * weight
             logs[term.name] = logs[term.name] + reduce_tokens(values.detach(), None, num_tokens)
+            log_per_token(term, temperature, teacher, num_tokens, logs)
             scale = temperature ** 2 if self.t2_scale and term.kind != "ce" else 1.0
             total = total + term.weight(progress) * scale * values
         return reduce_tokens(total, None, num_tokens)
@@ -172,6 +185,8 @@ class Objective:
                 if weight is not None:
                     values = values * (weight if part is None or part.rows is None else weight[part.rows])
                 share = 1.0 if part is None else part.weight
+                if part is not None and part is mixture.parts[0] and part.rows is None:  # the first teacher's
+                    log_per_token(term, temperature, part.signal, num_tokens, logs)
                 value = reduce_tokens(values.detach(), None, num_tokens)
                 logs[term.name] = logs[term.name] + share * value
                 if part is not None:

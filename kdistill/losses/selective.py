@@ -26,6 +26,13 @@ def top_k_signal(teacher, k: int) -> SparseSignal:
     return SparseSignal(ids=teacher.ids.gather(-1, slots), logprobs=logprobs)
 
 
+@torch.no_grad()
+def kept(teacher, temperature: float | Tensor, entropy_threshold: float, missing: str = "renormalize") -> Tensor:
+    """Where `selective` trains: the teacher's entropy at `temperature` above the threshold.
+    Shapes: teacher over (...) -> (...) bool"""
+    return entropy(teacher_logprobs(teacher, temperature, missing)) > entropy_threshold
+
+
 def selective(student_logits: Tensor, teacher, temperature: float | Tensor = 1.0, divergence: str = "forward_kl",
               top_k: int = 100, entropy_threshold: float = 0.5, missing: str = "renormalize", **params) -> Tensor:
     """Divergence on the teacher's top-k at positions whose teacher entropy exceeds the threshold, else 0.
@@ -37,7 +44,7 @@ def selective(student_logits: Tensor, teacher, temperature: float | Tensor = 1.0
         teacher = DenseSignal(logits=teacher)
     fn, defaults = DIVERGENCES[divergence]
     with torch.no_grad():
-        keep = entropy(teacher_logprobs(teacher, temperature, missing)) > entropy_threshold
+        keep = kept(teacher, temperature, entropy_threshold, missing)
         top = top_k_signal(teacher, top_k)
     values = fn(*pair_logprobs(student_logits, top, temperature, "renormalize"), **{**defaults, **params})
     return torch.where(keep, values, 0.0)

@@ -66,3 +66,22 @@ def test_golden_value():
     assert value == pytest.approx(7 / 9 * math.log(49 / 18) + 2 / 9 * math.log(14 / 45), rel=1e-12)
     assert value == pytest.approx(0.5194366067990124, rel=1e-12)
     assert selective(q.log(), p.log(), top_k=2, entropy_threshold=0.81).item() == 0.0
+
+
+def test_the_share_of_kept_positions_and_the_entropy_temperature_are_logged_per_token():
+    from kdistill.losses import build_objective
+
+    s, t = logits(3, 47, 123), logits(3, 47, 123, seed=1, scale=2.0)
+    _, keep = guide_per_token(s, t, 2.0, 10, 4.4)
+    objective = build_objective([{"kind": "selective", "top_k": 10, "entropy_threshold": 4.4, "temperature": 2.0},
+                                 {"kind": "forward_kl", "temperature": {"schedule": "entropy", "confident": 0.5,
+                                                                        "uncertain": 2.0}}])
+    mask = torch.ones(3, 47, dtype=torch.bool)
+    out = objective.from_logits(s, DenseSignal(logits=t), None, mask, mask.sum())
+    assert out.terms["kept/selective"] == pytest.approx(keep.float().mean().item(), abs=1e-6)
+    mean_t = out.terms["temperature/forward_kl"]
+    assert 0.5 < mean_t < 2.0
+    halves = [objective.from_logits(s[i:i + 1], DenseSignal(logits=t[i:i + 1]), None, mask[i:i + 1], mask.sum())
+              for i in range(3)]  # split into micro-batches: the sums are the whole batch's means
+    assert sum(h.terms["kept/selective"] for h in halves) == pytest.approx(out.terms["kept/selective"], abs=1e-6)
+    assert sum(h.terms["temperature/forward_kl"] for h in halves) == pytest.approx(mean_t, abs=1e-6)

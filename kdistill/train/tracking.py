@@ -61,7 +61,8 @@ class Aim:
     def __init__(self, folder: Path, config: dict):
         from aim import Run
 
-        self.run = Run(repo=str(folder / "aim"), experiment="kdistill")
+        # no system-metrics thread: it would sample the machine beside the training loop
+        self.run = Run(repo=str(folder / "aim"), experiment="kdistill", system_tracking_interval=None)
         self.run["hparams"] = config
 
     def log(self, values: dict, step: int) -> None:

@@ -50,6 +50,27 @@ def test_wandb_runs_offline(teacher_dir, tmp_path, monkeypatch):
     assert runs and any(runs[0].rglob("*.wandb"))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("aim") is None,
+                    reason="aim is not installed here (`pip install 'kdistill[aim]'`; it needs a manylinux wheel "
+                           "of aimrocks for this Python)")
+def test_the_aim_repo_holds_every_logged_series(teacher_dir, tmp_path):
+    from aim import Repo, Run
+    from aim.sdk.index_manager import RepoIndexManager
+
+    out = tmp_path / "run"
+    distill(load_config(None, [f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, "train.tracker=aim"]))
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    repo = Repo(str(out / "aim"))
+    hashes = repo.list_all_runs()
+    assert len(hashes) == 1 and RepoIndexManager.get_index_manager(repo).index(hashes[0])  # what `aim up` shows
+    run = Run(run_hash=hashes[0], repo=str(out / "aim"), read_only=True)
+    assert run["hparams"]["train"]["max_steps"] == 3
+    tracked = {seq.name: dict(seq.dataframe()[["step", "value"]].values.tolist()) for seq in run.metrics()}
+    assert not any(name.startswith("__system__") for name in tracked)  # no background sampling thread
+    assert _series(r for r in rows if r["step"] > 0) <= set(tracked)
+    assert tracked["loss"] == pytest.approx({r["step"]: r["loss"] for r in rows if r.get("loss") is not None})
+
+
 def test_a_missing_tracker_package_names_the_extra(teacher_dir, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aim" else real(name, *a))

@@ -36,6 +36,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kdistill.report.runs import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED_STYLE = ["loss.terms=[{kind: forward_kl, weight: 0.5, temperature: 2.0}, {kind: ce, weight: 0.5}]",
               "loss.t2_scale=true", "train.lr=5e-4", "train.warmup_steps=0", "train.min_lr_ratio=1.0",
@@ -55,7 +57,7 @@ def run(layers: int, steps: int, eval_every: int, overrides: list[str], out: Pat
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)}\nfailed:\n{done.stderr[-3000:]}")
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out / "metrics.jsonl")  # the one checked reader of metrics.jsonl
     by_step = {r["step"]: r for r in rows if "eval_kl" in r}
     times = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])
              if "loss" in a and "loss" in b and "eval_kl" not in b and b["step"] == a["step"] + 1]

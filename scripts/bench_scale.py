@@ -14,13 +14,14 @@ calibration passes) and no evaluation or checkpoint inside the timed steps. Step
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from kdistill.report.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def _args(steps: int, mode: str, out: Path) -> list[str]:
 
 
 def _step_times(out: Path) -> list[float]:
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out / "metrics.jsonl")  # the one checked reader of metrics.jsonl
     times = [r["time"] for r in rows if r["step"] >= 1]
     return [b - a for a, b in zip(times[:-1], times[1:])][:-1]  # the last step also evaluates
 

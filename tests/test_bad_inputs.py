@@ -59,6 +59,7 @@ def _previous_run(d: Path) -> Path:
     """A finished run in d/run (what --overwrite must not lose to a config that fails its checks)."""
     run = d / "run"
     (run / "student").mkdir(parents=True)
+    (run / ".kdistill-run").write_text("{}")
     (run / "student" / "config.json").write_text("{}")
     (run / "eval.json").write_text('{"heldout": {"kl": 1.0}}')
     (run / "config.yaml").write_text("train: {max_steps: 2}\n")

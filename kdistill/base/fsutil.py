@@ -102,6 +102,42 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_jsonl(path: str | os.PathLike, fix: str, check=None) -> tuple[list[dict], int | None]:
+    """The rows `append_jsonl` wrote to `path` ([] if it is missing) and the number of a last line that a
+    kill cut short while it was written (dropped; None if there is none). Any other line that is not one
+    JSON object, or whose row `check(row)` finds a problem in (it returns the words, or None), is a
+    DataError "PATH, line N: what is wrong; `fix`"."""
+    from kdistill.base.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        return [], None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 at byte {e.start}; {fix}") from None
+    last = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last:
+                return rows, i
+            raise DataError(f"{path}, line {i}: not valid JSON ({e.msg}); {fix}") from None
+        if not isinstance(row, dict):
+            if i == last:
+                return rows, i
+            raise DataError(f"{path}, line {i}: a JSON {type(row).__name__}, not an object; {fix}")
+        problem = check(row) if check else None
+        if problem:
+            raise DataError(f"{path}, line {i}: {problem}; {fix}")
+        rows.append(row)
+    return rows, None
+
+
 def sha256_file(path: str | os.PathLike, fsync: bool = False) -> str:
     """The file's sha256 (hex); with `fsync`, also flush it to disk (a checkpoint survives power loss)."""
     digest = hashlib.sha256()
@@ -113,8 +149,9 @@ def sha256_file(path: str | os.PathLike, fsync: bool = False) -> str:
     return digest.hexdigest()
 
 
-def clean_partial(folder: str | os.PathLike) -> list[Path]:
-    """Remove what a killed atomic write left directly in `folder`; returns the removed paths.
+def clean_partial(folder: str | os.PathLike, only=None) -> list[Path]:
+    """Remove what a killed atomic write left directly in `folder` (of the names in `only`, when given: what
+    the caller writes there); returns the removed paths.
 
     `.NAME.old` whose NAME is missing is the complete previous version of a folder killed mid-replace:
     it is renamed back to NAME (logged), not removed.
@@ -127,6 +164,8 @@ def clean_partial(folder: str | os.PathLike) -> list[Path]:
         m = PARTIAL.match(p.name)
         is_old = p.name.endswith(".old")
         if m is None or (is_old and (p.is_symlink() or not p.is_dir())):  # atomic_dir's .old is a folder
+            continue
+        if only is not None and m["name"] not in only:
             continue
         if is_old and not (folder / m["name"]).exists():
             os.replace(p, folder / m["name"])

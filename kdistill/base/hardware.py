@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
+from pathlib import Path
 
 import torch
 
@@ -14,6 +17,7 @@ from kdistill.base.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+PROC_STAT = "/proc/stat"  # Linux: jiffies each CPU spent busy and idle since boot
 
 
 def pick_device(requested: str = "auto", key: str = "train.device") -> torch.device:
@@ -54,23 +58,54 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
-def idle_cores() -> int:
-    """Cores not already busy: all cores less the 1-minute load average, at least 1.
+def _cpu_jiffies(stat: Path) -> tuple[int, int, int] | None:
+    """(idle, total) jiffies summed over all CPUs and the number of CPUs, from a /proc/stat file; None
+    where there is none (macOS, Windows) or it reads otherwise."""
+    try:
+        lines = stat.read_text().splitlines()
+        head = next(line.split() for line in lines if line.startswith("cpu "))
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in head[1:9])
+    except (OSError, StopIteration, ValueError):
+        return None
+    cpus = sum(1 for line in lines if re.match(r"cpu\d+ ", line))
+    return idle + iowait, user + nice + system + idle + iowait + irq + softirq + steal, cpus  # guest is in user
+
+
+def busy_cores(stat: str | Path = PROC_STAT, interval: float = 0.25, sleep=time.sleep) -> float | None:
+    """Cores busy now: the share of busy jiffies of all CPUs over the next `interval` seconds, times the
+    number of CPUs; None without a /proc/stat to sample (or when it did not move)."""
+    before = _cpu_jiffies(Path(stat))
+    if before is None:
+        return None
+    sleep(interval)
+    after = _cpu_jiffies(Path(stat))
+    if after is None or after[1] <= before[1] or not after[2]:
+        return None
+    idle, total = after[0] - before[0], after[1] - before[1]
+    return (1 - idle / total) * after[2]
+
+
+def idle_cores(stat: str | Path = PROC_STAT, interval: float = 0.25, sleep=time.sleep) -> int:
+    """Cores not busy now, at least 1: all cores less those a short sample of /proc/stat finds busy, or,
+    where there is no /proc/stat, less the 1-minute load average (which still remembers a pip install
+    that ended a minute ago: 0.9 of 2 idle cores read as busy).
 
     Torch's threads spin-wait on each other, so one more thread than there are free cores makes a
     forward pass several times slower (4x measured with 2 threads and one other busy process on 2 cores).
     """
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = busy_cores(stat, interval, sleep)
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
     return max(1, min(cores, round(cores - busy)))
 
 
-def set_threads(threads: int = 0) -> int:
-    """Use `threads` torch threads (0 = $KDISTILL_THREADS, else the idle cores); returns the number set."""
-    if threads <= 0:
+def set_threads(threads: int | str = 0) -> int:
+    """Use `threads` torch threads ("auto" or 0 = $KDISTILL_THREADS, else the idle cores); returns the number set."""
+    if threads == "auto" or threads <= 0:
         threads = int(os.environ.get("KDISTILL_THREADS", "0")) or idle_cores()
     torch.set_num_threads(threads)
     return threads

@@ -4,8 +4,9 @@
 
 - What exists is never replaced without `force`.
 - An output is never an input, inside an input, or a folder holding an input, even with `force`.
-- An output is never a run folder (what `kdistill distill` wrote: config.yaml beside its metrics,
-  checkpoints or eval.json), a folder holding one, or a part of one that the run owns, even with `force`.
+- An output is never a run folder (what `kdistill distill` wrote: its marker `.kdistill-run`, or, from a
+  kdistill before the marker, config.yaml beside its metrics, checkpoints or eval.json), a folder holding
+  one, or a part of one that the run owns, even with `force`.
 Writers then write beside the target and rename into place (fsutil.atomic_dir, fsutil.write_bytes), so a
 failure leaves what was there before.
 """
@@ -16,15 +17,17 @@ from pathlib import Path
 
 from kdistill.base.errors import ConfigError
 
-RUN_OWNED = ("checkpoints", "student", "adapter", "eval.json", "metrics.jsonl", "config.yaml", "kdistill.log",
-             "resumes.jsonl", "data_report.json")  # what a run folder's own files are called
+RUN_MARKER = ".kdistill-run"  # written first into every run folder: what makes a folder a run
+RUN_OWNED = (RUN_MARKER, "checkpoints", "student", "adapter", "eval.json", "metrics.jsonl", "config.yaml",
+             "kdistill.log", "resumes.jsonl", "data_report.json",
+             "tensorboard", "aim", "wandb")  # what a run folder's own files are called (trackers: train/tracking)
 
 
 def is_run_folder(folder: str | os.PathLike) -> bool:
-    """A folder `kdistill distill` wrote: its config.yaml beside the metrics, checkpoints or eval.json it made
-    (a user's own config.yaml alone is not a run)."""
+    """A folder `kdistill distill` wrote: its marker, or (a kdistill before the marker) its config.yaml
+    beside the metrics, checkpoints or eval.json it made (a user's own config.yaml alone is not a run)."""
     folder = Path(folder)
-    return (folder / "config.yaml").is_file() and any(
+    return (folder / RUN_MARKER).is_file() or (folder / "config.yaml").is_file() and any(
         (folder / m).exists() for m in ("metrics.jsonl", "checkpoints", "eval.json"))
 
 

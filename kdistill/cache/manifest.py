@@ -23,6 +23,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 TEACHER_CONFIG = "teacher_config.json"
+REWRITE = "the manifest is damaged: rewrite the cache with `kdistill cache --overwrite` (same cache.out)"
+REQUIRED = {  # key -> (type, keys it must hold); what the readers of a format-1 manifest use
+    "complete": (bool, ()), "vocab_size": (int, ()), "seq_len": (int, ()), "shards": (list, ()),
+    "teacher": (dict, ("spec", "weights_sha256", "parameters")), "tokenizer": (dict, ("sha256",)),
+    "data": (dict, ("sha256", "examples", "source")), "signal": (dict, ("mode", "temperature", "id_bits")),
+}
+SHARD_KEYS = ("file", "examples", "positions", "bytes", "sha256")
 
 
 class CacheError(KdistillError):
@@ -92,14 +99,45 @@ def read_manifest(folder: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheError(f"{path}: not valid JSON ({e}); the cache is damaged, rewrite it with `kdistill cache`")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CacheError(f"{path}: not a kdistill teacher cache manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path}: a JSON {type(manifest).__name__}, not the object a kdistill teacher cache "
+                         f"manifest is; {REWRITE}")
+    if manifest.get("format") != FORMAT:
+        raise CacheError(f"{path}: not a kdistill teacher cache manifest (format {manifest.get('format')!r}); "
+                         f"give a folder `kdistill cache` wrote")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CacheError(f"{path}: cache format version {version!r}, but this kdistill reads version "
                          f"{FORMAT_VERSION}; rewrite the cache with this kdistill (`kdistill cache`) or use "
                          "the kdistill version that wrote it")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise CacheError(f"{path}: {problem}; {REWRITE}")
     return manifest
+
+
+def _missing(section: dict, keys: tuple, where: str) -> str | None:
+    gone = [k for k in keys if k not in section]
+    return f"{where} has no {', '.join(repr(k) for k in gone)}" if gone else None
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """What is missing or of the wrong kind in a manifest of this format version (`REQUIRED`), or None."""
+    for key, (kind, keys) in REQUIRED.items():
+        if key not in manifest:
+            return f"no {key!r} key"
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool) and kind is not bool:
+            return f"{key!r} is {manifest[key]!r}, not {kind.__name__}"
+        problem = _missing(manifest[key], keys, repr(key)) if keys else None
+        if problem:
+            return problem
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            return f"shards[{i}] is {shard!r}, not an object"
+        problem = _missing(shard, SHARD_KEYS, f"shards[{i}]")
+        if problem:
+            return problem
+    return None
 
 
 def check_complete(folder: Path, manifest: dict) -> None:

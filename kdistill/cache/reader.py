@@ -53,8 +53,12 @@ class TeacherCache:
     def teacher_config(self):
         from transformers import AutoConfig
 
-        data = json.loads((self.folder / M.TEACHER_CONFIG).read_text())
-        return AutoConfig.for_model(**data)
+        path = self.folder / M.TEACHER_CONFIG
+        try:
+            return AutoConfig.for_model(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:  # TypeError: not a JSON object
+            raise M.CacheError(f"{path}: cannot read the teacher's config ({type(e).__name__}: {e}); rewrite the "
+                               "cache with `kdistill cache --overwrite`") from e
 
     def collate_fn(self, pad_id: int):
         return lambda picked: collate(picked, pad_id)

@@ -8,6 +8,8 @@ Each subcommand's --help ends with an example. Every fault gets one line on stde
     kdistill CMD: error: ...            2    a bad input (KdistillError), or the disk refused (full,
                                              read-only, permission denied, a file where a folder is needed)
     kdistill CMD: interrupted           130  Ctrl-C
+    kdistill CMD: error: stopped by ... 130  Ctrl-C during training, after the checkpoint it writes
+                                        143  SIGTERM during training, the same
     kdistill CMD: internal error: ...   1    anything else (a bug): the traceback is written to
                                              $KDISTILL_CACHE/logs/CMD-DATE-TIME-PID.log (default
                                              ~/.cache/kdistill/logs), and `-v` also prints it

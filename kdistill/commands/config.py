@@ -26,6 +26,7 @@ from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError
 from kdistill.config.choices import choices
 from kdistill.config.presets import PRESETS, SIZE_KEYS
+from kdistill.config.ranges import accepts
 from kdistill.config.schema import Config, LossConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's shipped configs
@@ -67,8 +68,14 @@ def key_choices(section, name: str) -> tuple[str, ...] | None:
 def _choices_text(section, name: str) -> str | None:
     names = key_choices(section, name)
     if names is None:
-        return None
+        return _accepts(section, name) and f"accepts: {_accepts(section, name)}"
     return ("each term's kind: " if isinstance(section, LossConfig) else "choices: ") + ", ".join(names)
+
+
+def _accepts(section, name: str) -> str | None:
+    """What a numeric key accepts in words (its range, kdistill/config/ranges.py); None for other keys."""
+    f = next(f for f in dataclasses.fields(section) if f.name == name)
+    return accepts(f, typing.get_type_hints(type(section))[name])
 
 
 def _comment(text: str | None, indent: str) -> list[str]:
@@ -122,6 +129,8 @@ def _type_name(tp) -> str:
     if origin is dict or tp is dict:
         return "mapping"
     inner = [a for a in args if a is not type(None)]
+    if len(inner) > 1:  # int | Literal["auto"]
+        return " or ".join(_type_name(a) for a in inner) + " or empty" * (len(inner) < len(args))
     if inner and len(inner) < len(args):
         return f"{_type_name(inner[0])} or empty"
     return getattr(tp, "__name__", str(tp))
@@ -134,7 +143,7 @@ def _cell(text: str) -> str:
 def _reference_rows(section, prefix: str) -> list[str]:
     """The table of one section's keys; its sub-sections follow as sections of their own."""
     hints, docs = typing.get_type_hints(type(section)), field_docs(type(section))
-    rows = ["| key | type | default | choices | meaning |", "|---|---|---|---|---|"]
+    rows = ["| key | type | default | accepts | meaning |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
@@ -142,7 +151,7 @@ def _reference_rows(section, prefix: str) -> list[str]:
         default = "empty" if value is None else f"`{_value(value)}`"
         names = key_choices(section, f.name)
         listed = ("each term's kind: " * isinstance(section, LossConfig) + ", ".join(f"`{n}`" for n in names)
-                  if names else "")
+                  if names else _accepts(section, f.name) or "")
         rows.append(f"| `{prefix}{f.name}` | {_cell(_type_name(hints[f.name]))} | {_cell(default)} | "
                     f"{_cell(listed)} | {_cell(docs.get(f.name, ''))} |")
     return rows
@@ -186,8 +195,9 @@ def reference() -> str:
             "",
             "A config file (YAML) states only what differs from these defaults; any key can also be set on the "
             "command line as `key.path=value`. `kdistill config show` prints the resolved config with these "
-            "meanings as comments. A key with choices takes only the names listed (the nearest is suggested); "
-            "`empty` is YAML `null` or nothing after `=`. Defaults marked empty that depend on other keys "
+            "meanings as comments. A key with choices takes only the names listed (the nearest is suggested), a "
+            "number only its range (checked when the config loads, before any model); a list key takes a single "
+            "value as a list of one; `empty` is YAML `null` or nothing after `=`. Defaults marked empty that depend on other keys "
             "(`train.lr`) are filled when the config loads.", ""]
     lines = head + _reference_sections(Config()) + _presets_table()
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -14,5 +14,5 @@ def main(args) -> int:
         print("dry run: the config is valid; nothing was loaded or written", *(f"  {x}" for x in lines),
               "run it: the same command without --dry-run", sep="\n", flush=True)
         return 0
-    api.distill(cfg, resume=args.resume, overwrite=args.overwrite)
+    api.distill(cfg, resume=args.resume, overwrite=args.overwrite, accept_changed_data=args.accept_changed_data)
     return 0

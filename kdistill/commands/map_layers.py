@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from kdistill.base import fsutil
-from kdistill.base.errors import ConfigError
+from kdistill.base.errors import ConfigError, ModelError
+from kdistill.models.files import check_model_folder
 from kdistill.students.layer_map import cka_map
 
 SAMPLE = ["Once upon a time there was a little fox who lived in the forest and liked to read.",
@@ -80,7 +81,16 @@ def main(args) -> int:
 
     device = torch.device("cpu")
     teacher, tokenizer, _ = load_teacher(args.teacher, device, torch.float32)
-    student = AutoModelForCausalLM.from_pretrained(student_folder(args.student, None), dtype=torch.float32).eval()
+    folder = student_folder(args.student, None)
+    local = Path(folder).is_dir()  # else a hub id, which transformers reads (offline: from its cache)
+    use_safetensors = check_model_folder(folder, "--student") if local else True
+    try:
+        student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False,
+                                                       use_safetensors=use_safetensors).eval()
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--student {args.student}: cannot load it ({e}); give a model folder written by "
+                         "save_pretrained, a kdistill run folder, or a hub id already in the Hugging Face "
+                         "cache") from e
     batch = calibration_batch(tokenizer, args.data, args.tokens, args.seq_len)
     pairs, sim = cka_map(student, teacher.eval(), batch)
     out = Path(args.out)

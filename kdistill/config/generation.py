@@ -1,16 +1,17 @@
 """The `data.generate` config section: teacher-generated data, its quality filter, self-instruct and CoT.
 
 Kept apart from kdistill/config/schema.py (which imports it) so that each file reads in one sitting; the
-loaders these keys drive are in kdistill/data/ (generate, filters, self_instruct, cot). Each section checks
-its own keys in `validate()`; `prompt_format`, `cot.mode` and `cot.answer_type` are typed choices.
+loaders these keys drive are in kdistill/data/ (generate, filters, self_instruct, cot). Each number declares
+its range beside it (kdistill/config/ranges.py); `prompt_format`, `cot.mode` and `cot.answer_type` are typed
+choices; `validate()` checks what a range cannot say.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from kdistill.base.errors import ConfigError
-from kdistill.config.checks import refuse_failed
 from kdistill.config.choices import AnswerType, CotMode, PromptFormat
+from kdistill.config.ranges import ranged
 
 
 @dataclass
@@ -20,36 +21,31 @@ class FilterConfig:
 
     enabled: bool = True
     """Apply the filter; false keeps every sample."""
-    min_chars: int = 1
+    min_chars: int = ranged(1, ">= 0")
     """Shortest response kept, in characters (surrounding space stripped)."""
-    max_chars: int | None = None
+    max_chars: int | None = ranged(None, ">= 1")
     """Longest response kept, in characters; empty = no bound."""
-    max_repeated_ngrams: float = 0.5
+    max_repeated_ngrams: float = ranged(0.5, "[0, 1]", "1 = off")
     """Drop a response when more than this fraction of its word n-grams repeat an earlier one (1 = off)."""
-    ngram: int = 3
+    ngram: int = ranged(3, ">= 1")
     """n of the repeated n-gram rule."""
-    min_logprob: float | None = None
+    min_logprob: float | None = ranged(None, "<= 0", "nats per token")
     """Drop a response whose mean log-likelihood per token under the teacher is below this (nats, e.g. -2.5);
     empty = off (the scale depends on the teacher)."""
     dedup: bool = True
     """Drop a response identical to a kept one (after lowercasing and collapsing space)."""
-    near_duplicate: float | None = 0.9
+    near_duplicate: float | None = ranged(0.9, "(0, 1]", "empty = off")
     """Drop a response whose Jaccard similarity (word 3-grams, MinHash-indexed) to a kept one is at least
     this; empty = off."""
     contamination_files: list[str] = field(default_factory=list)
     """Task files (kdistill/evaluation/tasks.py format) whose text must not appear in the training data."""
     contamination_eval_tasks: bool = True
     """Also check against eval.tasks."""
-    contamination_ngram: int = 8
+    contamination_ngram: int = ranged(8, ">= 1")
     """A sample sharing any word n-gram of this length with a task record is dropped as contaminated."""
 
     def validate(self, key: str = "data.generate.filter") -> None:
-        refuse_failed([
-            (f"{key}.ngram", self.ngram >= 1, "must be at least 1"),
-            (f"{key}.contamination_ngram", self.contamination_ngram >= 1, "must be at least 1"),
-            (f"{key}.near_duplicate", self.near_duplicate is None or 0 < self.near_duplicate <= 1,
-             "must be in (0, 1], or empty to turn it off"),
-        ])
+        """Every key of this section is a range (kdistill/config/ranges.py), a switch or a list."""
 
 
 @dataclass
@@ -59,24 +55,20 @@ class SelfInstructConfig:
     seed_tasks: str | None = None
     """Seed tasks: a text file (one task a line) or JSONL with an instruction/prompt field. Turns self-instruct
     on."""
-    num_instructions: int = 32
+    num_instructions: int = ranged(32, ">= 1")
     """New instructions wanted (fewer when the teacher repeats itself; data_report.json says how many)."""
-    examples_per_request: int = 3
+    examples_per_request: int = ranged(3, ">= 1")
     """Seed tasks shown to the teacher in each request for a new one."""
-    oversample: float = 2.0
+    oversample: float = ranged(2.0, ">= 1")
     """Requests per wanted instruction: duplicates and unusable replies are dropped."""
-    max_similarity: float = 0.7
+    max_similarity: float = ranged(0.7, "(0, 1]")
     """A new instruction whose word-bigram Jaccard similarity to a seed or an earlier one reaches this is
     dropped."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = ranged(48, ">= 1")
     """Tokens the teacher may use to write one instruction."""
 
     def validate(self, key: str = "data.generate.self_instruct") -> None:
-        refuse_failed([
-            (f"{key}.num_instructions", self.num_instructions >= 1, "must be at least 1"),
-            (f"{key}.examples_per_request", self.examples_per_request >= 1, "must be at least 1"),
-            (f"{key}.oversample", self.oversample >= 1, "must be at least 1"),
-        ])
+        """Every key of this section is a range (kdistill/config/ranges.py) or a file."""
 
 
 @dataclass
@@ -93,28 +85,22 @@ class CotConfig:
     answer_type: AnswerType = "auto"
     """How answers are compared: auto (choice for records with choices, numeric when the known answer is a
     number, else exact), exact (case and space folded), numeric, or choice (a letter)."""
-    rel_tol: float = 1e-6
+    rel_tol: float = ranged(1e-6, ">= 0")
     """Relative tolerance of numeric answers (an absolute 1e-9 too)."""
     check: bool = True
     """Keep only samples whose answer (or program or tests) checks out; false keeps every sample."""
-    rationale_weight: float = 1.0
+    rationale_weight: float = ranged(1.0, ">= 0")
     """Weight of rationale tokens in the loss (see kdistill/data/cot.py for how weights are realised)."""
-    answer_weight: float = 1.0
+    answer_weight: float = ranged(1.0, ">= 0")
     """Weight of the final-answer tokens in the loss."""
-    timeout_s: float = 5.0
+    timeout_s: float = ranged(5.0, "> 0")
     """Wall-clock limit of one sandboxed program."""
-    memory_mb: int = 512
+    memory_mb: int = ranged(512, ">= 32")
     """Address-space limit of one sandboxed program."""
-    max_problems: int | None = None
+    max_problems: int | None = ranged(None, ">= 1")
     """Use at most this many problems (the first ones)."""
 
     def validate(self, key: str = "data.generate.cot") -> None:
-        refuse_failed([
-            (f"{key}.rationale_weight", self.rationale_weight >= 0, "must be 0 or more"),
-            (f"{key}.answer_weight", self.answer_weight >= 0, "must be 0 or more"),
-            (f"{key}.timeout_s", self.timeout_s > 0, "must be positive"),
-            (f"{key}.memory_mb", self.memory_mb >= 32, "must be at least 32"),
-        ])
         if self.rationale_weight == 0 and self.answer_weight == 0:
             raise ConfigError(f"{key}.rationale_weight and answer_weight are both 0: no token would count")
 
@@ -123,36 +109,30 @@ class CotConfig:
 class GenerateConfig:
     """Teacher-generated data (when data.path is empty): continuations, your prompts, self-instruct or CoT."""
 
-    num_samples: int = 96
+    num_samples: int = ranged(96, ">= 1")
     """How many teacher continuations of the built-in prompts to generate (when no prompts file is given)."""
     prompts: str | None = None
     """Your prompts, the teacher's answers: a text file (one prompt a line), JSONL with a prompt field, or
     instruction records (their responses are ignored). Loss on the teacher's answers only."""
     prompt_format: PromptFormat = "auto"
     """auto (chat template when the tokenizer has one), chat, or plain (the prompt text is continued)."""
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = ranged(1, ">= 1")
     """Teacher samples for each prompt (of the prompts file, self-instruct or the CoT problems)."""
-    max_new_tokens: int = 128
+    max_new_tokens: int = ranged(128, ">= 1")
     """Most tokens the teacher writes per sample."""
-    temperature: float = 0.8
+    temperature: float = ranged(0.8, ">= 0", "0 = greedy")
     """Sampling temperature; 0 = greedy."""
-    top_p: float = 0.95
+    top_p: float = ranged(0.95, "(0, 1]")
     """Nucleus sampling: draw from the smallest set of tokens holding this much probability."""
-    batch_size: int = 16
+    batch_size: int = ranged(16, ">= 1")
     """Prompts the teacher continues at once."""
-    seed: int = 1234
+    seed: int = ranged(1234, ">= 0")
     """Seed of the sampling (generated data is reused while the seed and settings stay the same)."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
     cot: CotConfig = field(default_factory=CotConfig)
 
     def validate(self, key: str = "data.generate") -> None:
-        refuse_failed([
-            (f"{key}.samples_per_prompt", self.samples_per_prompt >= 1, "must be at least 1"),
-            (f"{key}.temperature", self.temperature >= 0, "must be 0 (greedy) or positive"),
-            (f"{key}.batch_size", self.batch_size >= 1, "must be at least 1"),
-            (f"{key}.max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
-        ])
         self.filter.validate(f"{key}.filter")
         self.self_instruct.validate(f"{key}.self_instruct")
         self.cot.validate(f"{key}.cot")

@@ -1,10 +1,10 @@
-"""The `rollout` config section (on-policy distillation, kdistill/data/rollout.py) and its range checks."""
+"""The `rollout` config section (on-policy distillation, kdistill/data/rollout.py), each key with its range."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdistill.config.checks import refuse_failed
 from kdistill.config.choices import RolloutSource
+from kdistill.config.ranges import ranged
 
 
 @dataclass
@@ -14,20 +14,20 @@ class RolloutConfig:
     source: RolloutSource = "data"
     """data (off-policy: the data's own text), student (the student continues the data's prompts: GKD,
     MiniLLM) or teacher (the teacher continues them: sequence-level KD)."""
-    lmbda: float = 0.5
+    lmbda: float = ranged(0.5, "[0, 1]")
     """Fraction of steps whose batch is generated (GKD's lambda); 0 = the data only."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = ranged(64, ">= 1")
     """Tokens generated per prompt; prompts are cut from the left to train.seq_len - max_new_tokens."""
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, "> 0")
     """Sampling temperature of the rollouts (1 = the student's own distribution)."""
-    top_p: float = 1.0
+    top_p: float = ranged(1.0, "(0, 1]", "1 = off")
     """Nucleus sampling of the rollouts (1 = off)."""
-    buffer: int = 1
+    buffer: int = ranged(1, ">= 1")
     """Each generated batch serves this many rollout steps (1 = fresh every time; staleness is logged and
     the loss's importance ratio uses the log-probabilities recorded at generation)."""
-    prompt_tokens: int = 32
+    prompt_tokens: int = ranged(32, ">= 1")
     """Plain text: the first tokens of each block are the prompt. Instruction records: the prompt part."""
-    teacher_mix: float = 0.0
+    teacher_mix: float = ranged(0.0, "[0, 1)")
     """MiniLLM's alpha: sample each token from alpha * teacher + (1 - alpha) * student (0 = student only)."""
 
     @property
@@ -35,12 +35,5 @@ class RolloutConfig:
         return self.source != "data" and self.lmbda > 0
 
     def validate(self) -> None:
-        refuse_failed([
-            ("rollout.lmbda", 0 <= self.lmbda <= 1, "must be between 0 and 1"),
-            ("rollout.max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
-            ("rollout.temperature", self.temperature > 0, "must be positive"),
-            ("rollout.top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("rollout.buffer", self.buffer >= 1, "must be at least 1"),
-            ("rollout.prompt_tokens", self.prompt_tokens >= 1, "must be at least 1"),
-            ("rollout.teacher_mix", 0 <= self.teacher_mix < 1, "must be in [0, 1)"),
-        ])
+        """Every key of this section is a range (kdistill/config/ranges.py) or a choice; the check against
+        train.seq_len is in kdistill/config/checks.py."""

@@ -7,8 +7,10 @@ resolved config is written as `config.yaml` next to every output.
 
     cfg = load_config("configs/demo.yaml", ["train.max_steps=50", "loss.terms=[{kind: forward_kl}]"])
 
-Each section checks its own keys in `validate()` (no files, no model); `validate(cfg)` runs them all and
-the checks that need two sections (kdistill/config/checks.py). Checks that read files run in
+Each number declares what it accepts beside it, `ranged(default, ">= 1")` (kdistill/config/ranges.py: one
+check of every key, finite numbers, no empty value where one is needed); each section checks what a range
+cannot say in `validate()` (no files, no model); `validate(cfg)` runs them all and the checks that need two
+sections (kdistill/config/checks.py). Checks that read files run in
 kdistill/run/preflight.py, those that need a model when it loads. `kdistill config reference` prints every
 key of this file with its type, default, choices and meaning (docs/configuration.md).
 """
@@ -18,12 +20,13 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from kdistill.base.errors import ConfigError
 from kdistill.config import loading
-from kdistill.config.checks import check_agreement, refuse_failed
+from kdistill.config.checks import check_agreement
 from kdistill.config.choices import (
     CacheMode,
     DataFormat,
@@ -35,7 +38,8 @@ from kdistill.config.choices import (
     check_choices,
 )
 from kdistill.config.generation import GenerateConfig
-from kdistill.config.presets import SIZE_KEYS, PresetName, default_lr
+from kdistill.config.presets import PresetName, default_lr
+from kdistill.config.ranges import check_ranges, ranged, where_set
 from kdistill.config.rollout import RolloutConfig
 from kdistill.config.teacher import TeacherConfig
 
@@ -52,52 +56,52 @@ class StudentConfig:
     preset: PresetName = "auto"
     """A name from the presets table (kdistill/config/presets.py); `auto` keeps the teacher's width and
     about a quarter of its layers."""
-    num_layers: int | None = None
+    num_layers: int | None = ranged(None, ">= 1")
     """Decoder layers; empty = the preset's (or the teacher's)."""
-    hidden_size: int | None = None
+    hidden_size: int | None = ranged(None, ">= 1")
     """Width; empty = the preset's (or the teacher's, so its layers can be copied)."""
-    num_heads: int | None = None
+    num_heads: int | None = ranged(None, ">= 1")
     """Attention heads (must divide hidden_size); empty = the preset's (or the teacher's)."""
-    num_kv_heads: int | None = None
+    num_kv_heads: int | None = ranged(None, ">= 1")
     """Key/value heads of grouped-query attention (must divide num_heads); empty = the preset's (or the
     teacher's)."""
-    intermediate_size: int | None = None
+    intermediate_size: int | None = ranged(None, ">= 1")
     """Width of the MLP's hidden layer; empty = the preset's (or the teacher's)."""
     init: StudentInit = "teacher"
     """teacher (copy embeddings, final norm and selected layers where shapes allow) or random."""
     layer_selection: LayerSelection = "importance"
     """importance (greedy removal by measured KL on calibration data), even, first_last, or explicit."""
-    layers: list[int] | None = None
+    layers: list[int] | None = ranged(None, ">= 0", "each a teacher layer index")
     """Teacher layer indices to copy when layer_selection=explicit."""
-    repair_steps: int = 20
+    repair_steps: int = ranged(20, ">= 0", "0 = off")
     """init=teacher with layers copied from the teacher: fit every norm gain and each layer's attention and
     MLP output scale to the teacher on 16 calibration rows for this many Adam steps before training, which
     repairs the residual stream the dropped layers built (kdistill/students/repair.py; held-out KL at
     step 0 on SmolLM2-135M: 4 layers 9.44 -> 4.99, 8 layers 5.32 -> 3.88); 0 = off."""
-    repair_rows: int = 16
+    repair_rows: int = ranged(16, ">= 1")
     """Training answers the repair fits on (the first rows of the training split), run 16 at a time."""
-    span_fit_steps: int = 120
+    span_fit_steps: int = ranged(120, ">= 0", "0 = off")
     """init=teacher with layers copied at the teacher's width: before the repair, train every decoder
     weight for this many Adam steps (16 rows each) so that each copied layer's output matches the teacher's
     stream at the end of the span of layers it stands for (kdistill/students/span_fit.py; held-out KL at
     step 60 on SmolLM2-135M, 600 answers, no fit / 60 steps on 128 rows / 120 steps on 256 rows: 4 layers
     2.843 / 2.551 / 2.296, 8 layers 2.092 / 1.877 / 1.708, README "Quality per compute"); 0 = off."""
-    span_fit_rows: int = 256
+    span_fit_rows: int = ranged(256, ">= 1")
     """Training answers the span fit cycles through (the first rows of the training split; their targets
     are kept, in bfloat16, for the whole fit: up to 1.2 MB a row at 8 layers, 0.6 MB at 4)."""
-    span_fit_lr: float = 2e-3
+    span_fit_lr: float = ranged(2e-3, "> 0", "a learning rate, e.g. 2e-3")
     """The span fit's constant Adam learning rate (best of 1e-4, 3e-4, 1e-3, 2e-3, 3e-3)."""
     model: str | None = None
     """For kind=pretrained: the student's hub id or folder."""
-    fractal_steps: int = 10
+    fractal_steps: int = ranged(10, ">= 1")
     """For kind=fractal: T, how many times the one shared block is applied."""
-    fractal_alpha: float = 0.5
+    fractal_alpha: float = ranged(0.5, "(0, 1]")
     """For kind=fractal: the update Z <- (1 - alpha) Z + alpha sigma(Layer(Z))."""
-    lora_rank: int = 0
+    lora_rank: int = ranged(0, ">= 0", "0 = no LoRA")
     """For kind=pretrained: LoRA rank (0 = train all weights)."""
-    lora_alpha: float = 16.0
+    lora_alpha: float = ranged(16.0, "> 0")
     """For kind=pretrained with LoRA: the adapters' scale is lora_alpha / lora_rank."""
-    lora_dropout: float = 0.05
+    lora_dropout: float = ranged(0.05, "[0, 1)")
     """For kind=pretrained with LoRA: dropout on the adapters' input."""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """For kind=pretrained with LoRA: the names of the linear layers that get adapters."""
@@ -108,20 +112,6 @@ class StudentConfig:
     init=teacher); kind=pretrained: give the student's folder. Empty = the teacher's tokenizer."""
 
     def validate(self) -> None:
-        refuse_failed([
-            ("student.lora_rank", self.lora_rank >= 0, "must be 0 (no LoRA) or a positive rank"),
-            ("student.repair_steps", self.repair_steps >= 0, "must be 0 (no repair) or a number of steps"),
-            ("student.repair_rows", self.repair_rows >= 1, "must be at least 1 (training answers to fit on)"),
-            ("student.span_fit_steps", self.span_fit_steps >= 0, "must be 0 (no span fit) or a number of steps"),
-            ("student.span_fit_rows", self.span_fit_rows >= 1, "must be at least 1 (training answers to fit on)"),
-            ("student.span_fit_lr", self.span_fit_lr > 0, "must be a positive learning rate, e.g. 3e-4"),
-        ])
-        for key in SIZE_KEYS:
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"student.{key}={value} must be at least 1 (or empty to take it from the preset)")
-        if self.fractal_steps < 1:
-            raise ConfigError(f"student.fractal_steps={self.fractal_steps} must be at least 1")
         if self.layer_selection == "explicit" and not self.layers:
             raise ConfigError("student.layers must list teacher layer indices when student.layer_selection=explicit")
         if self.kind == "pretrained" and not self.model:
@@ -140,14 +130,13 @@ class DataConfig:
     """The record field that holds the text; auto = the first of text, content, document, body, story."""
     split: str = "train"
     """For a hub dataset: the split read."""
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = ranged(0.1, "(0, 1)")
     """Share of the examples held out (shuffled with train.seed) to measure the student against the teacher."""
-    max_records: int | None = None
-    """Read at most this many records (the first ones); empty or 0 = all."""
+    max_records: int | None = ranged(None, ">= 1", "empty = all")
+    """Read at most this many records (the first ones); empty = all."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def validate(self) -> None:
-        refuse_failed([("data.heldout_fraction", 0 < self.heldout_fraction < 1, "must be between 0 and 1")])
         self.generate.validate()
         sources = ["data.path"] * bool(self.path) + self.generate.data_sources()
         if len(sources) > 1:
@@ -168,85 +157,77 @@ class LossConfig:
     attention_output, attention_map: README 'Hidden states and attention')."""
     t2_scale: bool = True
     """Multiply KD terms by T^2 (Hinton et al.) so gradients keep their scale across temperatures."""
-    chunk_size: int | None = None
+    chunk_size: int | None = ranged(None, ">= 1", "empty = automatic")
     """Tokens per chunk of the fused output layer; empty = chosen from vocab and memory_budget_mb."""
-    memory_budget_mb: float = 256.0
+    memory_budget_mb: float = ranged(256.0, "> 0")
     """Memory the output layer's logits of one chunk may take; sets the chunk size when chunk_size is empty."""
 
-    def validate(self) -> None:
-        """The terms, each key checked (kdistill/losses/config.py); torch is imported only now."""
+    def validate(self, origins: dict | None = None) -> None:
+        """The terms, each key checked (kdistill/losses/config.py; torch is imported only now), and not every
+        weight 0. `origins`: key path -> where it was set (file and line), for the message."""
         from kdistill.losses import build_objective
 
-        build_objective(self.terms, t2_scale=self.t2_scale, chunk_size=self.chunk_size,
-                        memory_budget_mb=self.memory_budget_mb, key="loss")
+        objective = build_objective(self.terms, t2_scale=self.t2_scale, chunk_size=self.chunk_size,
+                                    memory_budget_mb=self.memory_budget_mb, key="loss")
+        if all(t.weight.bounds() == (0.0, 0.0) for t in (*objective.terms, *objective.features)):
+            keys = [f"loss.terms[{i}].weight" for i in range(len(self.terms))]
+            named = ", ".join(f"{key}=0{where_set(origins, key)}" for key in keys)
+            raise ConfigError(f"{named}: every loss term's weight is 0, so the loss is 0 and nothing would train; "
+                              "give at least one term a positive weight (e.g. weight: 1.0)")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation: steps, batches, the learning-rate schedule, checkpoints, devices and processes."""
 
-    max_steps: int = 150
+    max_steps: int = ranged(150, ">= 1")
     """Optimizer steps."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, ">= 1")
     """Sequences per step (over all processes), before gradient accumulation."""
-    grad_accum: int = 1
+    grad_accum: int = ranged(1, ">= 1")
     """Batches whose gradients are summed into one step (the loss is normalised by all their tokens)."""
-    seq_len: int = 128
+    seq_len: int = ranged(128, ">= 8")
     """Tokens per sequence."""
-    lr: float | None = None
+    lr: float | None = ranged(None, "> 0")
     """Peak learning rate; empty = by student: for a LLaMA student initialised from the teacher FITTED_LR
     (1e-3) when the span fit runs (student.span_fit_steps > 0, the teacher's width: a teacher-width preset
     and no width keys, no student.tokenizer), else SHALLOW_LR (2e-3) (both measured in README "Quality per
     compute"); 5e-4 for every other (fractal, pretrained, random init)."""
-    weight_decay: float = 0.01
+    weight_decay: float = ranged(0.01, ">= 0")
     """AdamW's decoupled weight decay."""
-    warmup_steps: int = 10
+    warmup_steps: int = ranged(10, ">= 0", "0 = no warm-up")
     """Steps of linear warm-up to the peak learning rate."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = ranged(0.1, "[0, 1]", "a fraction of the peak learning rate")
     """The cosine schedule ends at this fraction of the peak learning rate."""
-    grad_clip: float = 1.0
-    """Largest gradient norm; a larger one is scaled down to it."""
+    grad_clip: float | None = ranged(1.0, ">= 0", "0 or empty = no clipping")
+    """Largest gradient norm; a larger one is scaled down to it. 0 or empty = no clipping (as HF/TRL's
+    max_grad_norm=0); the logged grad_norm is the norm before clipping either way."""
     freeze_embeddings: bool = False
     """Keep the student's token embeddings (and the output layer tied to them) as initialised from the
     teacher: fewer weights to fit from little data, and no output-layer weight gradient to compute."""
-    seed: int = 0
+    seed: int = ranged(0, ">= 0")
     """Seed of the student's initialisation, the held-out split and the batch order."""
-    checkpoint_every: int = 50
+    checkpoint_every: int = ranged(50, ">= 1")
     """Steps between checkpoints (a stopped run resumes from the last one with --resume)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = ranged(2, ">= 1")
     """Checkpoints kept (the newest ones)."""
-    eval_every: int = 50
+    eval_every: int = ranged(50, ">= 1")
     """Steps between held-out evaluations."""
     gradient_checkpointing: bool = False
     """Recompute the student's activations in the backward pass: less memory, more compute."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."""
-    threads: int = 0
-    """Torch threads; 0 = $KDISTILL_THREADS, else the cores not already busy (load average)."""
+    threads: int | Literal["auto"] = ranged("auto", ">= 1", "auto = $KDISTILL_THREADS, else the idle cores")
+    """Torch threads; auto = $KDISTILL_THREADS, else the cores not already busy now."""
     distributed: Distributed = "auto"
     """Several processes (torchrun / accelerate launch): auto (ddp when launched with more than one), none,
     ddp, or fsdp (FSDP2 fully_shard, each decoder layer its own unit). See kdistill/train/distributed.py."""
-    debug_every: int = 0
+    debug_every: int = ranged(0, ">= 0", "0 = never")
     """Every N steps log per-layer gradient norms and update-to-weight ratios (0 = never)."""
     tracker: list[Tracker] = field(default_factory=lambda: ["jsonl"])
     """Where metrics go besides metrics.jsonl (always written): tensorboard, aim, wandb (several allowed)."""
 
     def validate(self) -> None:
-        refuse_failed([
-            ("train.max_steps", self.max_steps >= 1, "must be at least 1"),
-            ("train.batch_size", self.batch_size >= 1, "must be at least 1"),
-            ("train.grad_accum", self.grad_accum >= 1, "must be at least 1"),
-            ("train.seq_len", self.seq_len >= 8, "must be at least 8"),
-            ("train.lr", self.lr is None or self.lr > 0, "must be positive"),
-            ("train.weight_decay", self.weight_decay >= 0, "must be 0 or more"),
-            ("train.warmup_steps", self.warmup_steps >= 0, "must be 0 (no warm-up) or a number of steps"),
-            ("train.min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be between 0 and 1 (of the peak lr)"),
-            ("train.debug_every", self.debug_every >= 0, "must be 0 (off) or a number of steps"),
-            ("train.checkpoint_every", self.checkpoint_every >= 1, "must be at least 1"),
-            ("train.keep_checkpoints", self.keep_checkpoints >= 1, "must be at least 1"),
-            ("train.eval_every", self.eval_every >= 1, "must be at least 1"),
-            ("train.threads", self.threads >= 0, "must be 0 (automatic) or a number of threads"),
-        ])
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
 
@@ -255,11 +236,11 @@ class TrainConfig:
 class EvalConfig:
     """What is measured after training: held-out agreement, completions, speed and benchmark tasks."""
 
-    max_batches: int = 8
-    """Held-out batches (of train.batch_size) measured at each evaluation."""
+    max_batches: int | None = ranged(8, ">= 1", "empty = all")
+    """Held-out batches (of train.batch_size) measured at each evaluation; empty = all of them."""
     prompts: list[str] = field(default_factory=lambda: list(SEED_PROMPTS))
     """Prompts both models complete for the report (and the speed measurement)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = ranged(32, ">= 1")
     """Tokens generated per prompt."""
     measure_speed: bool = True
     """Measure generation tokens/s, time to first token and peak memory of both models (subprocesses)."""
@@ -268,8 +249,7 @@ class EvalConfig:
     generative, see kdistill/evaluation/tasks.py), BIG-bench task.json or lm-eval task YAML."""
 
     def validate(self) -> None:
-        refuse_failed([("eval.max_batches", self.max_batches >= 1, "must be at least 1"),
-                       ("eval.max_new_tokens", self.max_new_tokens >= 1, "must be at least 1")])
+        """Every key of this section is a range (kdistill/config/ranges.py) or a list."""
 
 
 @dataclass
@@ -280,30 +260,23 @@ class CacheConfig:
     """The cache folder to write; train from it with teacher.cache=FOLDER."""
     mode: CacheMode = "topk"
     """topk (the k most likely ids and the mass outside them) or sampled (ids drawn from the teacher)."""
-    k: int = 50
+    k: int = ranged(50, ">= 1")
     """For mode=topk: the ids stored per position."""
-    samples: int = 32
+    samples: int = ranged(32, "[1, 65535]")
     """For mode=sampled: draws per position; the stored ids and counts are unbiased for the teacher."""
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, "> 0")
     """The teacher's distribution is stored as softmax(logits / temperature)."""
-    value_bits: int = 6
+    value_bits: int = ranged(6, "[2, 16]")
     """Top-k probabilities are quantised as round(sqrt(p) * 2^value_bits)."""
-    shard_tokens: int = 8192
+    shard_tokens: int = ranged(8192, ">= 1")
     """Teacher positions per shard; a stopped run resumes after its last complete shard."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, ">= 1")
     """Sequences per teacher forward pass."""
-    seed: int = 0
+    seed: int = ranged(0, ">= 0")
     """For mode=sampled: the seed of the draws."""
 
     def validate(self) -> None:
-        refuse_failed([
-            ("cache.k", self.k >= 1, "must be at least 1"),
-            ("cache.samples", 1 <= self.samples <= 65535, "must be between 1 and 65535"),
-            ("cache.temperature", self.temperature > 0, "must be positive"),
-            ("cache.value_bits", 2 <= self.value_bits <= 16, "must be between 2 and 16"),
-            ("cache.shard_tokens", self.shard_tokens >= 1, "must be at least 1"),
-            ("cache.batch_size", self.batch_size >= 1, "must be at least 1"),
-        ])
+        """Every key of this section is a range (kdistill/config/ranges.py) or a choice."""
 
 
 @dataclass
@@ -324,15 +297,15 @@ class Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """The config of the defaults, then the file at `path`, then each `key.path=value` override; checked."""
-    cfg = Config()
+    cfg, origins = Config(), {}
     known = loading.every_key(cfg)
     if path is not None:
         data, lines = loading.read_yaml(path)
-        loading.apply(cfg, data, "", str(path), lines, known)
+        loading.apply(cfg, data, "", str(path), lines, known, origins)
     for text in overrides:
         key, value = loading.parse_override(text)
-        loading.apply(cfg, loading.nest(key, value), "", None, {}, known)
-    validate(cfg)
+        loading.apply(cfg, loading.nest(key, value), "", None, {}, known, origins)
+    validate(cfg, origins)
     return cfg
 
 
@@ -342,16 +315,17 @@ def resolve_defaults(cfg: Config) -> None:
         cfg.train.lr = default_lr(cfg.student)
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, origins: dict | None = None) -> None:
     """Fill the defaults that depend on other keys, then every check that needs no files and no model: the
-    typed choices, each section's own keys, the keys that must agree across sections. Raises ConfigError
-    naming the key and the fix."""
+    typed choices, every key's range (kdistill/config/ranges.py), each section's own checks, the keys that
+    must agree across sections. Raises ConfigError naming the key (and, from `origins`, the file and line
+    or the command line that set it) and the fix."""
     resolve_defaults(cfg)
     check_choices(cfg)
-    for section in (cfg.teacher, cfg.student, cfg.data, cfg.loss, cfg.train, cfg.eval, cfg.cache, cfg.rollout):
+    check_ranges(cfg, origins)
+    for section in (cfg.teacher, cfg.student, cfg.data, cfg.train, cfg.eval, cfg.cache, cfg.rollout):
         section.validate()
-    if not cfg.output_dir:
-        raise ConfigError("output_dir must be set")
+    cfg.loss.validate(origins)
     check_agreement(cfg)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kdistill.base.errors import ConfigError
 from kdistill.config.choices import Combine, Dtype, LoadIn, ServerApi
+from kdistill.config.ranges import ranged
 from kdistill.config.sources import source_entries
 
 
@@ -47,19 +48,19 @@ class TeacherConfig:
     """The model name the server serves (vLLM's --served-model-name); empty = the server's only model."""
     server_api_key_env: str | None = None
     """Name of the environment variable that holds the server's API key (the key is never written)."""
-    server_top_k: int = 20
+    server_top_k: int = ranged(20, ">= 1")
     """Teacher log-probabilities per position asked of the server (vLLM: at most its --max-logprobs)."""
-    server_prefetch: int = 2
+    server_prefetch: int = ranged(2, ">= 0", "0 = none")
     """Batches whose teacher signal is asked for ahead of the step that trains on them (0 = none)."""
-    server_timeout: float = 120.0
+    server_timeout: float = ranged(120.0, "> 0", "seconds")
     """Seconds one request may take before it is retried."""
-    server_retries: int = 5
+    server_retries: int = ranged(5, ">= 0")
     """Tries after the first for a refused or dropped connection, a timeout, 429 or 5xx (back-off doubling
     from 0.5 s); then the run stops with its last checkpoint and names the URL."""
     parity_check: bool = True
     """Before training, check the server is this teacher: its tokenizer against `model`'s on a probe text
     and, where `model` has weights, its top-K log-probabilities against a local forward on held-out rows."""
-    parity_max_kl: float = 0.01
+    parity_max_kl: float = ranged(0.01, ">= 0", "nats per token")
     """The most KL(local ‖ server) per token (on the top-K the server gives) the parity check accepts."""
 
     def validate(self) -> None:
@@ -71,11 +72,3 @@ class TeacherConfig:
                 raise ConfigError(f"teacher.server={self.server!r}: give the server's URL, e.g. http://127.0.0.1:8000/v1")
             if self.cache or self.sources:
                 raise ConfigError("teacher.server takes the place of teacher.cache and teacher.sources; set one of them")
-            for key in ("server_top_k", "server_retries", "server_prefetch"):
-                low = 1 if key == "server_top_k" else 0
-                if getattr(self, key) < low:
-                    raise ConfigError(f"teacher.{key}={getattr(self, key)}: must be at least {low}")
-            if not self.server_timeout > 0:
-                raise ConfigError(f"teacher.server_timeout={self.server_timeout}: give seconds above 0")
-        if not (self.parity_max_kl >= 0 and self.parity_max_kl < float("inf")):
-            raise ConfigError(f"teacher.parity_max_kl={self.parity_max_kl}: give a KL in nats, 0 or more")

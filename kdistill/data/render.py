@@ -6,6 +6,12 @@ blocks (documents joined by EOS, stride seq_len so no target is lost); instructi
 instruction/context/response, Alpaca: instruction/input/output, or chat `messages`) are rendered with
 the tokenizer's chat template and count only the response tokens. Only strings become text: a list,
 object or number in a text or instruction field is refused, naming the field and the record's origin.
+
+Nothing is dropped without a word. A record without text (its text or response field missing, null or
+blank) and an instruction record whose prompt fills train.seq_len are dropped, counted, printed and kept
+in the returned list's `report` (`Rendered`: records, examples, dropped by reason with the first records'
+origins), which the run writes as `data_report.json`; when none is left the DataError says why.
+`data.text_field` naming no field of any record is an error naming the fields the records have.
 """
 from __future__ import annotations
 
@@ -15,6 +21,37 @@ TEXT_FIELDS = ("text", "content", "document", "body", "story")
 PROMPT_FIELDS = ("instruction", "prompt", "question")
 RESPONSE_FIELDS = ("response", "output", "completion", "answer")
 CONTEXT_FIELDS = ("context", "input")
+NO_TEXT, LONG_PROMPT = "no_text", "prompt_over_seq_len"  # why a record was dropped (report keys)
+SHOWN = 5  # origins of dropped records kept per reason
+
+
+class Rendered(list):
+    """The examples, with `report`: {"path", "format", "records", "examples", "dropped": {reason: n},
+    "dropped_records": {reason: ["notes.jsonl, line 7: 'text' is null", ...]}} (the first SHOWN per reason)."""
+
+    report: dict | None = None
+
+
+class Dropped:
+    """Records left out, by reason, with the first SHOWN ones' origins and why."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.origins: dict[str, list[str]] = {}
+
+    def add(self, reason: str, why: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.origins.setdefault(reason, [])) < SHOWN:
+            self.origins[reason].append(why)
+
+
+def dropped_words(report: dict) -> str:
+    """A report's dropped records in words: "1 without text (...) [t.jsonl, line 3: 'text' is null]; ..."."""
+    what = {NO_TEXT: "without text (a missing, null or blank text or response field)",
+            LONG_PROMPT: f"whose prompt fills train.seq_len={report['seq_len']} (raise it to keep them)"}
+    counts, origins = report["dropped"], report["dropped_records"]
+    return "; ".join(f"{counts[k]} {what[k]} [{'; '.join(origins[k])}{'; ...' if counts[k] > SHOWN else ''}]"
+                     for k in what if k in counts)
 
 
 def detect_format(records: list[dict], requested: str = "auto") -> str:
@@ -54,8 +91,10 @@ def _string(value, name: str, where: str, fix: str) -> str:
     raise _not_a_string(value, name, where, fix)
 
 
-def _field(record: dict, wanted: str, choices: tuple[str, ...], where: str,
-           fix: str = "store the text as a string, or set data.text_field to a field that holds one") -> str:
+FIX_TEXT = "store the text as a string, or set data.text_field to a field that holds one"
+
+
+def _field(record: dict, wanted: str, choices: tuple[str, ...], where: str, fix: str = FIX_TEXT) -> str:
     names = (wanted,) if wanted != "auto" else choices
     for name in names:
         if name in record:
@@ -64,27 +103,86 @@ def _field(record: dict, wanted: str, choices: tuple[str, ...], where: str,
                     f"{sorted(record)}. Set data.text_field to one of them")
 
 
+def _text(record: dict, names: tuple[str, ...], where: str, fix: str) -> tuple[str | None, str | None]:
+    """(the text of the first of `names` the record holds, None), or (None, why it has none: "t.jsonl,
+    line 3: 'text' is null", missing or blank); a list, object or number is refused."""
+    name = next((n for n in names if n in record), None)
+    if name is None:
+        return None, f"{where}: no {' or '.join(map(repr, names))} field"
+    if record[name] is None:
+        return None, f"{where}: {name!r} is null"
+    text = _string(record[name], name, where, fix)
+    return (text, None) if text.strip() else (None, f"{where}: {name!r} is blank")
+
+
+def _names(text_field: str) -> tuple[str, ...]:
+    return (text_field,) if text_field != "auto" else TEXT_FIELDS
+
+
+def _no_response(record: dict, where: str) -> str | None:
+    """Why an instruction record has no response to learn (missing, null or blank), else None."""
+    if "messages" in record:  # anything but a blank last assistant turn is for _turns to refuse or take
+        msgs = record["messages"]
+        last = msgs[-1] if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) else {}
+        blank = last.get("role") == "assistant" and isinstance(last.get("content"), str) and not last["content"].strip()
+        return f"{where}: the assistant's turn is blank" if blank else None
+    return _text(record, RESPONSE_FIELDS, where, "store the prompt, context and response as strings")[1]
+
+
+def check_text_field(records: list[dict], fmt: str, text_field: str = "auto", source: str = "data") -> None:
+    """DataError when `data.text_field` names no field of any record (or, with auto, no record of plain
+    text has any of TEXT_FIELDS), naming the fields the records do have."""
+    if fmt == "instruction" and text_field == "auto":
+        return
+    names = _names(text_field)
+    if any(n in r for r in records for n in names):
+        return
+    fields = sorted({str(k) for r in records for k in r})
+    shown = f"{fields[:20]}{' and more' if len(fields) > 20 else ''}"
+    if text_field != "auto":
+        raise DataError(f"{source}: data.text_field={text_field!r} names no field of any record; the records have "
+                        f"fields {shown}. Set data.text_field to one of them")
+    raise DataError(f"{source}: no record has a {' or '.join(map(repr, names))} field; the records have fields "
+                    f"{shown}. Set data.text_field to one of them")
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _rendered(examples: list[dict], records: list[dict], dropped: Dropped, fmt: str, source: str,
+              seq_len: int) -> Rendered:
+    """The examples with their report; DataError naming what was dropped when no example is left."""
+    out = Rendered(examples)
+    out.report = {"path": source, "format": fmt, "records": len(records), "examples": len(examples),
+                  "seq_len": seq_len, "dropped": dict(dropped.counts), "dropped_records": dict(dropped.origins)}
+    if not examples:
+        why = dropped_words(out.report) or "none has text left after tokenising"
+        raise DataError(f"{source}: no example to train on; of {len(records)} records, {why}")
+    return out
+
+
 def pack_text(records: list[dict], tokenizer, seq_len: int, text_field: str = "auto",
-              source: str = "data") -> list[dict]:
-    """Join documents with EOS and cut blocks of seq_len+1 tokens at stride seq_len."""
+              source: str = "data") -> Rendered:
+    """Join documents with EOS and cut blocks of seq_len+1 tokens at stride seq_len; records without
+    text are dropped and counted (`Rendered.report`)."""
+    check_text_field(records, "text", text_field, source)
     stream: list[int] = []
     eos = tokenizer.eos_token_id
+    dropped = Dropped()
     for i, record in enumerate(records):
-        text = _field(record, text_field, TEXT_FIELDS, _where(record, f"{source}, record {i + 1}"))
-        if text.strip():
-            stream.extend(_ids(tokenizer, text) + ([eos] if eos is not None else []))
-    if len(stream) < 2:
-        raise DataError(f"{source}: no text to train on after tokenising")
+        where = _where(record, f"{source}, record {i + 1}")
+        text, why = _text(record, _names(text_field), where, FIX_TEXT)
+        if why:
+            dropped.add(NO_TEXT, why)
+            continue
+        stream.extend(_ids(tokenizer, text) + ([eos] if eos is not None else []))
     examples = []
     for start in range(0, len(stream) - 1, seq_len):
         block = stream[start:start + seq_len + 1]
         if len(block) >= 2:
             examples.append({"ids": block, "mask": [True] * len(block)})
-    return examples
+    return _rendered(examples, records, dropped, "text", source, seq_len)
 
 
 def _turns(msgs, where: str) -> list[dict]:
@@ -137,37 +235,52 @@ def render_instruction(record: dict, tokenizer, where: str) -> tuple[list[int], 
     return prompt + _ids(tokenizer, response) + [tokenizer.eos_token_id], len(prompt)
 
 
-def render_instructions(records: list[dict], tokenizer, seq_len: int, source: str = "data") -> list[dict]:
-    examples, skipped = [], 0
+def render_instructions(records: list[dict], tokenizer, seq_len: int, source: str = "data") -> Rendered:
+    """One example per record, the response counted; records without a response, or whose prompt fills
+    seq_len, are dropped and counted (`Rendered.report`)."""
+    examples, dropped = [], Dropped()
     for i, record in enumerate(records):
-        ids, n_prompt = render_instruction(record, tokenizer, _where(record, f"{source}, record {i + 1}"))
+        where = _where(record, f"{source}, record {i + 1}")
+        why = _no_response(record, where)
+        if why:
+            dropped.add(NO_TEXT, why)
+            continue
+        ids, n_prompt = render_instruction(record, tokenizer, where)
         ids = ids[:seq_len + 1]
         mask = [j >= n_prompt for j in range(len(ids))]
         if not any(mask[1:]):
-            skipped += 1
+            dropped.add(LONG_PROMPT, f"{where}: {n_prompt} prompt tokens")
             continue
         examples.append({"ids": ids, "mask": mask})
-    if not examples:
-        raise DataError(f"{source}: every record's prompt is longer than train.seq_len={seq_len}; "
-                        "raise train.seq_len")
-    return examples
+    return _rendered(examples, records, dropped, "instruction", source, seq_len)
 
 
 def check_fields(records: list[dict], fmt: str = "auto", text_field: str = "auto", source: str = "data") -> None:
     """The field checks of `render` without a tokenizer (text, or prompt/context/response/messages, are
-    strings), so a bad record can be refused before any model loads."""
+    strings; data.text_field names a field some record has), so a bad record can be refused before any
+    model loads. Records without text pass: `render` drops and counts them."""
     fmt = detect_format(records, fmt) if records else fmt
+    check_text_field(records, fmt, text_field, source)
     for i, record in enumerate(records):
         where = _where(record, f"{source}, record {i + 1}")
         if fmt == "instruction":
-            _messages(record, where)
+            if not _no_response(record, where):
+                _messages(record, where)
         else:
-            _field(record, text_field, TEXT_FIELDS, where)
+            _text(record, _names(text_field), where, FIX_TEXT)
 
 
 def render(records: list[dict], tokenizer, seq_len: int, fmt: str = "auto", text_field: str = "auto",
-           source: str = "data") -> list[dict]:
+           source: str = "data") -> Rendered:
+    """Examples from `records` (module docstring); what was dropped is printed and in `.report`."""
     fmt = detect_format(records, fmt)
+    check_text_field(records, fmt, text_field, source)
     if fmt == "instruction":
-        return render_instructions(records, tokenizer, seq_len, source)
-    return pack_text(records, tokenizer, seq_len, text_field, source)
+        examples = render_instructions(records, tokenizer, seq_len, source)
+    else:
+        examples = pack_text(records, tokenizer, seq_len, text_field, source)
+    report = examples.report
+    if report["dropped"]:
+        print(f"data: {sum(report['dropped'].values())} of {report['records']} records of {source} dropped: "
+              f"{dropped_words(report)}", flush=True)
+    return examples

@@ -20,9 +20,11 @@ and configs that are not a causal LM, each with a ModelError that names the fold
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
+import pickle
 import re
 import tempfile
 import time
@@ -295,6 +297,26 @@ def check_teacher_folder(folder: str, trust_remote_code: bool, allow_pickle: boo
                               remote_fix=REMOTE_FIX, pickle_fix=PICKLE_FIX)
 
 
+@contextlib.contextmanager
+def reading_pickles(folder: str, use_safetensors: bool | None):
+    """While transformers reads a local folder's pickled weights (`teacher.allow_pickle`): a file that does
+    not unpickle (damaged, truncated, or more than tensors) is a ModelError naming it, not torch's error."""
+    if use_safetensors is not False or not Path(folder).is_dir():
+        yield
+        return
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not re.search(r"PytorchStreamReader|zip archive|pickle", str(e)):
+            raise  # another fault (e.g. shapes), not the file
+        files = ", ".join(str(p) for p in sorted(Path(folder).glob("*.bin")) if p.name != "training_args.bin")
+        why = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ModelError(f"teacher {folder}: cannot unpickle {files or 'its .bin weights'} ({type(e).__name__}"
+                         f"{': ' + why if why else ''}); the file is damaged, truncated, or holds more than "
+                         f"tensors (transformers unpickles with torch's weights_only loader, so no code runs): "
+                         f"copy it again, or {CONVERT}") from e
+
+
 def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False,
                  load_in: str = "full", *, max_memory: str | None = None, offload_dir: str | None = None,
                  allow_pickle: bool = False):
@@ -312,8 +334,9 @@ def load_teacher(spec: str, device: torch.device, dtype: torch.dtype, trust_remo
     if quant:
         where = {"quantization_config": quant, "device_map": {"": str(device)}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=use_safetensors, **where)
+        with reading_pickles(folder, use_safetensors):
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                         use_safetensors=use_safetensors, **where)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise ModelError(f"cannot load teacher {spec!r}: {e}. Offline, a hub id works only if it is "

@@ -6,31 +6,36 @@ last metrics line cut short by a kill is skipped; a broken line elsewhere is an 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import yaml
 
+from kdistill.base import fsutil
 from kdistill.base.errors import DataError
+
+log = logging.getLogger("kdistill")
 
 # metrics.jsonl keys that are not loss terms
 META = {"step", "loss", "tokens", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "time", "rollout_tokens",
         "rollout_staleness"}
+METRICS_FIX = "each line is one step's row as kdistill wrote it: fix or delete that line"
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    lines = path.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):  # the row being written when the run was killed
-                continue
-            raise DataError(f"{path}, line {i}: not valid JSON; fix or delete that line") from None
+def _step_problem(row: dict) -> str | None:
+    step = row.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int):
+        return f"'step' is {step!r}, not a whole number"
+    return None
+
+
+def read_metrics(path: Path, say=log.warning) -> list[dict]:
+    """The rows of a run's metrics.jsonl by step, through `fsutil.read_jsonl` (every reader of metrics.jsonl
+    comes here): a last line cut short by a kill is dropped and `say` tells it; a broken line elsewhere is a
+    DataError naming the file and line."""
+    rows, cut = fsutil.read_jsonl(path, METRICS_FIX, _step_problem)
+    if cut is not None:
+        say(f"{path}, line {cut}: cut short (the run was stopped while writing it); dropped")
     return sorted(rows, key=lambda r: r.get("step", 0))
 
 

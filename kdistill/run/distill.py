@@ -33,11 +33,12 @@ from kdistill.losses import build_objective
 from kdistill.models.heads import count_parameters, head_weight
 from kdistill.models.teacher import teacher_memory
 from kdistill.report.model_card import write_student_card
+from kdistill.report.runs import read_metrics
 from kdistill.run import preflight
-from kdistill.run.folder import run_folder
+from kdistill.run.folder import check_flags, run_folder
 from kdistill.sources import open_source
 from kdistill.students import build_student, save_student
-from kdistill.train import distributed
+from kdistill.train import checkpoint, distributed
 from kdistill.train.loop import Parts, run_training
 
 log = logging.getLogger("kdistill")
@@ -81,7 +82,7 @@ def check_same_teacher(run, source) -> None:
     """A resumed run must talk to the teacher it was trained with (same weights, same cache)."""
     if run.resume_from is None:
         return
-    saved = json.loads((run.resume_from / "trainer_state.json").read_text()).get("teacher")
+    saved = checkpoint.read_state(run.resume_from).get("teacher")
     now = source.identity()
     if saved is not None and saved != now:
         diff = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
@@ -92,9 +93,10 @@ def check_same_teacher(run, source) -> None:
 
 def load_data(cfg: Config, source, device, dist=None) -> Data:
     examples = source.load_examples(cfg, device)
-    if getattr(examples, "report", None) and (dist is None or dist.main):  # teacher-written data: kept/dropped
-        fsutil.write_json(Path(cfg.output_dir) / "data_report.json", examples.report)
     train, held = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
+    if getattr(examples, "report", None) and (dist is None or dist.main):  # teacher-written data: kept/dropped
+        fsutil.write_json(Path(cfg.output_dir) / "data_report.json",
+                          {**examples.report, "heldout_split": batching.split_report(train, held)})
     log.info("data: %d training and %d held-out examples of up to %d tokens", len(train), len(held),
              cfg.train.seq_len)
     pad = source.tokenizer.pad_token_id
@@ -135,7 +137,7 @@ def feature_loss(objective, student, source, report: dict, data: Data, run, devi
 
     recorded = None
     if run.resume_from is not None:
-        recorded = json.loads((run.resume_from / "trainer_state.json").read_text()).get("feature_pairs")
+        recorded = checkpoint.read_state(run.resume_from).get("feature_pairs")
     calib = batching.to_device(batching.collate(data.train[:4], data.pad_id), device)
     features = plan(objective, student, source.init_model, report, calib, recorded).to(device)
     report["feature_pairs"] = pairs_record(features)
@@ -143,11 +145,11 @@ def feature_loss(objective, student, source, report: dict, data: Data, run, devi
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    """After a resume from `step`, drop rows written after that checkpoint (they will be redone)."""
+    """After a resume from `step`, drop rows written after that checkpoint (they will be redone) and a last
+    line a kill cut short (`run_folder` has said so and checked the other lines)."""
     if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
-        fsutil.write_text(path, "".join(r + "\n" for r in keep))
+        rows = read_metrics(path, say=lambda note: None)
+        fsutil.write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
 
 
 def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dtype, start: dict,
@@ -190,14 +192,17 @@ def publish(cfg: Config, run, result: dict, folders: dict, data: Data, device, d
     return result
 
 
-def distill(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+def distill(cfg: Config, resume: bool = False, overwrite: bool = False, accept_changed_data: bool = False) -> dict:
     """Run a whole distillation; returns what it writes as eval.json. Raises KdistillError for bad input
-    (before anything is touched when the config alone shows it)."""
+    (before anything is touched when the config alone shows it). `accept_changed_data`: resume although
+    the data files changed since the checkpoint (recorded in resumes.jsonl)."""
+    check_flags(resume, overwrite)
     preflight.check(cfg)
     device = pick_device(cfg.train.device)
     dist = distributed.setup(cfg, device)
     try:
-        with (run_folder(cfg, resume, overwrite) if dist.main else contextlib.nullcontext()) as run, \
+        with (run_folder(cfg, resume, overwrite, accept_changed_data) if dist.main
+              else contextlib.nullcontext()) as run, \
                 (run_log(run.path / "kdistill.log", append=resume, keep=lambda: run.checkpointed) if dist.main
                  else contextlib.nullcontext()):
             run = follow_main(run, cfg, dist)
@@ -268,6 +273,7 @@ def _distill(cfg: Config, run, dist) -> dict:
         stream = batching.Lookahead(stream, source.prefetch)
     stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
     record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report,
+              "data_files": run.data_files,  # what --resume compares (run/data_files.py)
               **({"feature_pairs": report["feature_pairs"]} if features is not None else {})}
     parts = Parts(student, source, objective, stream, evaluate, device, features, dist, record)
     trained = run_training(cfg.train, parts, run).student

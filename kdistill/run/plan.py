@@ -13,7 +13,8 @@ from pathlib import Path
 
 from kdistill.base.errors import ConfigError
 from kdistill.run import preflight
-from kdistill.run.folder import PRECIOUS, RUN_MARKERS
+from kdistill.run.folder import RUN_FILES, check_flags, has_progress, is_run, not_a_run
+from kdistill.train import checkpoint
 
 
 def teacher_line(cfg) -> str:
@@ -98,22 +99,30 @@ def tokens_line(cfg) -> str:
 
 
 def output_line(cfg, resume: bool, overwrite: bool) -> str:
+    """What the run would do with output_dir, refusing as `folder.run_folder` would (it decides alike)."""
     folder = Path(cfg.output_dir)
+    check_flags(resume, overwrite)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output_dir {folder} is a file; give a folder path (it is created if missing)")
     if not folder.exists():
         return f"output: {folder} (new folder)"
-    present = [m for m in RUN_MARKERS if (folder / m).exists()]
-    progress = any((folder / m).exists() for m in PRECIOUS)
-    if resume:
-        steps = sorted(p.name for p in (folder / "checkpoints").glob("step-*")) if progress else []
-        return f"output: {folder} (resumed from {steps[-1] if steps else 'step 0: no checkpoint yet'})"
-    if progress and not overwrite:
+    run = is_run(folder)
+    steps = [p.name for p in checkpoint.list_checkpoints(folder)] if run else []
+    if resume and steps:
+        return f"output: {folder} (resumed from {steps[-1]})"
+    if not run:
+        not_a_run(folder, overwrite)
+        return f"output: {folder} ({'exists; ' if any(folder.iterdir()) else ''}the new run starts there)"
+    present = [m for m in RUN_FILES if (folder / m).exists()]
+    if resume and has_progress(folder):
+        raise ConfigError(f"--resume: {folder} has no checkpoint; start without --resume and with --overwrite "
+                          "to begin again")
+    if resume or not has_progress(folder):
+        return f"output: {folder} (a run with no checkpoint yet: the new run starts there, from step 0)"
+    if not overwrite:
         raise ConfigError(f"output_dir {folder} already holds a run ({', '.join(present)}). Use --resume to "
                           "continue it, --overwrite to replace it, or set output_dir=NEW_FOLDER")
-    if progress:
-        return f"output: {folder} (replaced: the run there is moved aside until the new one's first checkpoint)"
-    return f"output: {folder} (exists; the new run starts there)"
+    return f"output: {folder} (replaced: the run there is moved aside until the new one's first checkpoint)"
 
 
 def describe(cfg, resume: bool = False, overwrite: bool = False) -> list[str]:

@@ -60,9 +60,20 @@ def check_tokenizer(cache: TeacherCache, tokenizer, what: str) -> None:
 
 
 def init_teacher(cache: TeacherCache, cfg, device, dtype) -> tuple:
-    """(model for the student's initialisation, its folder or None, whether it wrote the cache)."""
+    """(model for the student's initialisation, its folder or None, whether it wrote the cache). A
+    teacher.model named beside the cache is checked to read the cache's tokens whatever student.init is."""
     if cfg.student.init != "teacher":
         from transformers import AutoModelForCausalLM
+
+        if cfg.teacher.model != "default":  # named on purpose: it must be the cache's teacher's family
+            from kdistill.models.teacher import load_tokenizer_and_config
+
+            try:
+                named, _, _ = load_tokenizer_and_config(cfg.teacher.model, cfg.teacher.trust_remote_code)
+            except KdistillError as e:  # not here: the run trains on the cache alone (and says so at the end)
+                log.info("teacher.model=%s is not here (%s); training on the cache alone", cfg.teacher.model, e)
+            else:
+                check_tokenizer(cache, named, f"teacher.model={cfg.teacher.model}")
 
         with torch.device("meta"):  # shapes only: no weights, no memory, no compute
             return AutoModelForCausalLM.from_config(cache.teacher_config()), None, False

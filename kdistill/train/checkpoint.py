@@ -7,7 +7,9 @@
 temporary name and renamed when complete, so only complete checkpoints ever carry a `step-*` name; the
 oldest are removed only after a newer one is complete. A resume takes the newest checkpoint whose files
 still match `checksums.json` (`resume_point`), after the leftovers of a killed write are gone
-(`clean_partial`).
+(`clean_partial`). A checkpoint is good before it is called good: weights, optimizer state and every
+other tensor are checked finite before anything is written (`NonFiniteCheckpoint` otherwise, and the
+older checkpoints stay).
 """
 from __future__ import annotations
 
@@ -23,12 +25,44 @@ from safetensors.torch import load_file, save_file
 
 from kdistill.base import fsutil
 from kdistill.base.errors import KdistillError
+from kdistill.base.outputs import RUN_OWNED
+from kdistill.train.debug import all_finite, non_finite
 
 SOURCE_TENSORS = "source.safetensors"
 FEATURE_TENSORS = "features.safetensors"  # projections of hidden-state terms (train/features.py), never in student/
 STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
+STATE = "trainer_state.json"
 SAME_CONFIG = "resume with the config the run was started with"
+SET_ASIDE = ("move that checkpoint folder out of checkpoints/ (keep it until the run is fine) and run --resume "
+             "again: it resumes from the newest checkpoint that verifies")
+
+
+class CheckpointError(KdistillError):
+    """A checkpoint cannot be read or does not fit this run; the message names the file and the fix."""
+
+
+def _state_problem(path: Path) -> tuple[dict | None, str | None]:
+    """(trainer_state.json as a dict, None) or (None, what is wrong with it)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "missing (not a complete checkpoint)"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"not valid JSON ({e}; truncated or damaged)"
+    if not isinstance(state, dict):
+        return None, f"a JSON {type(state).__name__}, not an object"
+    return state, None
+
+
+def read_state(folder: Path) -> dict:
+    """FOLDER/trainer_state.json as a dict; CheckpointError naming the file when it is missing, not valid
+    JSON (truncated) or not an object. Every reader of a checkpoint's state comes here."""
+    path = Path(folder) / STATE
+    state, problem = _state_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; {SET_ASIDE}")
+    return state
 
 
 def _step(path: Path) -> int:
@@ -56,17 +90,18 @@ def load_feature_tensors(path: Path) -> dict:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    return [p for p in _step_dirs(output_dir) if (p / "trainer_state.json").is_file()]
+    return [p for p in _step_dirs(output_dir) if (p / STATE).is_file()]
 
 
 def clean_partial(output_dir: str | Path) -> list[Path]:
-    """Remove the temporary folders and files a killed write left in OUTPUT_DIR and its checkpoints/.
+    """Remove the temporary folders and files a killed write left in OUTPUT_DIR and its checkpoints/ (in
+    OUTPUT_DIR only those of the names a run writes, `outputs.RUN_OWNED`: a user's files are never touched).
 
     Call it holding `fsutil.run_lock(output_dir)` (a live run's temporaries look the same). Returns the
     removed paths for the caller to report; a folder put back from its `.NAME.old` is logged here.
     """
     output_dir = Path(output_dir)
-    return fsutil.clean_partial(output_dir / "checkpoints") + fsutil.clean_partial(output_dir)
+    return fsutil.clean_partial(output_dir / "checkpoints") + fsutil.clean_partial(output_dir, RUN_OWNED)
 
 
 def write_checksums(folder: Path) -> dict:
@@ -94,10 +129,9 @@ def _file_problem(folder: Path, name: str, want: dict) -> str | None:
 
 def _unchecked_problem(folder: Path) -> str | None:
     """For a checkpoint written before checksums.json: its JSON and safetensors files must parse."""
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, ValueError) as e:
-        return f"trainer_state.json does not parse ({e})"
+    problem = _state_problem(folder / STATE)[1]
+    if problem:
+        return f"{STATE} is {problem}"
     tensors = sorted(folder.glob("*.safetensors"))
     if not tensors:
         return "it holds no *.safetensors file"
@@ -112,8 +146,8 @@ def _unchecked_problem(folder: Path) -> str | None:
 
 def checkpoint_problem(folder: Path) -> str | None:
     """What is wrong with the checkpoint in `folder`, or None when every file matches checksums.json."""
-    if not (folder / "trainer_state.json").is_file():
-        return "trainer_state.json is missing"
+    if not (folder / STATE).is_file():
+        return f"{STATE} is missing"
     if not (folder / CHECKSUMS).is_file():
         return _unchecked_problem(folder)
     try:
@@ -163,11 +197,36 @@ def _load_optimizer(optimizer, tensors: dict, meta: dict, load=None) -> None:
     (load or optimizer.load_state_dict)({"state": state, "param_groups": meta["param_groups"]})
 
 
+class NonFiniteCheckpoint(KdistillError):
+    """A tensor to be checkpointed holds NaN or inf: nothing was written, the older checkpoints stay."""
+
+
+def last_good(output_dir) -> str:
+    """The sentence naming the newest checkpoint, every one of which was checked finite when written."""
+    found = list_checkpoints(output_dir)
+    if not found:
+        return "no checkpoint was written before it"
+    return f"the last good checkpoint is kept: {found[-1]} (its weights and optimizer state were checked finite)"
+
+
+def check_finite(step: int, output_dir, groups: dict[str, dict]) -> None:
+    """NonFiniteCheckpoint naming the first tensor of `groups` ({"weights": state dict, ...}) that holds
+    NaN or inf; one device sync per group when all are finite."""
+    for group, tensors in groups.items():
+        if tensors and not all_finite(tensors.values()):
+            where = non_finite((f"{group} {k}", v) for k, v in tensors.items())
+            raise NonFiniteCheckpoint(f"checkpoint step-{step:06d} was not written: {where} is not finite, so "
+                                      f"training diverged; {last_good(output_dir)}. Lower train.lr")
+
+
 def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
                     keep: int, source_tensors: dict | None = None, optimizer_state: dict | None = None,
                     feature_tensors: dict | None = None) -> Path:
     target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
     tensors, opt_meta = _optimizer_tensors(optimizer, optimizer_state)
+    check_finite(step, output_dir, {"weight": model.state_dict(), "optimizer state": tensors,
+                                    "teacher source tensor": source_tensors or {},
+                                    "feature projection": feature_tensors or {}})
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -183,7 +242,7 @@ def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, schedule
             save_file(feature_tensors, str(tmp / FEATURE_TENSORS))
         state = {"step": step, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
                  "python_rng": _encode_py_rng(random.getstate()), **extra}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
         write_checksums(tmp)
     # Newer folders come from an attempt that was resumed from earlier: this run rewrites them in turn.
     for old in [p for p in list_checkpoints(output_dir) if _step(p) <= step][:-keep]:
@@ -239,7 +298,7 @@ def _load_weights(path: Path, model) -> None:
 
 
 def _restore(path: Path, model, optimizer, scheduler, load_optimizer=None) -> dict:
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = read_state(path)
     _load_weights(path, model)
     tensors = load_file(str(path / "optimizer.safetensors"))
     try:
@@ -265,8 +324,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, load_optimizer=None
     try:
         return _restore(Path(path), model, optimizer, scheduler, load_optimizer)
     except KeyError as e:
-        raise KdistillError(f"checkpoint {path}: trainer_state.json has no {e}, so another kdistill version "
-                            "wrote it; resume with the kdistill version that started the run") from e
+        raise CheckpointError(f"{Path(path) / STATE}: no {e}, so another kdistill version wrote it; resume with "
+                              "the kdistill version that started the run") from e
+    except TypeError as e:  # a value of another type than kdistill writes (a list where a dict belongs)
+        raise CheckpointError(f"{Path(path) / STATE}: a value of the wrong type ({e}); the file was changed "
+                              f"after it was written: {SET_ASIDE}") from e
     except (OSError, ValueError, SafetensorError) as e:
         raise KdistillError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); its files changed "
                             "after they were written. Check the disk (free space, dmesg), then run --resume "

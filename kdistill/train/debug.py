@@ -1,6 +1,6 @@
 """The guide's training debugger: per-layer gradient norms and update-to-weight ratios every
-`train.debug_every` steps, vanishing or exploding layers named in the log, and the first parameter whose
-gradient is not finite.
+`train.debug_every` steps, vanishing or exploding layers named in the log, the first parameter whose
+gradient is not finite, and what in a step is NaN or infinite (teacher signal, weights, any tensors).
 
     before = snapshot(student)                   # on a debug step, before optimizer.step()
     grads = layer_grad_norms(student)
@@ -9,6 +9,7 @@ gradient is not finite.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -24,6 +25,60 @@ def first_non_finite(model) -> str | None:
     """The name of the first parameter whose gradient holds a NaN or an infinity, else None."""
     for name, p in model.named_parameters():
         if p.grad is not None and not torch.isfinite(_local(p.grad)).all():  # this process's shard under fsdp
+            return name
+    return None
+
+
+def all_finite(tensors) -> bool:
+    """Whether every value of the floating-point `tensors` (this process's shards) is finite; one device
+    sync per device, however many tensors."""
+    flags: dict = {}
+    for t in tensors:
+        t = _local(t).detach()
+        if t.is_floating_point():
+            flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())
+
+
+def non_finite(named, allow_neg_inf: bool = False) -> str | None:
+    """The first of the (name, tensor) pairs `named` holding a NaN or an infinity (-inf allowed with
+    `allow_neg_inf`), as "name (3 NaN and 0 infinite of 4,096 values)"; None when every value is finite."""
+    for name, t in named:
+        t = _local(t).detach() if torch.is_tensor(t) else None
+        if t is None or not t.is_floating_point():
+            continue
+        nan, inf = int(torch.isnan(t).sum()), int((torch.isposinf(t) if allow_neg_inf else torch.isinf(t)).sum())
+        if nan or inf:
+            return f"{name} ({nan:,} NaN and {inf:,} {'+inf' if allow_neg_inf else 'infinite'} of {t.numel():,} values)"
+    return None
+
+
+def _named_tensors(obj, name: str):
+    """(name, tensor) for every tensor in a signal: dataclass fields, lists, tuples and dicts, walked."""
+    if torch.is_tensor(obj):
+        yield name, obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _named_tensors(getattr(obj, f.name), f"{name}.{f.name}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _named_tensors(v, f"{name}[{i}]")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _named_tensors(v, f"{name}[{k!r}]")
+
+
+def non_finite_teacher(signal, activations: dict | None = None) -> str | None:
+    """What in the teacher's signal (or its activations for feature terms) is NaN or +inf, else None.
+    -inf is a value a teacher may give: an id outside its support (padded vocabularies)."""
+    named = [*_named_tensors(signal, type(signal).__name__), *_named_tensors(activations or {}, "activations")]
+    return non_finite(named, allow_neg_inf=True)
+
+
+def first_non_finite_weight(model) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity (this process's shard), else None."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(_local(p).detach()).all():
             return name
     return None
 

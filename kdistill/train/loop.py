@@ -8,8 +8,10 @@ source hears that the step is done (`after_step`: an EMA teacher follows the stu
 the step's row, evaluates and checkpoints when due. The teacher is a source (`kdistill.sources`); the loop
 never asks what kind. Metrics go to `metrics.jsonl` (one row per step, `step` and `loss` always present);
 held-out evaluation rows carry `eval_kl` (against the teacher) or `eval_<source>_kl` (against another
-source, e.g. a cache). A non-finite loss stops the run before the optimizer touches the weights, keeping
-the last good checkpoint. Ctrl-C stops after the current step with a checkpoint.
+source, e.g. a cache). A NaN or an infinity stops the run, its cause named (teacher signal, loss,
+gradient or update: `step.NonFinite`), without a checkpoint of those weights: every checkpoint is checked
+finite before it is written, so the last one is good. Ctrl-C (SIGINT) or SIGTERM stops after the current
+step with a checkpoint; the command then exits 130 or 143, the shell's codes for those signals.
 """
 from __future__ import annotations
 
@@ -29,16 +31,21 @@ from kdistill.base.errors import KdistillError, TeacherUnavailable
 from kdistill.train import checkpoint
 from kdistill.train.distributed import Dist, Whole, full_optimizer_state, load_into_shards, world_change, wrap
 from kdistill.train.schedule import make_optimizer, warmup_cosine
-from kdistill.train.step import NonFiniteLoss, StudentLoss, train_step
+from kdistill.train.step import NonFinite, StudentLoss, train_step
 from kdistill.train.tracking import open_trackers
 
 log = logging.getLogger("kdistill")
+STOP_SIGNALS = {signals.SIGINT: "Ctrl-C", signals.SIGTERM: "SIGTERM"}  # stop after the step, with a checkpoint
 
 
 class Interrupted(KdistillError):
-    """Ctrl-C: the run stopped after a step and wrote a checkpoint."""
+    """Ctrl-C or SIGTERM: the run stopped after a step and wrote a checkpoint."""
 
-    exit_code = 130  # the shell's convention for a command stopped by SIGINT
+    exit_code = 130  # the shell's convention for a command stopped by SIGINT (128 + the signal's number)
+
+    def __init__(self, message: str, signal_number: int = signals.SIGINT):
+        super().__init__(message)
+        self.exit_code = 128 + int(signal_number)  # 143 for SIGTERM
 
 
 @dataclass
@@ -107,10 +114,10 @@ def run_training(tc, parts: Parts, run) -> RunState:
                 path = save(run, parts, engine, state, tc.keep_checkpoints) if done else None
                 if stop_together(stop, dist) and state.step < tc.max_steps:
                     path = path or save(run, parts, engine, state, tc.keep_checkpoints)
-                    raise Interrupted(f"stopped by Ctrl-C after step {state.step}; checkpoint {path} written. "
-                                      "Continue with the same command and --resume")
-    except NonFiniteLoss as e:  # the step's number; the weights are those of the step before
-        raise NonFiniteLoss(f"step {state.step + 1}: {e}") from None
+                    raise Interrupted(f"stopped by {stop.name} after step {state.step}; checkpoint {path} written. "
+                                      "Continue with the same command and --resume", stop.number)
+    except NonFinite as e:  # the step's number; no checkpoint holds the step's weights
+        raise type(e)(f"step {state.step + 1}: {e}; {checkpoint.last_good(run.path)}") from None
     except TeacherUnavailable as e:  # no step was taken: keep the last one, then stop
         raise type(e)(f"{e}. {stopped_at(run, parts, engine, state, tc, before)}") from None
     finally:  # a failed step ends the bar's line, so the error starts on its own
@@ -221,32 +228,41 @@ def _postfix(row: dict) -> dict:
 
 
 def stop_together(stop: StopFlag, dist: Dist) -> bool:
-    """Whether Ctrl-C was pressed; Ctrl-C reaches every process, so they agree before stopping together."""
+    """Whether Ctrl-C or SIGTERM came; both reach every process (torchrun forwards them), so they agree
+    before stopping together."""
     if dist.active:
         stop.set = bool(dist.all_sum(float(stop.set)))
     return stop.set
 
 
 class StopFlag:
-    """Set by Ctrl-C (SIGINT) while training; the loop stops after the step in progress."""
+    """Set by Ctrl-C (SIGINT) or SIGTERM while training; the loop stops after the step in progress.
+    `number` and `name` say which signal came first (SIGINT when only another process heard one)."""
 
     def __init__(self):
-        self.set = False
+        self.set, self.number, self._old = False, signals.SIGINT, {}
+
+    @property
+    def name(self) -> str:
+        return STOP_SIGNALS[self.number]
 
     def __enter__(self):
-        try:
-            self._old = signals.signal(signals.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C is not ours to catch
-            self._old = None
+        for number in STOP_SIGNALS:
+            try:
+                self._old[number] = signals.signal(number, self._handle)
+            except ValueError:  # not the main thread: the signals are not ours to catch
+                break
         return self
 
-    def _handle(self, *_):
-        if self.set:  # a second Ctrl-C: stop now
+    def _handle(self, number, frame):
+        if self.set:  # a second signal: stop now, no checkpoint
+            if number == signals.SIGTERM:
+                raise SystemExit(128 + number)
             raise KeyboardInterrupt
-        self.set = True
-        print("\nCtrl-C: stopping after this step and writing a checkpoint (Ctrl-C again to stop at once)",
+        self.set, self.number = True, signals.Signals(number)
+        print(f"\n{self.name}: stopping after this step and writing a checkpoint ({self.name} again to stop at once)",
               flush=True)
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signals.signal(signals.SIGINT, self._old)
+        for number, old in self._old.items():
+            signals.signal(number, old)

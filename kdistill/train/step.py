@@ -12,8 +12,14 @@ Gradient accumulation: the micro-batches are the step's global batch. Their loss
 and every micro-batch's loss is divided by that count (`losses.reduce_tokens`), so the summed gradients
 are the full batch's however it is split. With several processes each keeps its rows of every
 micro-batch (`dist.local_rows`) and multiplies its loss by the number of processes, which the wrappers'
-gradient average divides out. A loss or gradient norm that is not finite raises `NonFiniteLoss` before
-the optimizer touches the weights.
+gradient average divides out.
+
+A NaN or an infinity stops the step, each cause with its own error and fix: a teacher signal that is not
+finite (`NonFiniteTeacher`: the teacher is broken, a lower lr will not help), a loss or gradient norm that
+is not finite with a finite teacher (`NonFiniteLoss`: lower train.lr, check the data), both before the
+optimizer touches the weights; and weights that the optimizer's update made non-finite
+(`NonFiniteUpdate`: the step size is too large). The loop then stops without writing a checkpoint of
+those weights.
 """
 from __future__ import annotations
 
@@ -31,8 +37,23 @@ from kdistill.train import debug
 from kdistill.train.distributed import Dist
 
 
-class NonFiniteLoss(KdistillError):
-    """The loss or the gradient norm became NaN or infinite; the optimizer did not step."""
+class NonFinite(KdistillError):
+    """A NaN or an infinity stopped the step; the subclass says where."""
+
+
+class NonFiniteTeacher(NonFinite):
+    """The teacher's signal holds NaN or +inf (broken weights or cache); the optimizer did not step."""
+
+
+class NonFiniteLoss(NonFinite):
+    """The loss or the gradient norm became NaN or infinite with a finite teacher; the optimizer did not step."""
+
+
+class NonFiniteUpdate(NonFinite):
+    """The optimizer's step made a weight NaN or infinite from a finite loss and gradient norm."""
+
+
+KEPT = "the weights were not updated"
 
 
 def inner(model: nn.Module) -> StudentLoss:
@@ -51,7 +72,7 @@ def accumulate_gradients(model: nn.Module, source, micro_batches: list[dict], de
     student, features = inner(model).student, inner(model).features
     num_tokens = sum(int(b["mask"].sum()) for b in micro_batches)
     vocab = head_weight(student).shape[0]
-    total, terms = 0.0, {}
+    total, terms, teacher = 0.0, {}, None
     for batch in micro_batches:
         batch = to_device(take_rows(batch, dist.local_rows(batch["mask"].shape[0])), device)
         if features is None:
@@ -61,19 +82,30 @@ def accumulate_gradients(model: nn.Module, source, micro_batches: list[dict], de
         loss, parts = model(batch, signal, num_tokens, progress, acts)
         (loss * dist.loss_scale if dist.active else loss).backward()
         total += loss.item()
+        if teacher is None and not math.isfinite(total):  # whose fault: looked at only when it went wrong
+            teacher = debug.non_finite_teacher(signal, acts)
         for k, v in parts.items():
             terms[k] = terms.get(k, 0.0) + v
-    summed = dist.sum_dict({"loss": total, **terms})
+    summed = dist.sum_dict({"loss": total, "teacher_not_finite": float(teacher is not None), **terms})
+    if summed.pop("teacher_not_finite"):
+        raise NonFiniteTeacher(
+            f"the teacher's signal is not finite (in {teacher or 'another process'}), so the loss became "
+            f"{summed['loss']}; {KEPT}. The teacher is broken, not the training, and a lower train.lr will not "
+            "help: look for NaN or inf in the weights of teacher.model, or rebuild teacher.cache from a good teacher")
     if not math.isfinite(summed["loss"]):
-        raise NonFiniteLoss(f"the loss became {summed['loss']}; the weights were not updated and the last good "
-                            "checkpoint is kept. Lower train.lr or check the data")
+        broken = debug.first_non_finite_weight(student)
+        cause = (f"the student's weights are not finite (first in {broken})" if broken else
+                 "the teacher's signal and the student's weights are finite, so the student's logits overflowed")
+        raise NonFiniteLoss(f"the loss became {summed['loss']}: {cause}; {KEPT}. Lower train.lr (or raise "
+                            "train.warmup_steps), or check the data")
     return {**summed, "tokens": num_tokens}
 
 
 def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro_batches: list[dict],
-               device: torch.device, progress: float, grad_clip: float, dist: Dist | None = None,
+               device: torch.device, progress: float, grad_clip: float | None, dist: Dist | None = None,
                debugging: bool = False) -> dict:
-    """One optimizer step: gradients of the micro-batches, clipped to norm `grad_clip`, step, zero grad.
+    """One optimizer step: gradients of the micro-batches, clipped to norm `grad_clip` (0 or None: not
+    clipped, as HF/TRL's max_grad_norm=0), step, zero grad.
 
     Returns what the loop logs: `loss`, each term, `tokens`, `grad_norm` (before clipping) and, when
     `debugging`, per-layer gradient norms and update ratios (train/debug.py)."""
@@ -83,16 +115,31 @@ def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro
     shards = dist if dist.mode == "fsdp" else None  # ddp gradients are already whole on every process
     grads = debug.layer_grad_norms(student, shards) if debugging else None
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)  # a DTensor under fsdp
+    # max_norm inf scales by 1: the norm (logged either way) without clipping; a DTensor under fsdp
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
     grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     if not math.isfinite(grad_norm):
         raise NonFiniteLoss(f"the gradient norm became {grad_norm}, first in {debug.first_non_finite(student)}; "
-                            "the weights were not updated and the last good checkpoint is kept. Lower train.lr")
+                            f"{KEPT}. Lower train.lr")
     before = debug.snapshot(student) if debugging else None
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    check_update(optimizer, student, grad_norm, dist)
     report = debug.layer_report(student, grads, before, shards, dist.main) if debugging else {}
     return {**row, "grad_norm": grad_norm, **report}
+
+
+def check_update(optimizer: torch.optim.Optimizer, student: nn.Module, grad_norm: float, dist: Dist) -> None:
+    """NonFiniteUpdate when the step just taken left a trained weight NaN or infinite (on any process)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    broken = 0.0 if debug.all_finite(params) else 1.0
+    if not dist.all_sum(broken):
+        return
+    where = debug.first_non_finite_weight(student) or "a feature projection or another process's shard"
+    lr = optimizer.param_groups[0]["lr"]
+    raise NonFiniteUpdate(f"the optimizer's update made the weights non-finite (first in {where}) from a finite "
+                          f"loss and gradient norm ({grad_norm:.3g}): the step size is too large (the learning "
+                          f"rate of this step was {lr:g}). Lower train.lr; these weights are not checkpointed")
 
 
 class StudentLoss(nn.Module):

@@ -114,3 +114,24 @@ def test_sha256_file(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(b"x" * (3 << 20))
     assert fsutil.sha256_file(f, fsync=True) == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_read_jsonl_drops_a_cut_last_line_and_names_any_other_bad_line(tmp_path):
+    from kdistill.base.errors import DataError
+
+    path = tmp_path / "rows.jsonl"
+    assert fsutil.read_jsonl(path, "fix it") == ([], None)
+    fsutil.append_jsonl(path, {"step": 1})
+    fsutil.append_jsonl(path, {"step": 2})
+    with open(path, "a") as f:
+        f.write('{"step": 3, "lo')  # a kill while append_jsonl wrote it
+    assert fsutil.read_jsonl(path, "fix it") == ([{"step": 1}, {"step": 2}], 3)
+    path.write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(DataError, match=rf"{path}, line 2: not valid JSON \(.*\); fix it"):
+        fsutil.read_jsonl(path, "fix it")
+    path.write_text('{"step": 1}\n[2]\n{"step": 3}\n')
+    with pytest.raises(DataError, match=rf"{path}, line 2: a JSON list, not an object; fix it"):
+        fsutil.read_jsonl(path, "fix it")
+    path.write_text('{"step": "one"}\n{"step": 2}\n')
+    with pytest.raises(DataError, match=rf"{path}, line 1: bad step; fix it"):
+        fsutil.read_jsonl(path, "fix it", check=lambda row: None if isinstance(row["step"], int) else "bad step")

@@ -57,6 +57,9 @@ def test_a_run_folder_is_what_kdistill_wrote(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "config.yaml").write_text("teacher: {model: default}\n")
     assert not is_run_folder(tmp_path / "mine")
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / ".kdistill-run").write_text("{}")  # the marker is written before anything else
+    assert is_run_folder(tmp_path / "fresh")
 
 
 def _kdistill(*argv, cwd):

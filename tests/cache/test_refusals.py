@@ -106,6 +106,9 @@ def test_a_cache_from_another_tokenizer_is_refused(written, tmp_path):
     with pytest.raises(CacheMismatch, match="another tokenizer than teacher cache"):
         distill(_run(other, written, tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before step 0
+    with pytest.raises(CacheMismatch, match="another tokenizer than teacher cache"):  # whatever student.init is
+        distill(_run(other, written, tmp_path / "run2", "student.init=random"))
+    assert not (tmp_path / "run2" / "metrics.jsonl").exists()
 
 
 def test_other_seq_len_or_data_is_refused(teacher_dir, written, tmp_path):
@@ -127,3 +130,32 @@ def test_a_changed_data_file_is_refused(teacher_dir, tmp_path):
     notes.write_text("The king said that the castle would open its gates at dawn.\n" * 12)
     with pytest.raises(CacheMismatch, match="notes.txt has changed since"):
         distill(_run(teacher_dir, cache, tmp_path / "run", f"data.path={notes}"))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[1, 2]", "a JSON list, not the object a kdistill teacher cache manifest is"),
+    ('"manifest"', "a JSON str, not the object"),
+])
+def test_a_manifest_that_is_not_an_object_is_named(cache, text, says):
+    (cache / "manifest.json").write_text(text)
+    with pytest.raises(CacheError, match=rf"{cache / 'manifest.json'}: {says}.*kdistill cache --overwrite"):
+        open_cache(cache)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda m: m.pop("signal"), "no 'signal' key"),
+    (lambda m: m.update(shards={"0": "x"}), "'shards' is .*, not list"),
+    (lambda m: m["teacher"].pop("weights_sha256"), "'teacher' has no 'weights_sha256'"),
+    (lambda m: m["shards"][1].pop("sha256"), r"shards\[1\] has no 'sha256'"),
+    (lambda m: m.update(vocab_size="320"), "'vocab_size' is '320', not int"),
+])
+def test_a_manifest_missing_keys_is_named(cache, change, says):
+    _edit_manifest(cache, change)
+    with pytest.raises(CacheError, match=rf"{cache / 'manifest.json'}: {says}; the manifest is damaged: rewrite"):
+        open_cache(cache)
+
+
+def test_a_damaged_teacher_config_is_named(cache):
+    (cache / "teacher_config.json").write_text("[]")
+    with pytest.raises(CacheError, match=r"teacher_config.json: cannot read the teacher's config \(TypeError"):
+        open_cache(cache).teacher_config()

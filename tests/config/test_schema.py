@@ -36,7 +36,7 @@ def test_bad_values_and_yaml_errors(tmp_path):
         load_config(None, ["train.lr=fast"])
     with pytest.raises(ConfigError, match="train.max_steps.*not a valid int"):
         load_config(None, ["train.max_steps=2.5"])
-    with pytest.raises(ConfigError, match="train.batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match=r"train.batch_size=0 \(command line\) must be at least 1"):
         load_config(None, ["train.batch_size=0"])
     f = tmp_path / "bad.yaml"
     f.write_text("train:\n  lr: [1,\n")
@@ -79,3 +79,16 @@ def test_learning_rate_default_depends_on_the_student():
         assert load_config(None, extra).train.lr == OTHER_LR, extra
     assert load_config(None, ["train.lr=1e-4"]).train.lr == 1e-4
     assert load_config(None, ["train.lr=1e-4", "student.kind=fractal"]).train.lr == 1e-4
+
+
+def test_loss_terms_whose_weights_are_all_0_are_refused_naming_each_with_its_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("loss:\n  terms:\n    - kind: forward_kl\n      weight: 0\n    - {kind: ce, weight: 0.0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(err.value).startswith(f"loss.terms[0].weight=0 ({f}, line 4), loss.terms[1].weight=0 ({f}, line 5): "
+                                     "every loss term's weight is 0"), err.value
+    with pytest.raises(ConfigError, match=r"loss.terms\[0\].weight=0 \(command line\): every loss term's weight"):
+        load_config(f, ["loss.terms=[{kind: reverse_kl, weight: {schedule: linear, start: 0, end: 0}}]"])
+    load_config(f, ["loss.terms=[{kind: ce, weight: 0}, {kind: forward_kl, weight: 0.5}]"])  # one counts: fine
+    load_config(f, ["loss.terms=[{kind: forward_kl, weight: {schedule: linear, start: 0, end: 1}}]"])  # a warm-up: fine

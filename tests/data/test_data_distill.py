@@ -113,3 +113,27 @@ def test_every_sample_filtered_out_names_the_rule(tmp_path, teacher_dir, monkeyp
     with pytest.raises(DataError, match=r"every one of the 3 .*'too_short' removed the most \(3\).*min_chars"):
         distill(_cfg(tmp_path, teacher_dir, f"data.generate.prompts={prompts}", "data.generate.filter.min_chars=50"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_data_file_with_records_without_text_says_so_and_reports_them(tmp_path, teacher_dir, capsys):
+    data = tmp_path / "notes.jsonl"
+    lines = [{"text": f"Once upon a time a fox ran {i} miles to the river and back."} for i in range(12)]
+    lines[3], lines[7] = {"text": None}, {"title": "no text"}
+    data.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    distill(_cfg(tmp_path, teacher_dir, f"data.path={data}"))
+    assert f"data: 2 of 12 records of {data} dropped: 2 without text" in capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["records"] == 12 and report["dropped"] == {"no_text": 2}
+    fields = "'text' or 'content' or 'document' or 'body' or 'story'"
+    assert report["dropped_records"]["no_text"] == [f"{data}, line 4: 'text' is null",
+                                                    f"{data}, line 8: no {fields} field"]
+
+
+def test_a_text_field_that_names_no_field_is_refused_before_any_model_loads(tmp_path, teacher_dir, monkeypatch):
+    data = tmp_path / "dolly.jsonl"
+    data.write_text(json.dumps({"instruction": "Name a fruit.", "context": "", "response": "An apple."}) + "\n")
+    monkeypatch.setattr("kdistill.sources.open_source", lambda *a: pytest.fail("a model was loaded"))
+    with pytest.raises(DataError, match=r"data.text_field='respones' names no field of any record; the records have "
+                                        r"fields \['context', 'instruction', 'response'\]"):
+        distill(_cfg(tmp_path, teacher_dir, f"data.path={data}", "data.text_field=respones"))
+    assert not (tmp_path / "run").exists()

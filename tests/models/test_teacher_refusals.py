@@ -165,3 +165,17 @@ def test_generate_refuses_pickles(folder, capsys):
     pickle_only(folder)
     code = main(["generate", "--model", str(folder), "hi"])
     one_line_error(capsys, code, str(folder), "pickled", "safetensors")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda good: b"\x80\x04 not a pickle at all",              # garbage
+    lambda good: good[: len(good) // 2],                        # a truncated torch.save file
+    lambda good: b"",                                           # an empty file
+    lambda good: __import__("pickle").dumps(print),             # more than tensors: refused by weights_only
+], ids=["garbage", "truncated", "empty", "not-only-tensors"])
+def test_allowed_pickle_that_does_not_unpickle_is_named(folder, damage):
+    pickle_only(folder)
+    weights = folder / "pytorch_model.bin"
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(ModelError, match=rf"teacher {folder}: cannot unpickle {weights} \(.*\); the file is damaged"):
+        load_teacher(str(folder), CPU, torch.float32, allow_pickle=True)

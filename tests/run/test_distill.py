@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kdistill.base.errors import ConfigError, KdistillError
+from kdistill.base.outputs import RUN_MARKER
 from kdistill.config.schema import load_config
 from kdistill.run.distill import distill
 
@@ -85,10 +86,12 @@ def test_kill_and_resume_gives_the_same_student(teacher_dir, tmp_path):
 def test_output_dir_with_a_run_is_refused(teacher_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    (out / RUN_MARKER).write_text("{}\n")
     (out / "eval.json").write_text("{}\n")  # a finished run: worth keeping
     with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite"):
         distill(_cfg(teacher_dir, out, "train.max_steps=1"))
-    assert sorted(p.name for p in out.iterdir()) == ["eval.json"] and (out / "eval.json").read_text() == "{}\n"
+    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER, "eval.json"]
+    assert (out / "eval.json").read_text() == "{}\n"
     with pytest.raises(ConfigError, match="no checkpoint that verifies"):
         distill(_cfg(teacher_dir, out, "train.max_steps=1"), resume=True)
 
@@ -96,7 +99,8 @@ def test_output_dir_with_a_run_is_refused(teacher_dir, tmp_path):
 def test_a_run_killed_before_its_first_checkpoint_starts_again(teacher_dir, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text("{}\n")  # what a run killed before step 1 leaves
+    (out / RUN_MARKER).write_text("{}\n")  # what a run killed before step 1 leaves
+    (out / "config.yaml").write_text("{}\n")
     (out / "metrics.jsonl").write_text('{"step": 0, "loss": null}\n')
     distill(_cfg(teacher_dir, out, "train.max_steps=1"))
     assert "stopped before its first checkpoint" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The run folder: --resume refuses a changed meaning and records safe changes, --overwrite keeps the old
-run until the new one has a checkpoint, a failed fresh run leaves the folder as it was, Ctrl-C checkpoints."""
+run until the new one has a checkpoint, a failed fresh run leaves the folder as it was, Ctrl-C checkpoints.
+A folder is a run by kdistill's marker, never by file names: what the user put there is never touched."""
 import json
 import os
 import signal
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import kdistill.run.distill as distill_module
-from kdistill.base.errors import ConfigError
+from kdistill.base.errors import ConfigError, DataError
+from kdistill.base.outputs import RUN_MARKER
 from kdistill.config.schema import load_config
 from kdistill.run.distill import distill
 
@@ -140,3 +142,110 @@ def test_disk_full_while_checkpointing_is_one_line_naming_the_path(teacher_dir, 
     last = err.strip().splitlines()[-1]  # above it: progress bars of the steps that ran
     assert status == 2 and last.startswith("kdistill distill: error:") and "Traceback" not in err, err
     assert "disk full while writing" in last and str(out / "checkpoints") in last
+
+
+def test_resume_drops_a_cut_last_metrics_line_and_says_so(teacher_dir, finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path / "run")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 1.2, "forward_k')  # what a kill in the middle of a write leaves
+    distill(_cfg(teacher_dir, out, "train.max_steps=3", "train.checkpoint_every=1"), resume=True)
+    assert f"--resume: {out / 'metrics.jsonl'}, line 4: cut short" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_broken_metrics_line_before_the_last_naming_it(teacher_dir, finished, tmp_path):
+    out = _copy(finished, tmp_path / "run")
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text(lines[0] + '{"step": 1, "lo\n' + "".join(lines[1:]))
+    before = _listing(out)
+    with pytest.raises(DataError, match=rf"{out / 'metrics.jsonl'}, line 2: not valid JSON .*; .*delete that line"):
+        distill(_cfg(teacher_dir, out, "train.max_steps=3", "train.checkpoint_every=1"), resume=True)
+    assert _listing(out) == before
+
+
+def test_resume_and_overwrite_together_are_refused(teacher_dir, finished, tmp_path, capsys):
+    from kdistill.commands.cli import main
+
+    out = _copy(finished, tmp_path / "run")
+    before = _listing(out)
+    argv = ["distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST, "--resume", "--overwrite"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume and --overwrite together" in err and "Traceback" not in err
+    assert main([*argv, "--dry-run"]) == 2 and "--resume and --overwrite together" in capsys.readouterr().err
+    assert _listing(out) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_config_yaml_in_output_dir_is_refused_untouched(teacher_dir, tmp_path, capsys, overwrite):
+    from kdistill.commands.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("train:\n  max_steps: 1\n")  # the config the user is running
+    (out / "notes.txt").write_text("my notes\n")
+    before = _listing(out)
+    argv = ["distill", "--config", str(out / "config.yaml"), f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST]
+    assert main(argv + ["--overwrite"] * overwrite) == 2
+    err = capsys.readouterr().err
+    assert f"output_dir {out} holds config.yaml, which kdistill did not write" in err and "Traceback" not in err
+    assert _listing(out) == before
+
+
+def test_files_of_the_user_beside_a_run_are_never_moved_or_deleted(teacher_dir, finished, tmp_path, monkeypatch):
+    out = _copy(finished, tmp_path / "run")
+    (out / "notes.txt").write_text("my notes\n")
+    (out / ".notes.txt.abcdefgh.tmp").write_text("looks like a leftover, is not kdistill's\n")
+    before = _listing(out)
+
+    def broken(*args, **kw):
+        raise ConfigError("student: broken on purpose")
+
+    monkeypatch.setattr(distill_module, "build_student", broken)
+    with pytest.raises(ConfigError, match="broken on purpose"):
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert _listing(out) == before
+    monkeypatch.undo()
+    distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert (out / "notes.txt").read_text() == "my notes\n" and (out / ".notes.txt.abcdefgh.tmp").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]
+
+
+def test_overwrite_twice_keeps_the_replaced_run_until_a_checkpoint(teacher_dir, finished, tmp_path, monkeypatch):
+    import kdistill.run.folder as folder_module
+
+    out = _copy(finished, tmp_path / "run")
+    before = _listing(out)
+
+    def broken(*args, **kw):
+        raise ConfigError("student: broken on purpose")
+
+    undo = folder_module._undo
+    monkeypatch.setattr(distill_module, "build_student", broken)
+    monkeypatch.setattr(folder_module, "_undo", lambda run: None)  # as kill -9 leaves it: no cleanup
+    with pytest.raises(ConfigError, match="broken on purpose"):
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert (out / ".replaced" / "checkpoints").is_dir()  # the first run, aside
+    monkeypatch.setattr(folder_module, "_undo", undo)
+    with pytest.raises(ConfigError, match="broken on purpose"):  # the second --overwrite fails too
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert _listing(out) == before
+
+
+def test_a_non_run_folder_takes_a_run_beside_the_users_files_only_with_overwrite(teacher_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    with pytest.raises(ConfigError, match="is not empty .* holds no kdistill run.*--overwrite"):
+        distill(_cfg(teacher_dir, out, "train.max_steps=1"))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    assert (out / "notes.txt").read_text() == "my notes\n" and (out / RUN_MARKER).is_file()
+
+
+def test_a_run_from_before_the_marker_still_resumes(teacher_dir, finished, tmp_path):
+    out = _copy(finished, tmp_path / "run")
+    (out / RUN_MARKER).unlink()  # what a kdistill before the marker wrote: known by its verified checkpoints
+    distill(_cfg(teacher_dir, out, "train.max_steps=3", "train.checkpoint_every=1"), resume=True)
+    assert (out / RUN_MARKER).is_file() and (out / "checkpoints" / "step-000003").is_dir()

@@ -2,6 +2,7 @@
 import pytest
 
 import kdistill.models.teacher
+from kdistill.base.outputs import RUN_MARKER
 from kdistill.commands import cli
 
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.max_steps=3", "student.num_layers=1"]
@@ -33,9 +34,23 @@ def test_dry_run_fails_as_the_run_would(teacher_dir, tmp_path, capsys, no_model)
     held = tmp_path / "held"
     held.mkdir()
     (held / "eval.json").write_text("{}")
+    (held / RUN_MARKER).write_text("{}")  # kdistill wrote it: a run
     argv = ["distill", "--dry-run", f"teacher.model={teacher_dir}", f"output_dir={held}"]
     assert cli.main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(argv + ["--overwrite"]) == 0
     assert "(replaced:" in capsys.readouterr().out
-    assert sorted(p.name for p in held.iterdir()) == ["eval.json"]
+    assert sorted(p.name for p in held.iterdir()) == [RUN_MARKER, "eval.json"]
+
+
+def test_dry_run_refuses_as_the_run_folder_would(teacher_dir, tmp_path, capsys, no_model):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("train: {max_steps: 3}\n")  # the user's own, not a run
+    argv = ["distill", "--dry-run", f"teacher.model={teacher_dir}", f"output_dir={mine}", *FAST]
+    for flags in ([], ["--overwrite"]):
+        assert cli.main(argv + flags) == 2
+        assert "holds config.yaml, which kdistill did not write" in capsys.readouterr().err
+    assert cli.main(argv + ["--resume", "--overwrite"]) == 2
+    assert "--resume and --overwrite together" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"]

@@ -6,6 +6,7 @@ a run whose server is killed stops with its checkpoint. The server starts once f
 is killed by the last test."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,8 +58,8 @@ def served(tmp_path_factory):
         proc = subprocess.Popen([str(SERVER_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
                                  "--served-model-name", "teacher", "--max-model-len", "512", "--dtype", "float32",
                                  "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    SERVER["proc"] = proc
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    SERVER["proc"] = proc  # its own process group: vLLM's engine and worker processes go with it
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 900
@@ -74,11 +75,22 @@ def served(tmp_path_factory):
                 time.sleep(3)
         yield url, folder
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+
+
+def _stop(proc, sig=signal.SIGTERM) -> None:
+    """Stop the server and every process it started (engine core, workers, resource tracker)."""
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # what outlived the parent
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +255,7 @@ def test_a_server_killed_mid_run_stops_with_the_last_checkpoint(served, tmp_path
     while not ((out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
         assert run.poll() is None and time.time() < deadline, run.communicate()[1][-3000:]
         time.sleep(1)
-    SERVER["proc"].kill()
+    _stop(SERVER["proc"], signal.SIGKILL)  # killed, as a crash would: no goodbye to the client
     _, err = run.communicate(timeout=300)
     assert run.returncode == 2, err[-3000:]
     last_line = err.strip().splitlines()[-1]

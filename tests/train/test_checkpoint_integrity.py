@@ -160,3 +160,34 @@ def test_load_errors_say_what_does_not_fit_and_never_to_delete(run):
         checkpoint.load_checkpoint(folder, *_trained())
     for err in (e, e2, e3, e4):
         assert "delete" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, says", [('{"step": 4, "optim', "not valid JSON"),
+                                        ("[4]", "a JSON list, not an object")])
+def test_a_damaged_state_file_is_named(run, text, says):
+    folder = run / "checkpoints" / "step-000004"
+    (folder / "checksums.json").unlink()  # as a checkpoint of a kdistill before checksums
+    (folder / "trainer_state.json").write_text(text)
+    found, notes = checkpoint.resume_point(run)
+    assert found.name == "step-000002"
+    assert notes[0].startswith(f"checkpoints/step-000004: trainer_state.json is {says}")
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{folder / 'trainer_state.json'}: {says}.*run --resume"):
+        checkpoint.read_state(folder)
+    with pytest.raises(KdistillError, match=rf"{folder / 'trainer_state.json'}: {says}"):
+        checkpoint.load_checkpoint(folder, *_trained())
+
+
+def test_a_state_value_of_another_type_is_named(run):
+    folder = run / "checkpoints" / "step-000004"
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["optimizer"] = ["not", "a", "dict"]
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{folder / 'trainer_state.json'}: a value of the wrong"):
+        checkpoint.load_checkpoint(folder, *_trained())
+
+
+def test_clean_partial_leaves_what_is_not_a_runs_own(run):
+    (run / ".notes.txt.abcdefgh.tmp").write_text("the user's")
+    (run / ".config.yaml.abcdefgh.tmp").write_text("a killed write of the run's config.yaml")
+    assert [p.name for p in checkpoint.clean_partial(run)] == [".config.yaml.abcdefgh.tmp"]
+    assert (run / ".notes.txt.abcdefgh.tmp").read_text() == "the user's"

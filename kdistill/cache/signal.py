@@ -13,6 +13,18 @@ import torch
 from kdistill.cache import codec
 
 
+def _stored(top_lp: np.ndarray, value_bits: int) -> tuple[np.ndarray, ...]:
+    """What a top-k cache stores of the top log-probabilities and its error per bucket: probs, rest mass,
+    the dequantised K + 1 buckets, KL terms p log(p / p̂). Shapes: (N, k) -> (N, k), (N,), (N, k+1), (N, k+1)"""
+    probs = np.exp(top_lp)
+    rest = np.clip(1.0 - probs.sum(1), 0.0, 1.0)
+    buckets = np.concatenate([probs, rest[:, None]], 1)
+    approx = codec.dequantise(codec.quantise(buckets, value_bits))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_terms = np.where(buckets > 0, buckets * (np.log(buckets) - np.log(approx)), 0.0)
+    return probs, rest, approx, kl_terms
+
+
 def topk_rows(logprobs: torch.Tensor, k: int, value_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Top-k ids, their probabilities and the rest mass, with the stored distribution's error.
 
@@ -24,12 +36,7 @@ def topk_rows(logprobs: torch.Tensor, k: int, value_bits: int) -> tuple[np.ndarr
     vocab = logprobs.shape[-1]
     top_lp, ids = logprobs.topk(k, dim=-1)
     lp = top_lp.double().numpy()
-    probs = np.exp(lp)
-    rest = np.clip(1.0 - probs.sum(1), 0.0, 1.0)
-    buckets = np.concatenate([probs, rest[:, None]], 1)
-    approx = codec.dequantise(codec.quantise(buckets, value_bits))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl_terms = np.where(buckets > 0, buckets * (np.log(buckets) - np.log(approx)), 0.0)
+    probs, rest, approx, kl_terms = _stored(lp, value_bits)
     neg_entropy = (logprobs.exp() * logprobs).double().sum(-1).numpy()
     tail_plogp = neg_entropy - (probs * lp).sum(1)  # Σ over the other ids of p log p
     others = max(1, vocab - k)
@@ -45,12 +52,7 @@ def topk_from_sparse(top_ids: torch.Tensor, top_logprobs: torch.Tensor, k: int,
     server's answer). What the tail looks like is unknown here, so the stats hold no kl_full.
     Shapes: top_ids, top_logprobs (N, K') -> ids (N, k), probs (N, k) float64, rest (N,) float64, stats"""
     lp = top_logprobs[:, :k].double().numpy()
-    probs = np.exp(lp)
-    rest = np.clip(1.0 - probs.sum(1), 0.0, 1.0)
-    buckets = np.concatenate([probs, rest[:, None]], 1)
-    approx = codec.dequantise(codec.quantise(buckets, value_bits))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl_terms = np.where(buckets > 0, buckets * (np.log(buckets) - np.log(approx)), 0.0)
+    probs, rest, _, kl_terms = _stored(lp, value_bits)
     stats = {"positions": len(lp), "captured_mass": float(probs.sum()), "kl_stored": float(kl_terms.sum())}
     return top_ids[:, :k].numpy().astype(np.int64), probs, rest, stats
 

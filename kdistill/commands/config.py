@@ -24,6 +24,7 @@ import yaml
 
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError
+from kdistill.base.outputs import check_output
 from kdistill.config.choices import choices
 from kdistill.config.presets import PRESETS, SIZE_KEYS
 from kdistill.config.ranges import accepts
@@ -223,11 +224,12 @@ def find_shipped(name: str) -> Path:
 
 
 def copy(name: str, file: str, force: bool = False) -> Path:
+    """Copy shipped config `name` to `file` (the output rule of kdistill/base/outputs.py: an existing file
+    only with `force`, never the shipped file itself or a run's own config.yaml)."""
     src, dst = find_shipped(name), Path(file)
-    if dst.exists() and not force:
-        raise ConfigError(f"{dst} exists; pass --force to replace it, or choose another FILE")
     if dst.is_dir():
-        raise ConfigError(f"{dst} is a folder; give a file name like {dst / src.name}")
+        raise ConfigError(f"FILE {dst} is a folder; give a file name like {dst / src.name}")
+    check_output(dst, force, [src], "FILE")
     fsutil.write_text(dst, src.read_text())
     return dst
 

@@ -12,5 +12,5 @@ def main(args) -> int:
                  batches=args.batches, limit=args.limit, max_new_tokens=args.max_new_tokens,
                  measure_speed=not args.no_speed, heldout=not args.no_heldout, out=args.out,
                  lm_eval_dir=args.lm_eval_dir, teacher_server=args.teacher_server, server_model=args.server_model,
-                 server_api=args.server_api)
+                 server_api=args.server_api, force=args.force)
     return 0

@@ -6,7 +6,9 @@ Linear CKA between every student and teacher block on calibration tokens (what e
 residual stream: `layer_map`), then the best order-keeping mapping by dynamic programming. Writes
 OUT/layer_map.yaml (the pairs as a loss-term snippet to paste under loss.terms), OUT/layer_map.json (the
 matrix and the pairs) and OUT/layer_map.png (a heat map with the chosen pairs marked, when matplotlib
-is installed). `pairs: cka` in a loss term does the same at the start of a run.
+is installed). `pairs: cka` in a loss term does the same at the start of a run. OUT follows the output
+rule (kdistill/base/outputs.py): a map written there before is refreshed, anything else needs --force,
+never an input or a run folder; checked before any model loads, written beside OUT and renamed.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError, ModelError
+from kdistill.base.outputs import check_output, mark_own
 from kdistill.models.files import check_model_folder
 from kdistill.students.layer_map import cka_map
 
@@ -79,6 +82,9 @@ def main(args) -> int:
     from kdistill.models.teacher import load_teacher
     from kdistill.students.pretrained import student_folder
 
+    inputs = [p for p in (args.teacher, args.student, args.data) if p and Path(p).exists()]
+    out = Path(args.out)
+    check_output(out, getattr(args, "force", False), inputs, "--out", own="map-layers")
     device = torch.device("cpu")
     teacher, tokenizer, _ = load_teacher(args.teacher, device, torch.float32)
     folder = student_folder(args.student, None)
@@ -93,13 +99,14 @@ def main(args) -> int:
                          "cache") from e
     batch = calibration_batch(tokenizer, args.data, args.tokens, args.seq_len)
     pairs, sim = cka_map(student, teacher.eval(), batch)
-    out = Path(args.out)
     command = f"kdistill map-layers --teacher {args.teacher} --student {args.student}" + (
         f" --data {args.data}" if args.data else "")
-    fsutil.write_text(out / "layer_map.yaml", snippet(pairs, command))
-    fsutil.write_json(out / "layer_map.json", {"pairs": [list(p) for p in pairs], "cka": sim.tolist(),
-                                               "tokens": int(batch["mask"].sum()), "command": command})
-    drew = heat_map(sim, pairs, out / "layer_map.png")
+    with fsutil.atomic_dir(out) as tmp:
+        fsutil.write_text(tmp / "layer_map.yaml", snippet(pairs, command))
+        fsutil.write_json(tmp / "layer_map.json", {"pairs": [list(p) for p in pairs], "cka": sim.tolist(),
+                                                   "tokens": int(batch["mask"].sum()), "command": command})
+        drew = heat_map(sim, pairs, tmp / "layer_map.png")
+        mark_own(tmp, "map-layers")
     print(f"{sim.shape[0]} student x {sim.shape[1]} teacher layers, CKA on {int(batch['mask'].sum())} tokens")
     for s, t in pairs:
         print(f"  student {s:>2} <- teacher {t:>2}  (CKA {float(sim[s, t]):.3f})")

@@ -8,6 +8,6 @@ from kdistill import api
 
 
 def main(args) -> int:
-    paths = api.report(args.runs, args.out, args.min_retention, args.title)
+    paths = api.report(args.runs, args.out, args.min_retention, args.title, args.force)
     print(f"wrote {paths['html']} (self-contained) and {paths['markdown']} with {len(paths['images'])} figures")
     return 0

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kdistill.base import fsutil
+from kdistill.base.outputs import mark_own
 from kdistill.data.task_files import read_task
 
 PREFIX = "kd_"
@@ -25,21 +27,23 @@ MC_METRICS = ["metric_list:", "  - metric: acc", "    aggregation: mean", "    h
               "  - metric: acc_norm", "    aggregation: mean", "    higher_is_better: true"]
 
 
-def _records_file(task: dict, out_dir: Path, name: str) -> Path:
-    """The task's records as JSONL in out_dir (every MC record with its `answers` list when any has several)."""
+def _records_file(task: dict, out_dir: Path, name: str, write_dir: Path) -> Path:
+    """The task's records as JSONL (every MC record with its `answers` list when any has several), written
+    into write_dir; returns where it will be: out_dir (write_dir is renamed to it)."""
     several = any("answers" in r for r in task["records"])
     rows = [{**r, "answers": r.get("answers", [r["answer"]])} if several else r for r in task["records"]]
-    path = out_dir / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+    (write_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return out_dir / f"{name}.jsonl"
 
 
-def task_yaml(path: str | Path, max_new_tokens: int = 32, out_dir: str | Path | None = None) -> tuple[str, str]:
+def task_yaml(path: str | Path, max_new_tokens: int = 32, out_dir: str | Path | None = None,
+              write_dir: str | Path | None = None) -> tuple[str, str]:
     """(lm-eval task name, YAML text) for one task file. JSON strings are valid YAML scalars. A task that is
-    not kdistill JSONL has its records written to out_dir first."""
+    not kdistill JSONL has its records written first, to write_dir (default out_dir), named for out_dir."""
     task = read_task(path)
     name = PREFIX + task["name"]
-    data = Path(path) if task["format"] == "jsonl" else _records_file(task, Path(out_dir or "."), name)
+    out_dir = Path(out_dir or ".")
+    data = Path(path) if task["format"] == "jsonl" else _records_file(task, out_dir, name, Path(write_dir or out_dir))
     head = [f"task: {name}", "dataset_path: json", "dataset_kwargs:", "  data_files:",
             f"    test: {json.dumps(str(data.resolve()))}", "test_split: test"]
     if task["kind"] == "multiple_choice":
@@ -59,14 +63,16 @@ def task_yaml(path: str | Path, max_new_tokens: int = 32, out_dir: str | Path | 
 
 
 def write_task_yamls(paths: list, out_dir: str | Path, max_new_tokens: int = 32) -> list[str]:
-    """Write one `<name>.yaml` per task file into out_dir; returns the lm-eval task names."""
+    """Write one `<name>.yaml` per task file into out_dir (beside it, then renamed: kdistill/base/outputs.py,
+    command `lm-eval`); returns the lm-eval task names."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    for path in paths:
-        name, text = task_yaml(path, max_new_tokens, out_dir)
-        (out_dir / f"{name}.yaml").write_text(text)
-        names.append(name)
+    with fsutil.atomic_dir(out_dir) as tmp:
+        for path in paths:
+            name, text = task_yaml(path, max_new_tokens, out_dir, tmp)
+            (tmp / f"{name}.yaml").write_text(text)
+            names.append(name)
+        mark_own(tmp, "lm-eval")
     return names
 
 

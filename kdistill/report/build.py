@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError
+from kdistill.base.outputs import check_output, mark_own
 from kdistill.report.page import images, render_html, render_markdown
 from kdistill.report.runs import load_runs
 from kdistill.report.sections import build_blocks
@@ -22,19 +23,26 @@ def default_out(run_dirs: list) -> Path:
     return Path(os.path.commonpath([str(Path(p).resolve()) for p in run_dirs])) / "report"
 
 
-def build_report(run_dirs: list, out_dir=None, min_retention: float = 0.9, title: str = "kdistill report") -> dict:
-    """Write the report; returns {"html": path, "markdown": path, "images": [paths]}."""
+def build_report(run_dirs: list, out_dir=None, min_retention: float = 0.9, title: str = "kdistill report",
+                 force: bool = False) -> dict:
+    """Write the report; returns {"html": path, "markdown": path, "images": [paths]}.
+
+    The output folder follows kdistill/base/outputs.py: a report folder written before is refreshed, any
+    other existing path is replaced only with `force`, never a run folder or a run's own files; the
+    report is written beside it and renamed into place."""
     if not 0 < min_retention <= 1.5:
         raise ConfigError(f"--min-retention {min_retention}: give a share such as 0.9 (90% of the teacher)")
-    runs = load_runs(run_dirs)
     out = Path(out_dir) if out_dir else default_out(run_dirs)
+    check_output(out, force, key="--out" if out_dir else "--out (default)", own="report")
+    runs = load_runs(run_dirs)
     blocks = build_blocks(runs, title, min_retention)
-    written = []
-    for name, png in images(blocks).items():
-        out.mkdir(parents=True, exist_ok=True)
-        (out / name).write_bytes(png)
-        written.append(str(out / name))
-    fsutil.write_text(out / "report.md", render_markdown(blocks))
-    fsutil.write_text(out / "report.html", render_html(title, blocks))
-    return {"html": str(out / "report.html"), "markdown": str(out / "report.md"), "images": written}
+    pictures = images(blocks)
+    with fsutil.atomic_dir(out) as tmp:
+        for name, png in pictures.items():
+            (tmp / name).write_bytes(png)
+        fsutil.write_text(tmp / "report.md", render_markdown(blocks))
+        fsutil.write_text(tmp / "report.html", render_html(title, blocks))
+        mark_own(tmp, "report")
+    return {"html": str(out / "report.html"), "markdown": str(out / "report.md"),
+            "images": [str(out / name) for name in pictures]}
 

@@ -31,11 +31,13 @@ from safetensors.numpy import save as save_tensors
 from kdistill import __version__
 from kdistill.base import fsutil
 from kdistill.base.hardware import pick_device, pick_dtype, set_threads
+from kdistill.base.outputs import check_output
 from kdistill.cache import bits as B
 from kdistill.cache import manifest as M
 from kdistill.cache import shard as S
 from kdistill.cache.signal import sampled_rows, topk_from_sparse, topk_rows
 from kdistill.base.errors import ConfigError
+from kdistill.config.paths import input_paths
 from kdistill.config.schema import Config
 from kdistill.data import batches as batching
 from kdistill.sources.model import teacher_signal
@@ -247,9 +249,11 @@ def summarize(shards: list[dict]) -> dict:
 
 def write_cache(cfg: Config, overwrite: bool = False, loaded=None) -> dict:
     """Write (or finish) the cache in cfg.cache.out; `loaded` = (teacher, tokenizer, folder) to reuse."""
+    out = Path(cfg.cache.out)
+    # never a run folder or an input, even with --overwrite (which replaces only a cache's own files)
+    check_output(out, True, input_paths(cfg), "cache.out")
     set_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    out = Path(cfg.cache.out)
     teacher = served_teacher(cfg, device) if cfg.teacher.server else local_teacher(cfg, device, loaded)
     examples = teacher.examples
     manifest = prepare_folder(out, new_manifest(cfg, teacher, examples), overwrite)

@@ -33,6 +33,7 @@ import torch
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError, ModelError
 from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_threads
+from kdistill.base.outputs import check_output
 from kdistill.config.schema import Config, load_config
 from kdistill.data import batches as batching
 from kdistill.data.task_files import read_task
@@ -64,6 +65,7 @@ class EvalSettings:
     teacher_server: str | None = None  # the teacher on a vLLM/SGLang server (default with run: the run's)
     server_model: str | None = None    # the name it serves (default: the run's, else its only model)
     server_api: str | None = None      # vllm or sglang (default: the run's, else vllm)
+    force: bool = False                # replace an --out that holds no eval result, an --lm-eval-dir of other files
 
 
 def check_same_tokenizer(student_tok, teacher_tok, student_dir: str) -> None:
@@ -93,6 +95,28 @@ def output_path(args) -> Path | None:
     if args.out:
         return Path(args.out)
     return Path(args.run) / "eval.json" if args.run else None
+
+
+def is_eval_result(path: Path) -> bool:
+    """Whether `path` is a JSON object an earlier `kdistill eval` (or distill) wrote: eval merges into it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and any(k in data for k in ("measured", "student", "teacher", "heldout"))
+
+
+def check_outputs(args, student_dir: str, teacher_spec: str) -> None:
+    """The output rule (kdistill/base/outputs.py) for --out and --lm-eval-dir, before any model loads: an eval
+    result is merged into, anything else is replaced only with --force; never an input or a run's own file
+    (the run's own eval.json, the default with --run, excepted)."""
+    inputs = [p for p in (student_dir, teacher_spec, args.data, *(args.tasks or [])) if p and Path(p).exists()]
+    out = output_path(args)
+    own = Path(args.run).resolve() / "eval.json" if args.run else None
+    if out is not None and out.resolve() != own:
+        check_output(out, args.force or is_eval_result(out), inputs, "--out")
+    if args.lm_eval_dir and args.tasks:
+        check_output(args.lm_eval_dir, args.force, inputs, "--lm-eval-dir", own="lm-eval")
 
 
 def write_result(path: Path, result: dict) -> dict:
@@ -233,6 +257,7 @@ def run_eval(args: EvalSettings) -> int:
     tasks = list(args.tasks or [])
     for path in tasks:
         read_task(path)  # bad task files fail before any model is loaded
+    check_outputs(args, student_dir, teacher_spec)
     if tasks and cfg.student.tokenizer:
         raise ModelError("--tasks: benchmark tasks score both models with one tokenizer; this run's student has "
                          "its own (student.tokenizer). Evaluate tasks on the student alone")

@@ -1,5 +1,6 @@
 """One output rule for every command that writes: nothing replaced without --force, never an input or a run."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -71,20 +72,108 @@ def _tree(root):
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
 
 
-@pytest.mark.parametrize("argv", [
-    ["export", "--model", "run/student", "--format", "int8", "--out", "run", "--force"],
-    ["export", "--model", "run/student", "--format", "int8", "--out", "run/student", "--force"],
-    ["export", "--model", "run/student", "--format", "gguf", "--out", "run/student/x.gguf", "--force"],
-    ["design", "--teacher", "default", "--params", "30M", "--out", "taken.yaml"],
-    ["design", "--teacher", "default", "--params", "30M", "--out", "run/config.yaml", "--force"],
-], ids=["export over the run", "export over its model", "export inside its model", "design over a file",
-        "design over the run's config"])
-def test_commands_refuse_and_leave_everything_as_it_was(tmp_path, argv):
+def test_the_real_command_refuses_with_exit_2(tmp_path):
+    """One case through a real process: the exit status and the one line a shell sees."""
     make_run(tmp_path / "run")
     (tmp_path / "run" / "student" / "config.json").write_text("{}")
-    (tmp_path / "taken.yaml").write_text("mine\n")
     before = _tree(tmp_path)
-    done = _kdistill(*argv, cwd=tmp_path)
+    done = _kdistill("export", "--model", "run/student", "--format", "int8", "--out", "run/student", "--force",
+                     cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "error: --out" in done.stderr and "Traceback" not in done.stderr
     assert _tree(tmp_path) == before
+
+
+def _layout(root):
+    """A run, another run, a user's file and folder, a data file, a task file: what the table writes over."""
+    import shutil
+
+    make_run(root / "run")
+    (root / "run" / "student" / "config.json").write_text("{}")
+    (root / "run" / "eval.json").write_text('{"heldout": {}}\n')
+    make_run(root / "other")
+    (root / "taken.yaml").write_text("mine\n")
+    (root / "taken").mkdir()
+    (root / "taken" / "notes.txt").write_text("my notes\n")
+    (root / "data").mkdir()
+    (root / "data" / "notes.txt").write_text("Once upon a time there was a fox.\n" * 20)
+    shutil.copy(Path(__file__).parents[1] / "fixtures" / "tasks" / "tiny_mc.jsonl", root / "mc.jsonl")
+
+
+EVERY_OUT = [  # (what, argv, the refusal's words): every command that writes, each --out it takes
+    ("config cp over a file", ["config", "cp", "demo", "taken.yaml"], "FILE taken.yaml exists"),
+    ("config cp over the run's config", ["config", "cp", "demo", "run/config.yaml", "--force"],
+     "the run's own config.yaml"),
+    ("config cp over the shipped file", ["config", "cp", "demo", "SHIPPED", "--force"], "is the input"),
+    ("report over a user's folder", ["report", "run", "--out", "taken"], "--out taken exists"),
+    ("report over the run's student", ["report", "run", "--out", "run/student", "--force"],
+     "the run's own student"),
+    ("report over another run", ["report", "run", "--out", "other", "--force"], "is the run folder"),
+    ("report over a folder of runs", ["report", "run", "--out", ".", "--force"], "holds the run folder"),
+    ("map-layers over a user's folder", ["map-layers", "--teacher", "default", "--student", "run/student",
+                                         "--out", "taken"], "--out taken exists"),
+    ("map-layers inside its student", ["map-layers", "--teacher", "default", "--student", "run/student",
+                                       "--out", "run/student/map", "--force"], "is inside the input"),
+    ("map-layers over a run", ["map-layers", "--teacher", "default", "--student", "run/student", "--out", "other",
+                               "--force"], "is the run folder"),
+    ("eval over a user's file", ["eval", "--student", "run/student", "--teacher", "default", "--out", "taken.yaml"],
+     "--out taken.yaml exists"),
+    ("eval inside its student", ["eval", "--student", "run/student", "--teacher", "default", "--out",
+                                 "run/student/e.json", "--force"], "is inside the input"),
+    ("eval over another run's eval.json", ["eval", "--student", "run/student", "--teacher", "default", "--out",
+                                           "other/eval.json", "--force"], "the run's own eval.json"),
+    ("eval's lm-eval folder over a user's folder", ["eval", "--student", "run/student", "--teacher", "default",
+                                                    "--tasks", "mc.jsonl", "--lm-eval-dir", "taken"],
+     "--lm-eval-dir taken exists"),
+    ("cache into a run", ["cache", "cache.out=run", "data.path=data/notes.txt", "--overwrite"], "is the run folder"),
+    ("cache into a folder of runs", ["cache", "cache.out=.", "data.path=data/notes.txt", "--overwrite"],
+     "cache.out . holds"),
+    ("cache over its data", ["cache", "cache.out=data", "data.path=data/notes.txt", "--overwrite"],
+     "holds the input data/notes.txt (data.path)"),
+    ("distill inside its teacher", ["distill", "teacher.model=run/student", "output_dir=run/student/out"],
+     "is inside teacher.model=run/student"),
+    ("distill over its data's run", ["distill", "data.path=run/eval.json", "output_dir=run", "--overwrite"],
+     "data.path=run/eval.json is inside output_dir run/eval.json"),
+    ("export over the run", ["export", "--model", "run/student", "--format", "int8", "--out", "run", "--force"],
+     "--out run holds the input run/student"),
+    ("export inside its model", ["export", "--model", "run/student", "--format", "gguf", "--out",
+                                 "run/student/x.gguf", "--force"], "is inside the input"),
+    ("design over a file", ["design", "--teacher", "default", "--params", "30M", "--out", "taken.yaml"],
+     "--out taken.yaml exists"),
+    ("design over the run's config", ["design", "--teacher", "default", "--params", "30M", "--out",
+                                      "run/config.yaml", "--force"], "the run's own config.yaml"),
+]
+
+
+@pytest.mark.parametrize("what,argv,refusal", EVERY_OUT, ids=[c[0] for c in EVERY_OUT])
+def test_every_out_follows_the_rule(tmp_path, monkeypatch, capsys, what, argv, refusal):
+    """Each command refuses before any model loads, exit 2, one line naming the key, everything as it was."""
+    from kdistill.commands import cli
+    from kdistill.commands.config import find_shipped
+
+    _layout(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = [str(find_shipped("demo")) if a == "SHIPPED" else a for a in argv]
+    before, shipped = _tree(tmp_path), find_shipped("demo").read_bytes()
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert refusal in err and "Traceback" not in err, err
+    assert _tree(tmp_path) == before
+    assert find_shipped("demo").read_bytes() == shipped
+
+
+def test_a_command_refreshes_only_its_own_folder(tmp_path):
+    from kdistill.base.outputs import mark_own
+
+    out = tmp_path / "map"
+    out.mkdir()
+    (out / "layer_map.json").write_text("{}")
+    mark_own(out, "map-layers")
+    assert check_output(out, False, own="map-layers") == out.resolve()  # its own: refreshed without --force
+    with pytest.raises(ConfigError, match="exists"):
+        check_output(out, False, own="report")  # another command's folder
+    (out / "notes.txt").write_text("mine")  # a file the user added makes the folder theirs
+    with pytest.raises(ConfigError, match="is not only what `kdistill map-layers` wrote"):
+        check_output(out, False, own="map-layers")
+    assert check_output(out, True, own="map-layers") == out.resolve()

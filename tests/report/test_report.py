@@ -92,3 +92,19 @@ def test_cli_report_writes_next_to_the_runs(make_run, capsys):
     assert default_out([a]) == a / "report"
     assert main(["report", str(a.parent / "nothing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_report_is_refreshed_but_nothing_else_is_replaced(make_run, capsys):
+    """Its own earlier report is rewritten without --force; a file the user put there makes it theirs."""
+    a = make_run("a", 200_000, 12.0)
+    assert main(["report", str(a)]) == 0
+    first = (a / "report" / "report.html").stat().st_mtime_ns
+    assert main(["report", str(a)]) == 0  # refreshed: the folder is the report's own
+    assert (a / "report" / "report.html").stat().st_mtime_ns >= first
+    (a / "report" / "my-notes.txt").write_text("mine")
+    assert main(["report", str(a)]) == 2
+    assert "--out (default)" in capsys.readouterr().err and (a / "report" / "my-notes.txt").read_text() == "mine"
+    assert main(["report", str(a), "--force"]) == 0
+    assert sorted(p.name for p in (a / "report").iterdir() if not p.suffix == ".png") == [
+        ".kdistill-output", "report.html", "report.md"]
+    assert not [p for p in a.iterdir() if p.name.startswith(".report")]  # nothing left beside it

@@ -87,7 +87,7 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
              limit: int | None = None, max_new_tokens: int | None = None, measure_speed: bool = True,
              heldout: bool = True, out: str | Path | None = None, lm_eval_dir: str | Path | None = None,
              teacher_server: str | None = None, server_model: str | None = None,
-             server_api: str | None = None) -> dict:
+             server_api: str | None = None, force: bool = False) -> dict:
     """Compare a student folder with its teacher, as `kdistill eval`; returns the result dict.
 
     Give `student` and `teacher` (hub id, folder, .gguf file or 'default'), with `data` a held-out file
@@ -95,7 +95,8 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
     teacher and held-out split; the result is merged into RUN/eval.json and that file is returned). `tasks`
     are benchmark files (JSONL, BIG-bench task.json or lm-eval YAML; kdistill/data/task_files.py);
     `heldout=False` measures no held-out text (tasks, sizes, speed). With `out` the result is also merged
-    into that file (earlier measurements there are kept). `teacher_server` (a vLLM or SGLang URL) measures the
+    into that file (earlier measurements there are kept; a file that holds no eval result, or an `lm_eval_dir`
+holding other files, is replaced only with `force`, never an input or a run's own file). `teacher_server` (a vLLM or SGLang URL) measures the
     held-out numbers against the teacher on that server (`teacher` gives its tokenizer)."""
     from kdistill.run.evaluate import EvalSettings, run_eval
 
@@ -107,18 +108,19 @@ def evaluate(student: str | Path | None = None, teacher: str | None = None, data
                               no_speed=not measure_speed, no_heldout=not heldout,
                               lm_eval_dir=str(lm_eval_dir) if lm_eval_dir else None,
                               out=str(target) if target else None, teacher_server=teacher_server,
-                              server_model=server_model, server_api=server_api))
+                              server_model=server_model, server_api=server_api, force=force))
         return json.loads((target or Path(run) / "eval.json").read_text())
 
 
 def report(runs: list[str | Path], out: str | Path | None = None, min_retention: float = 0.9,
-           title: str = "kdistill report") -> dict:
+           title: str = "kdistill report", force: bool = False) -> dict:
     """report.html (self-contained), report.md and its figures for one or more runs, as `kdistill report`;
     returns {"html", "markdown", "images"} paths. `out` defaults to RUN/report (one run) or the runs'
-    common parent /report."""
+    common parent /report; a report written there before is refreshed, anything else is replaced only
+    with `force` (never a run folder)."""
     from kdistill.report.build import build_report
 
-    return build_report([str(r) for r in runs], out, min_retention, title)
+    return build_report([str(r) for r in runs], out, min_retention, title, force)
 
 
 def export(model: str | Path, format: str, type: str | None = None, out: str | Path | None = None, *,  # noqa: A002

@@ -31,7 +31,9 @@ def _kdistill_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def _cpu_path_outside_tests_gpu(request, monkeypatch):
     """The suite checks the CPU path (CI has no GPU; its bf16-free numbers are what tests compare), and
-    tests/gpu checks CUDA. On a machine with a GPU, hide it from every other test and its subprocesses."""
+    tests/gpu checks CUDA. On a machine with a GPU, hide it from every other test and its subprocesses (a
+    Mac's MPS from every other test: `train.device=auto` would pick it)."""
     if request.node.path.parent.name != "gpu":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -107,12 +107,19 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-heldout", action="store_true",
                    help="no held-out text (read or generated): tasks, sizes and speed only")
     p.add_argument("--lm-eval-dir", help="also write lm-eval task YAMLs for --tasks here")
-    p.add_argument("--out", help="write the result as JSON here (default with --run: RUN/eval.json)")
+    p.add_argument("--out", help="write the result as JSON here (default with --run: RUN/eval.json); an eval "
+                                 "result already there is merged with the new one")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out (or --lm-eval-dir) when it holds something else (never an input or a "
+                        "run's own files)")
 
 
 def report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/report, or PARENT/report for several runs)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report, or PARENT/report for several runs); "
+                                 "a report written there before is refreshed")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out when it holds something else (never a run folder or a run's own files)")
     p.add_argument("--min-retention", type=float, default=0.9,
                    help="recommend the smallest student that keeps this share of the teacher's quality")
     p.add_argument("--title", default="kdistill report")
@@ -190,7 +197,10 @@ def map_layers_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="calibration text: any file data.path reads (default: a few built-in sentences)")
     p.add_argument("--tokens", type=int, default=512, help="calibration tokens (512)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration row (128)")
-    p.add_argument("--out", default="runs/layer_map", help="folder for layer_map.yaml/.json/.png")
+    p.add_argument("--out", default="runs/layer_map",
+                   help="folder for layer_map.yaml/.json/.png (a map written there before is refreshed)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out when it holds something else (never an input or a run folder)")
 
 
 def config_arguments(p: argparse.ArgumentParser) -> None:

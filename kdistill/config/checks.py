@@ -14,6 +14,7 @@ from kdistill.base.errors import ConfigError
 FEATURE_WHAT = {"hidden_mse": "hidden states", "hidden_cosine": "hidden states",
                 "attention_output": "attention outputs", "attention_map": "attention maps"}
 CROSS_TERMS = ("ce", "uld", "hybrid")  # the loss kinds that work across tokenizers
+CROSS_COMBINE = ("sum", "route")  # teacher.combine modes that keep each teacher's signal in its own form
 
 
 def refuse_failed(checks: list[tuple[str, bool, str]]) -> None:
@@ -44,8 +45,13 @@ def cross_tokenizer_refusals(cfg) -> list[str]:
         why.append(f"teacher.cache={cfg.teacher.cache} holds the teacher's signal for its own tokens only, not "
                    "what aligning another tokenizer needs; drop teacher.cache and use the live teacher "
                    "(teacher.model)")
-    if cfg.teacher.sources:
-        why.append("teacher.sources: several teachers across tokenizers are not supported; use one teacher.model")
+    for i, entry in enumerate(cfg.teacher.sources):
+        if isinstance(entry, dict) and entry.get("cache"):
+            why.append(f"teacher.sources[{i}].cache={entry['cache']} holds a teacher's signal for its own tokens "
+                       "only, not what aligning another tokenizer needs; give that teacher's model instead (model:)")
+    if cfg.teacher.sources and cfg.teacher.combine not in CROSS_COMBINE:
+        why.append(f"teacher.combine={cfg.teacher.combine} mixes the teachers' distributions token by token on one "
+                   "vocabulary; across tokenizers use teacher.combine=sum (each teacher's loss, weighted) or route")
     if not cfg.data.path:
         why.append("data.path is empty: teacher-written data across tokenizers is not supported yet; write the "
                    "teacher's samples to a file (e.g. with a same-tokenizer run's data) and give data.path")
@@ -80,7 +86,8 @@ def _check_rollout_teacher(cfg) -> None:
 
 
 def _check_feature_teacher(cfg, key: str, kind: str) -> None:
-    """A hidden-state or attention term needs one live teacher's activations and a student with layers."""
+    """A hidden-state or attention term needs live teachers' activations (teacher.model, or the models and
+    EMAs of teacher.sources; fsdp too) and a student with layers."""
     what = FEATURE_WHAT[kind]
     if cfg.teacher.cache:
         raise ConfigError(f"{key} ({kind}) compares the teacher's {what} with the student's, but "
@@ -91,21 +98,51 @@ def _check_feature_teacher(cfg, key: str, kind: str) -> None:
         raise ConfigError(f"{key} ({kind}) compares the teacher's {what} with the student's, but the teacher on "
                           f"teacher.server={cfg.teacher.server} gives only its top-K log-probabilities; remove the "
                           "term, or drop teacher.server to run the teacher in the trainer")
-    if cfg.teacher.sources:
-        raise ConfigError(f"{key} ({kind}) needs one live teacher's {what}; teacher.sources combines "
-                          "several teachers' output signals only. Use teacher.model alone, or remove the term")
-    if cfg.train.distributed == "fsdp":
-        raise ConfigError(f"{key} ({kind}) with train.distributed=fsdp is not supported yet (its "
-                          "projections are not sharded); use train.distributed=ddp or none")
+    for i, entry in enumerate(cfg.teacher.sources):  # several teachers: each one's activations, weighted
+        if isinstance(entry, dict) and entry.get("cache"):
+            raise ConfigError(f"{key} ({kind}) compares every teacher's {what} with the student's, but "
+                              f"teacher.sources[{i}] ({entry.get('name')}, cache {entry['cache']}) holds only its "
+                              "output signal, no activations; give that entry its teacher's `model:` instead of "
+                              "the cache, or remove the term")
+    if cfg.teacher.sources and cfg.teacher.combine == "route":
+        raise ConfigError(f"{key} ({kind}) compares every teacher's {what} on every example, but "
+                          "teacher.combine=route scores each example by one teacher; use teacher.combine=sum, "
+                          "or remove the term")
     if cfg.student.kind == "fractal":
         raise ConfigError(f"{key} ({kind}): the fractal student has one shared block, no layers to "
                           "pair with the teacher's; use student.kind=llama or remove the term")
+
+
+def pack_refusals(cfg) -> list[str]:
+    """Why this run cannot pack records several per row exactly (data.pack), each with its fix; [] when
+    it can (the models are checked when they load: data/packing.py `why_not_packable`)."""
+    t, why = cfg.teacher, []
+    if t.cache or any(isinstance(e, dict) and e.get("cache") for e in t.sources):
+        why.append(f"teacher cache {t.cache or 'in teacher.sources'} stores one signal per unpacked example; "
+                   "drop it to use the live teacher")
+    if t.server:
+        why.append(f"teacher.server={t.server} scores one sequence per row; drop it to run the teacher here")
+    if t.sources and t.combine == "route":
+        why.append("teacher.combine=route scores each example by its own teacher; use combine=sum")
+    if cfg.student.tokenizer:
+        why.append(f"student.tokenizer={cfg.student.tokenizer} aligns each example with the teacher's tokens")
+    if cfg.rollout.on_policy:
+        why.append(f"rollout.source={cfg.rollout.source} writes text from each row's prompt; set rollout.lmbda=0")
+    if cfg.student.kind == "fractal":
+        why.append("student.kind=fractal reads a padding mask only; use student.kind=llama")
+    for i, term in enumerate(cfg.loss.terms):
+        if isinstance(term, dict) and term.get("kind") == "attention_map":
+            why.append(f"loss.terms[{i}] (attention_map) compares whole attention maps; remove the term")
+    return why
 
 
 def check_supported(cfg) -> None:
     """ConfigError for the first combination of keys a distill run does not support."""
     if cfg.student.tokenizer and (why := cross_tokenizer_refusals(cfg)):
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer}: " + "; ".join(why))
+    if cfg.data.pack is True and (why := pack_refusals(cfg)):
+        raise ConfigError("data.pack=true packs records several per row, which this run cannot do exactly: "
+                          + "; ".join(why) + ". Or set data.pack=auto (packs where exact) or data.pack=false")
     _check_rollout_teacher(cfg)
     for i, term in enumerate(cfg.loss.terms):
         if isinstance(term, dict) and term.get("kind") in FEATURE_WHAT:

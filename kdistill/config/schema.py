@@ -44,6 +44,7 @@ from kdistill.config.rollout import RolloutConfig
 from kdistill.config.teacher import TeacherConfig
 
 SEED_PROMPTS = ["Once upon a time", "The king said", "In the beginning"]
+DEFAULT_STEPS = 150  # train.max_steps when neither it nor train.epochs is set
 DEVICE = re.compile(r"auto|(cpu|cuda|mps|xpu)(:\d+)?")  # the forms torch.device takes that kdistill runs on
 
 
@@ -134,6 +135,12 @@ class DataConfig:
     """Share of the examples held out (shuffled with train.seed) to measure the student against the teacher."""
     max_records: int | None = ranged(None, ">= 1", "empty = all")
     """Read at most this many records (the first ones); empty = all."""
+    pack: bool | Literal["auto"] = "auto"
+    """Instruction records several per training row, each read as if alone (position ids restart per record,
+    no attention across records; docs/data.md). auto = where that is exact: instruction data with a live
+    teacher (teacher.model, teacher.sources of models or EMA) and a LLaMA student; true refuses a run it
+    cannot pack (teacher.cache, teacher.server, student.tokenizer, on-policy rollouts); false = one record
+    per row."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def validate(self) -> None:
@@ -180,8 +187,13 @@ class LossConfig:
 class TrainConfig:
     """The optimisation: steps, batches, the learning-rate schedule, checkpoints, devices and processes."""
 
-    max_steps: int = ranged(150, ">= 1")
-    """Optimizer steps."""
+    max_steps: int | None = ranged(None, ">= 1", "empty = 150, or from train.epochs")
+    """Optimizer steps; empty = from `epochs` when it is set, else 150. When both are set, max_steps wins
+    (as HF Trainer's max_steps overrides num_train_epochs), and the run and the dry run say so."""
+    epochs: int | None = ranged(None, ">= 1", "empty = by max_steps")
+    """Passes over the training examples: the run trains ceil(epochs * training examples / (batch_size *
+    grad_accum)) steps, counted when the data is read (the log and the model card give the number); the
+    schedule, evaluations and checkpoints follow that count. Empty = train `max_steps` steps."""
     batch_size: int = ranged(8, ">= 1")
     """Sequences per step (over all processes), before gradient accumulation."""
     grad_accum: int = ranged(1, ">= 1")
@@ -211,12 +223,19 @@ class TrainConfig:
     """Steps between checkpoints (a stopped run resumes from the last one with --resume)."""
     keep_checkpoints: int = ranged(2, ">= 1")
     """Checkpoints kept (the newest ones)."""
+    keep_best: bool = False
+    """At each held-out evaluation during training (every eval_every steps and the last), write the student
+    to checkpoints/best when its held-out KL is the lowest so far (kept apart from keep_checkpoints' rotation),
+    and make that one the run's student (student/, the final evaluation and exports)."""
     eval_every: int = ranged(50, ">= 1")
     """Steps between held-out evaluations."""
     gradient_checkpointing: bool = False
     """Recompute the student's activations in the backward pass: less memory, more compute."""
     device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."""
+    """auto (CUDA when available, else Apple's MPS, else CPU), cpu, cuda, cuda:N or mps."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # base/hardware.PRECISIONS
+    """Mixed precision of training: auto (bf16 on CUDA with bf16, fp16 with a loss scaler on CUDA without
+    it, fp32 on CPU and MPS), fp32, bf16 or fp16 (autocast with a loss scaler; see docs/training.md)."""
     threads: int | Literal["auto"] = ranged("auto", ">= 1", "auto = $KDISTILL_THREADS, else the idle cores")
     """Torch threads; auto = $KDISTILL_THREADS, else the cores not already busy now."""
     distributed: Distributed = "auto"
@@ -230,6 +249,17 @@ class TrainConfig:
     def validate(self) -> None:
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"train.device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+        if self.max_steps is not None:  # with epochs alone the steps are known when the data is read
+            self.check_evaluations(self.max_steps, f"train.max_steps={self.max_steps}")
+
+    def check_evaluations(self, steps: int, said: str) -> None:
+        """keep_best chooses among the evaluations during training: more than the last step's. `said`:
+        where the `steps` come from (`train.max_steps=20`, or the epochs' count)."""
+        if self.keep_best and self.eval_every >= steps:
+            raise ConfigError(f"train.keep_best=true keeps the checkpoint of the lowest held-out KL, but with "
+                              f"train.eval_every={self.eval_every} and {said} the held-out set is measured only "
+                              f"at the last step, so there is nothing to choose from; set train.eval_every below "
+                              f"{steps} (e.g. train.eval_every={max(1, steps // 5)}) or train.keep_best=false")
 
 
 @dataclass
@@ -313,6 +343,8 @@ def resolve_defaults(cfg: Config) -> None:
     """Fill the defaults that depend on other keys (the written config.yaml shows what was used)."""
     if cfg.train.lr is None:
         cfg.train.lr = default_lr(cfg.student)
+    if cfg.train.max_steps is None and cfg.train.epochs is None:
+        cfg.train.max_steps = DEFAULT_STEPS
 
 
 def validate(cfg: Config, origins: dict | None = None) -> None:

@@ -33,9 +33,12 @@ class TeacherConfig:
     """Load a teacher whose weights exist only as pickled `pytorch_model.bin` (unpickling can run code)."""
     sources: list[dict] = field(default_factory=list)
     """Several teachers: [{name, model: SPEC, weight, load_in}, {name, kind: ema, update_rate, every}];
-    empty = the one teacher in `model` (or `cache`). See kdistill/sources/multi.py."""
+    empty = the one teacher in `model` (or `cache`). Teachers with different tokenizers need
+    student.tokenizer: each teacher with another tokenizer is aligned to it by bytes. See
+    kdistill/sources/multi.py."""
     combine: Combine = "sum"
-    """How `sources` combine: sum (each loss term summed over teachers, weights normalised) or route."""
+    """How `sources` combine: sum (each loss term summed over teachers, weights normalised) or route;
+    both work across tokenizers (each teacher's loss on its own vocabulary)."""
     route_key: str | None = None
     """For combine=route: the data field that names each example's teacher."""
     server: str | None = None

@@ -48,9 +48,10 @@ def split_report(train: list[dict], held: list[dict]) -> dict:
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example.
+    """Right-pad to the longest example. Packed rows (data/packing.py) add `segments`, each input
+    token's record within its row (-1 for padding), from which `packing.model_inputs` makes the mask.
 
-    Shapes: -> input_ids (B, T), attention_mask (B, T), targets (B, T), mask (B, T) bool
+    Shapes: -> input_ids (B, T), attention_mask (B, T), targets (B, T), mask (B, T) bool, segments (B, T)
     """
     length = max(len(e["ids"]) for e in examples) - 1
     batch = {k: torch.full((len(examples), length), v, dtype=d) for k, v, d in [
@@ -62,6 +63,11 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch["attention_mask"][i, :n] = 1
         batch["targets"][i, :n] = torch.tensor(e["ids"][1:])
         batch["mask"][i, :n] = torch.tensor(e["mask"][1:])
+    if any("segments" in e for e in examples):
+        batch["segments"] = torch.full((len(examples), length), -1, dtype=torch.long)
+        for i, e in enumerate(examples):
+            segments = e.get("segments") or [0] * len(e["ids"])
+            batch["segments"][i, :len(e["ids"]) - 1] = torch.tensor(segments[:-1])
     if any("weight" in e for e in examples):  # per-token loss weights (rationale vs answer), aligned with mask
         batch["weight"] = torch.zeros(len(examples), length)
         for i, e in enumerate(examples):

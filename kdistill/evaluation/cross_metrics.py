@@ -72,7 +72,7 @@ def cross_batch_sums(student_logits, signal, batch) -> dict:
             sums = cross_row_sums(student_logits[r, rows], signal, batch["targets"][r, rows], r * mask.shape[1] + rows)
             for key, v in sums.items():
                 totals[key] = totals.get(key, 0.0) + v
-    totals["teacher_tokens"] = int((batch["teacher_group"] >= 0).sum())
+    totals["teacher_tokens"] = signal.teacher_tokens  # the batch may hold several teachers' tokens
     totals["bytes"] = int(batch["bytes"].sum())
     return totals
 

@@ -22,7 +22,8 @@ import copy
 from pathlib import Path
 
 from kdistill.base.errors import KdistillError
-from kdistill.config.schema import Config, load_config
+from kdistill.config.legacy import load_run_config
+from kdistill.config.schema import Config
 from kdistill.data import batches as batching
 
 PREFIX_CHARS = 150
@@ -90,7 +91,7 @@ def training_split(run_cfg: Config, tokenizer, teacher_dir: str, device) -> list
 
 
 def run_config(run: Path | None) -> Config | None:
-    return load_config(run / "config.yaml") if run is not None and (run / "config.yaml").is_file() else None
+    return load_run_config(run / "config.yaml") if run is not None and (run / "config.yaml").is_file() else None
 
 
 def source_record(p: dict, args, examples: list[dict], run: Path | None) -> dict:

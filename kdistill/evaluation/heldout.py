@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from kdistill.data import packing
 from kdistill.data.batches import to_device
 from kdistill.evaluation.cross_metrics import cross_batch_sums, cross_summary
 from kdistill.losses.divergences import divergence, forward_kl, jsd
@@ -32,7 +33,7 @@ QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
 
 
 def _logits(model, batch):
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return model(**packing.model_inputs(batch, model), use_cache=False).logits
 
 
 def topk_agreement(student_logits, teacher_logits, k: int = TOP_K):
@@ -155,7 +156,8 @@ def heldout_metrics(student, source, batches, device, signals: dict | None = Non
             flat = r * mask.shape[1] + rows
             sums = signal_sums(s_logits[r, rows], signal.take(flat), batch["targets"][r, rows])
             kl_parts.append(sums.pop("kl_tokens"))
-            pos_parts.append(rows.cpu())
+            at = packing.positions(batch["segments"][r:r + 1])[0, rows] if "segments" in batch else rows
+            pos_parts.append(at.cpu())  # the position within its record
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + v
     if cross:

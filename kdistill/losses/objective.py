@@ -25,7 +25,7 @@ from kdistill.losses.feature_terms import PARSERS as FEATURE_PARSERS
 from kdistill.losses.feature_terms import FeatureTerm
 from kdistill.losses.fused import closed_form
 from kdistill.losses.fused.chunked import auto_chunk_size, fused_linear_loss
-from kdistill.losses.mixture import Mixture
+from kdistill.losses.mixture import Mixture, mixed_loss
 from kdistill.losses.reduction import reduce_tokens
 from kdistill.losses.schedules import EntropyTemperature
 from kdistill.losses.selective import kept, selective
@@ -211,9 +211,9 @@ class Objective:
                  token_weight: Tensor | None = None) -> LossOutput:
         """Loss of the student whose logits are hidden @ head_weight.T, computed a chunk of rows at a time.
 
-        teacher: DenseSignal | SparseSignal | None (CE only). num_tokens: True mask entries of the whole
-        optimizer step (all micro-batches and processes). progress: step / total_steps for schedules.
-        behaviour_logprobs (B, T): log-probability of each target under what sampled it (a rollout).
+        teacher: DenseSignal | SparseSignal | Mixture | CrossSignal | None (CE only). num_tokens: True mask
+        entries of the whole optimizer step (all micro-batches and processes). progress: step / total_steps
+        for schedules. behaviour_logprobs (B, T): log-probability of each target under what sampled it (a rollout).
         Shapes: hidden (B, T, D), head_weight (V, D), teacher over (B, T), targets (B, T), mask (B, T) -> ()
         """
         self._check(head_weight.shape[0], teacher, targets)
@@ -222,6 +222,9 @@ class Objective:
 
             return LossOutput(*cross_loss(self, hidden, head_weight, teacher, targets, mask, num_tokens, progress,
                                           token_weight))
+        if teacher is not None and teacher.form == MIXTURE and teacher.grouped:  # several tokenizers among teachers
+            return LossOutput(*mixed_loss(self, hidden, head_weight, teacher, targets, mask, num_tokens, progress,
+                                          behaviour_logprobs, token_weight))
         teacher = teacher if self.needs_teacher else None
         rows = mask.reshape(-1).nonzero().squeeze(-1)
         student_rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)

@@ -43,12 +43,16 @@ def decoder_layers(model) -> nn.ModuleList | None:
     return None
 
 
-def final_hidden(model, input_ids, attention_mask):
-    """The input of the model's output layer (after its final norm). Shapes: (B, T) -> (B, T, D)"""
+def final_hidden(model, input_ids, attention_mask, position_ids=None):
+    """The input of the model's output layer (after its final norm). `attention_mask` is the 2D padding
+    mask, or the 4D one of packed rows with their `position_ids` (data/packing.py `model_inputs`).
+    Shapes: input_ids (B, T), attention_mask (B, T) or (B, 1, T, T), position_ids (B, T) -> (B, T, D)"""
+    extra = {} if position_ids is None else {"position_ids": position_ids}
     inner = decoder(model)
     if inner is not None and decoder_layers(model) is not None:
-        return inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        return inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).last_hidden_state
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
+                **extra)
     return out.hidden_states[-1]
 
 

@@ -106,7 +106,14 @@ def config_line(cfg: dict) -> str:
     loss = " + ".join(f"{t.get('weight', 1)}·{t.get('kind', '?')}" for t in terms if isinstance(t, dict))
     sizes = ", ".join(f"{k}={student[k]}" for k in ("preset", "num_layers", "hidden_size") if student.get(k))
     return (f"teacher {(cfg.get('teacher') or {}).get('model', '?')}; student {student.get('kind', '?')} ({sizes}); "
-            f"{(cfg.get('train') or {}).get('max_steps', '?')} steps; loss {loss or '?'}")
+            f"{_length(cfg.get('train') or {})}; loss {loss or '?'}")
+
+
+def _length(train: dict) -> str:
+    """How long the run trained, as configured: its steps, or its epochs when max_steps was left empty."""
+    if train.get("max_steps") is None and train.get("epochs"):
+        return f"{train['epochs']} epochs"
+    return f"{train.get('max_steps', '?')} steps"
 
 
 EFFICIENCY = [("parameters", "parameters", "compression", "fewer"),

@@ -10,6 +10,7 @@ Each stage below is one function; what kind of teacher the run has is decided on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -23,9 +24,11 @@ from kdistill.base import fsutil
 from kdistill.base.console import describe_student, outputs_line, run_log
 from kdistill.base.errors import ConfigError
 from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_threads
+from kdistill.base.outputs import check_run_dir
+from kdistill.config.paths import input_paths
 from kdistill.config.schema import Config, to_dict
 from kdistill.data import batches as batching
-from kdistill.data import rollout
+from kdistill.data import packing, rollout
 from kdistill.evaluation.compare import format_table, measure_against, measure_speeds
 from kdistill.evaluation.heldout import HeldoutEvaluator, eval_row, heldout_key
 from kdistill.evaluation.record import distill_record
@@ -36,6 +39,8 @@ from kdistill.report.model_card import write_student_card
 from kdistill.report.runs import read_metrics
 from kdistill.run import preflight
 from kdistill.run.folder import check_flags, run_folder
+from kdistill.run.phases import Phases
+from kdistill.run.plan import epochs_line, steps_note, training_steps
 from kdistill.sources import open_source
 from kdistill.students import build_student, save_student
 from kdistill.train import checkpoint, distributed
@@ -49,6 +54,7 @@ class Data:
     train: list[dict]
     heldout: list[dict]  # collated held-out batches, with whatever the source needs
     pad_id: int
+    unpacked: list[dict] | None = None  # the training examples when `train` is packed rows (data.pack)
 
 
 def setup(cfg: Config, dist=None) -> tuple[torch.device, torch.dtype]:
@@ -94,15 +100,17 @@ def check_same_teacher(run, source) -> None:
 def load_data(cfg: Config, source, device, dist=None) -> Data:
     examples = source.load_examples(cfg, device)
     train, held = batching.split(examples, cfg.data.heldout_fraction, cfg.train.seed)
-    if getattr(examples, "report", None) and (dist is None or dist.main):  # teacher-written data: kept/dropped
+    report = getattr(examples, "report", None) or {}
+    rows, packed = packing.for_run(cfg, train, report.get("format", "generated"), source)  # after the split
+    if report and (dist is None or dist.main):  # teacher-written data: kept/dropped
         fsutil.write_json(Path(cfg.output_dir) / "data_report.json",
-                          {**examples.report, "heldout_split": batching.split_report(train, held)})
+                          {**report, "heldout_split": batching.split_report(train, held), "packing": packed})
     log.info("data: %d training and %d held-out examples of up to %d tokens", len(train), len(held),
              cfg.train.seq_len)
     pad = source.tokenizer.pad_token_id
     heldout = [source.collate(held[i:i + cfg.train.batch_size], pad)
                for i in range(0, len(held), cfg.train.batch_size)][:cfg.eval.max_batches]
-    return Data(train, heldout, pad)
+    return Data(rows, heldout, pad, train if packed["packed"] else None)
 
 
 CALIBRATION_ROWS = 16
@@ -110,13 +118,16 @@ CALIBRATION_ROWS = 16
 
 def make_student(cfg: Config, source, data: Data, device):
     teacher = source.init_model
-    rows = data.train[:max(CALIBRATION_ROWS, cfg.student.repair_rows,  # layer choice (first 256 tokens),
-                           cfg.student.span_fit_rows if cfg.student.span_fit_steps else 0)]
+    examples = data.unpacked or data.train  # one record per row, as init reads them
+    rows = examples[:max(CALIBRATION_ROWS, cfg.student.repair_rows,  # layer choice (first 256 tokens),
+                         cfg.student.span_fit_rows if cfg.student.span_fit_steps else 0)]
     # pruning (4 rows), repair (student.repair_rows), span fit (student.span_fit_rows)
     calib = batching.to_device(source.calibration_batch(rows, data.pad_id), device)  # as the teacher reads them
     torch.manual_seed(cfg.train.seed)
     student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)
     student.to(device)
+    if data.unpacked is not None:
+        packing.check_student(student, cfg.train.seq_len)
     if cfg.train.freeze_embeddings:  # the tied output layer is the same tensor
         student.get_input_embeddings().weight.requires_grad_(False)
         if student.get_output_embeddings() is not None:
@@ -138,8 +149,10 @@ def feature_loss(objective, student, source, report: dict, data: Data, run, devi
     recorded = None
     if run.resume_from is not None:
         recorded = checkpoint.read_state(run.resume_from).get("feature_pairs")
-    calib = batching.to_device(batching.collate(data.train[:4], data.pad_id), device)
-    features = plan(objective, student, source.init_model, report, calib, recorded).to(device)
+    calib = batching.to_device(batching.collate((data.unpacked or data.train)[:4], data.pad_id), device)
+    several = getattr(source, "feature_teachers", None)  # teacher.sources: each teacher's activations
+    features = plan(objective, student, several() if several else source.init_model, report, calib,
+                    recorded).to(device)
     report["feature_pairs"] = pairs_record(features)
     return features
 
@@ -181,7 +194,10 @@ def finish(cfg: Config, run, student, source, evaluators, data: Data, device, dt
 def publish(cfg: Config, run, result: dict, folders: dict, data: Data, device, dtype) -> dict:
     """Measure each saved model's speed in its own process (nothing else is held now), then write eval.json,
     print the table, write the model card and say what was written."""
-    measure_speeds(result, folders, cfg.eval.prompts, cfg.eval.max_new_tokens, device)
+    clock = Phases()
+    with clock("speed"):
+        measure_speeds(result, folders, cfg.eval.prompts, cfg.eval.max_new_tokens, device)
+    result["phases"] = {**result.get("phases", {}), **clock.seconds}
     result = distill_record(result, cfg, run.path, device, dtype, len(data.train),
                             sum(len(b["input_ids"]) for b in data.heldout))  # when, how, data sizes, hardware
     with fsutil.writing(run.path / "eval.json"):
@@ -197,6 +213,7 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False, accept_c
     (before anything is touched when the config alone shows it). `accept_changed_data`: resume although
     the data files changed since the checkpoint (recorded in resumes.jsonl)."""
     check_flags(resume, overwrite)
+    check_run_dir(cfg.output_dir, input_paths(cfg))  # before any input is read: the output rule first
     preflight.check(cfg)
     device = pick_device(cfg.train.device)
     dist = distributed.setup(cfg, device)
@@ -233,8 +250,9 @@ def references(source, data: Data, device, vocab: int, dist) -> list:
     return evaluators
 
 
-def begin(run, evaluators, student) -> dict:
-    """Held-out metrics before training: step 0 of metrics.jsonl (a fresh run), eval.json's *_start."""
+def begin(run, evaluators, student) -> tuple[dict, dict | None]:
+    """Held-out metrics before training: eval.json's *_start, and a fresh run's step-0 row, which the loop
+    writes to metrics.jsonl and the trackers (None on a resume: the row is there already)."""
     first = {ev.against: ev(student.eval()) for ev in evaluators}
     start = {heldout_key(a) + "_start": {"kl": m["kl"], "top1_agreement": m["top1_agreement"]}
              for a, m in first.items()}
@@ -242,20 +260,40 @@ def begin(run, evaluators, student) -> dict:
         log.info("%s KL before training: %.3f nats/token", key.replace("_start", ""), m["kl"])
     if run.resume_from is not None:
         trim_metrics(run.path / "metrics.jsonl", int(run.resume_from.name.split("-")[1]))
-    else:
-        row = {k: v for a, m in first.items() for k, v in eval_row(m, a).items()}
-        fsutil.append_jsonl(run.path / "metrics.jsonl", {"step": 0, "loss": None, **row, "time": time.time()})
-    return start
+        return start, None
+    row = {k: v for a, m in first.items() for k, v in eval_row(m, a).items()}
+    return start, {"step": 0, "loss": None, **row, "time": time.time()}
+
+
+def with_steps(cfg: Config, n_train: int, main: bool) -> Config:
+    """The config the run trains with: train.max_steps as set, or counted from train.epochs over the
+    `n_train` training examples (said in the log, and train.keep_best checked against the count). The
+    config itself keeps max_steps empty (config.yaml, checkpoints), so a resume counts again."""
+    t = cfg.train
+    if t.max_steps is not None:
+        return cfg
+    steps = training_steps(t, n_train)
+    t.check_evaluations(steps, f"the {steps} steps of train.epochs={t.epochs}")
+    if main:
+        log.info(epochs_line(t, n_train))
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, max_steps=steps))
 
 
 def _distill(cfg: Config, run, dist) -> dict:
     """The stages of `distill`, on every process of a run."""
     device, dtype = setup(cfg, dist)
+    if steps_note(cfg.train) and dist.main:
+        log.warning(steps_note(cfg.train))
+    clock = Phases()  # eval.json's `phases`: where the user's wait went
     with dist.main_first():  # the main process fills the caches (GGUF conversion, generated data)
-        source = open_teacher(cfg, device, dtype)
+        with clock("teacher"):
+            source = open_teacher(cfg, device, dtype)
         check_same_teacher(run, source)
-        data = load_data(cfg, source, device, dist)
-    student, report = make_student(cfg, source, data, device)
+        with clock("data"):
+            data = load_data(cfg, source, device, dist)
+    asked, cfg = cfg, with_steps(cfg, len(data.train), dist.main)  # `asked` is what checkpoints record
+    with clock("student"):
+        student, report = make_student(cfg, source, data, device)
     source.attach_student(student)  # a source that is the student itself (EMA) starts from it here
     objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
                                 memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
@@ -266,22 +304,26 @@ def _distill(cfg: Config, run, dist) -> dict:
         model.eval()
         return {k: v for ev in evaluators for k, v in eval_row(ev(model), ev.against).items()}
 
-    start = begin(run, evaluators, student) if dist.main else {}
+    with clock("step 0 evaluation"):
+        start, first = begin(run, evaluators, student) if dist.main else ({}, None)
     stream = batching.BatchStream(data.train, cfg.train.batch_size, cfg.train.seed, data.pad_id,
                                   collate_fn=lambda picked: source.collate(picked, data.pad_id))
     if source.prefetch:  # signals asked for ahead of the step (a teacher server), same batches and resume
         stream = batching.Lookahead(stream, source.prefetch)
     stream = rollout.build_stream(cfg, stream, student, source, device)  # itself when off-policy
-    record = {"config": to_dict(cfg), "teacher": source.identity(), "student_init": report,
+    record = {"config": to_dict(asked), "teacher": source.identity(), "student_init": report,
               "data_files": run.data_files,  # what --resume compares (run/data_files.py)
               **({"feature_pairs": report["feature_pairs"]} if features is not None else {})}
-    parts = Parts(student, source, objective, stream, evaluate, device, features, dist, record)
-    trained = run_training(cfg.train, parts, run).student
+    parts = Parts(student, source, objective, stream, evaluate, device, features, dist, record, start_row=first)
+    with clock("training"):
+        trained = run_training(cfg.train, parts, run).student
     del parts  # it holds the models, which are freed below
     release_memory(trained)  # optimizer state and gradients: not held through evaluation
     if not dist.main:
         return {}
-    result, folders = finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)
+    with clock("evaluation"):
+        result, folders = finish(cfg, run, trained, source, evaluators, data, device, dtype, start, report)
+    result["phases"] = clock.seconds
     del trained, student, source, evaluators, evaluate, stream, features, objective  # the models: freed before
     release_memory()  # the speed subprocesses start, whose memory would otherwise add to theirs
     return publish(cfg, run, result, folders, data, device, dtype)

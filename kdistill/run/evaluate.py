@@ -34,7 +34,8 @@ from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError, ModelError
 from kdistill.base.hardware import pick_device, pick_dtype, release_memory, set_threads
 from kdistill.base.outputs import check_output
-from kdistill.config.schema import Config, load_config
+from kdistill.config.legacy import load_run_config
+from kdistill.config.schema import Config
 from kdistill.data import batches as batching
 from kdistill.data.task_files import read_task
 from kdistill.evaluation import eval_data, record
@@ -82,7 +83,7 @@ def resolve_args(args) -> tuple[Config, str, str]:
         run = Path(args.run)
         if not (run / "config.yaml").is_file():
             raise ConfigError(f"--run {run}: no config.yaml there; give the output_dir of `kdistill distill`")
-        cfg = load_config(run / "config.yaml")
+        cfg = load_run_config(run / "config.yaml")
         return cfg, args.student or str(run / "student"), args.teacher or cfg.teacher.model
     if not args.student or not args.teacher:
         raise ConfigError("give --run RUN_DIR, or both --student DIR and --teacher SPEC")

@@ -36,7 +36,8 @@ from pathlib import Path
 from kdistill import __version__
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError, DataError
-from kdistill.base.outputs import RUN_MARKER, RUN_OWNED
+from kdistill.base.outputs import RUN_MARKER, RUN_OWNED, check_run_dir
+from kdistill.config.paths import input_paths
 from kdistill.config.schema import dump, to_dict
 from kdistill.report.runs import read_metrics
 from kdistill.run import data_files
@@ -46,12 +47,13 @@ log = logging.getLogger("kdistill")
 RUN_FILES = tuple(n for n in RUN_OWNED if n != RUN_MARKER)  # moved aside or removed; the marker stays
 PRECIOUS = ("checkpoints", "student", "adapter", "eval.json")  # what a run made that is worth keeping
 ASIDE = ".replaced"
-SAFE_TO_CHANGE = ("train.max_steps", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
+SAFE_TO_CHANGE = ("train.max_steps", "train.epochs", "train.keep_best", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
                   "train.threads", "eval.", "cache.",
                   # where the teacher server is and how it is asked: the parity check proves it is the same teacher
                   "teacher.server", "teacher.server_api_key_env", "teacher.server_prefetch", "teacher.server_timeout",
                   "teacher.server_retries", "teacher.parity_check", "teacher.parity_max_kl")
 IGNORED = ("output_dir",)  # a run folder that was moved is the same run
+BEFORE_KEY = {"data.pack": False}  # what a run from before a key existed did, where it is not the key's default
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -67,8 +69,8 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     from kdistill.config.schema import Config
 
     a, b, default = _flat(saved), _flat(current), _flat(to_dict(Config()))
-    for k in set(b) - set(a):  # a key added since the checkpoint was written counts as its default then
-        a[k] = default.get(k)
+    for k in set(b) - set(a):  # a key added since the checkpoint: what the run did then (its default, mostly)
+        a[k] = BEFORE_KEY.get(k, default.get(k))
     changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in IGNORED]
     lines = {k: f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed}
     safe = [k for k in changed if any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAFE_TO_CHANGE)]
@@ -230,6 +232,7 @@ def _undo(run: RunFolder) -> None:
 def run_folder(cfg, resume: bool, overwrite: bool, accept_changed_data: bool = False):
     check_flags(resume, overwrite)
     folder = Path(cfg.output_dir)
+    check_run_dir(folder, input_paths(cfg))
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output_dir {folder} is a file; give a folder path (it is created if missing)")
     created = not folder.exists()

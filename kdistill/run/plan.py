@@ -4,11 +4,12 @@
 
 Runs `preflight.check(cfg)` (every check that needs no model), then reads what it can without loading a
 model: the teacher's kind and spec (and its config.json, for a local folder, to size the student), the
-data, the loss terms, the token budget and what would happen to the output folder. No folder is
-created, no lock taken, no model loaded.
+data, the loss terms, the token budget (the steps, or how train.epochs will count them once the data is
+read) and what would happen to the output folder. No folder is created, no lock taken, no model loaded.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from kdistill.base.errors import ConfigError
@@ -90,12 +91,44 @@ def loss_line(cfg) -> str:
     return "loss: " + " + ".join(terms) + (" (KD terms x T^2)" if cfg.loss.t2_scale else "")
 
 
+def training_steps(t, n_train: int) -> int:
+    """The optimizer steps of a run (`t`: the train section): train.max_steps when set, which overrides
+    train.epochs as HF Trainer's max_steps overrides num_train_epochs; else
+    ceil(epochs * n_train / (batch_size * grad_accum)) for its `n_train` training examples."""
+    if t.max_steps is not None:
+        return t.max_steps
+    return max(1, math.ceil(t.epochs * n_train / (t.batch_size * t.grad_accum)))
+
+
+def steps_note(t) -> str | None:
+    """What the dry run and the run say when train.max_steps and train.epochs are both set; else None."""
+    if t.max_steps is None or t.epochs is None:
+        return None
+    return (f"train.max_steps={t.max_steps} overrides train.epochs={t.epochs} (as max_steps overrides "
+            "num_train_epochs in HF Trainer); leave train.max_steps empty (train.max_steps=) to train by epochs")
+
+
+def epochs_line(t, n_train: int) -> str:
+    """The run's count of its steps from train.epochs, once the training examples are counted."""
+    per = t.batch_size * t.grad_accum
+    return (f"train.epochs={t.epochs}: {training_steps(t, n_train)} steps = ceil({t.epochs} x {n_train} training "
+            f"examples / {per} a step)")
+
+
 def tokens_line(cfg) -> str:
     t = cfg.train
-    total = t.max_steps * t.batch_size * t.grad_accum * t.seq_len
     accum = f" x {t.grad_accum} accumulated" if t.grad_accum > 1 else ""
-    return (f"training: {t.max_steps} steps x {t.batch_size} sequences{accum} x {t.seq_len} tokens = {total:,} "
-            f"tokens; lr {t.lr}, checkpoint every {t.checkpoint_every}, evaluate every {t.eval_every}")
+    if t.max_steps is None:  # counted from train.epochs once the data is read
+        steps = (f"training: {t.epochs} epoch{'s' if t.epochs > 1 else ''} = ceil({t.epochs} x N / "
+                 f"{t.batch_size * t.grad_accum}) steps for the N training examples (counted when the data is "
+                 f"read; the run logs it), each step {t.batch_size} sequences{accum} x {t.seq_len} tokens")
+    else:
+        total = t.max_steps * t.batch_size * t.grad_accum * t.seq_len
+        note = steps_note(t)
+        steps = (f"training: {t.max_steps} steps x {t.batch_size} sequences{accum} x {t.seq_len} tokens = {total:,} "
+                 "tokens" + (f" ({note})" if note else ""))
+    best = "; the student is the checkpoint of the lowest held-out KL (train.keep_best)" if t.keep_best else ""
+    return f"{steps}; lr {t.lr}, checkpoint every {t.checkpoint_every}, evaluate every {t.eval_every}{best}"
 
 
 def output_line(cfg, resume: bool, overwrite: bool) -> str:

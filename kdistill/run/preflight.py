@@ -73,10 +73,11 @@ def check_student(cfg) -> None:
 
 
 def check_teacher(cfg) -> None:
-    from kdistill.base.hardware import pick_device, pick_dtype
+    from kdistill.base.hardware import pick_device, pick_dtype, pick_precision
 
     device = pick_device(cfg.train.device)
     pick_dtype(cfg.teacher.dtype, device)
+    pick_precision(cfg.train.precision, device)  # bf16 on a GPU without it
     if cfg.teacher.cache:
         from kdistill.cache import manifest as M
 

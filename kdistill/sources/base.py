@@ -9,7 +9,8 @@ is a new class that has them all (tests/sources/test_protocol.py checks each cla
 |----------------------|------------------------------------------------|----------------------|---------------|
 | ModelSource          | a frozen model (`teacher.model`)               | the student's batch  | the teacher   |
 | CacheSource          | a cache's stored signals (`teacher.cache`)     | the student's batch  | None          |
-| MultiSource          | several combined (`teacher.sources`)           | the student's batch  | None          |
+| MultiSource          | several combined (`teacher.sources`; each in   | the first model's    | None          |
+|                      | its own tokens with `student.tokenizer`)       | tokens               |               |
 | EmaSource            | an EMA of the student (in `teacher.sources`)   | the student's batch  | its shadow    |
 | CrossTokenizerSource | read in its own tokens (`student.tokenizer`)   | the teacher's tokens | None          |
 | ServedSource         | on an inference server (`teacher.server`)      | the student's batch  | None          |

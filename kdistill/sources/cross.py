@@ -21,7 +21,7 @@ import torch
 from kdistill.cache import manifest as M
 from kdistill.data import batches as batching
 from kdistill.data.files import read_records
-from kdistill.data.pairs import render_pairs
+from kdistill.data.pairs import render_pair, render_pairs
 from kdistill.data.token_bytes import vocab_bytes
 from kdistill.losses.cross.alignment import identity_pairs, string_pairs
 from kdistill.losses.cross.groups import CrossSignal
@@ -64,32 +64,74 @@ def load_student_tokenizer(spec: str):
                          "tokenizer.json, a .gguf file, or `default`") from None
 
 
-def collate_pairs(examples: list[dict], pad_id: int, teacher_pad: int) -> dict:
-    """The student's batch plus the teacher's tokens and each row's group (per example, -1 outside).
+# a batch's keys for one teacher's side (several teachers: each under "NAME/KEY", `CrossTokenizerSource.own`)
+TEACHER_KEYS = ("teacher_input_ids", "teacher_attention_mask", "teacher_targets", "student_group",
+                "teacher_group", "groups")
 
-    Shapes: -> student keys (B, T), teacher_input_ids / teacher_attention_mask / teacher_targets (B, Tt),
-    student_group (B, T), teacher_group (B, Tt) long, groups (B,) long (groups per example)
+
+def teacher_side(sides: list[dict], student_shape, teacher_pad: int) -> dict:
+    """One teacher's tokens and each row's group for a batch, from each example's {"teacher_ids", "groups"}.
+
+    Shapes: student_shape (B, T) -> teacher_input_ids / teacher_attention_mask / teacher_targets (B, Tt),
+    student_group (B, T), teacher_group (B, Tt) long (the group within its example, -1 outside),
+    groups (B,) long (groups per example)
     """
-    batch = batching.collate(examples, pad_id)
-    length = max(len(e["teacher_ids"]) for e in examples) - 1
-    b = len(examples)
+    length = max(len(e["teacher_ids"]) for e in sides) - 1
+    b = len(sides)
     t_ids = torch.full((b, length), teacher_pad, dtype=torch.long)
+    targets = torch.full((b, length), teacher_pad, dtype=torch.long)
     t_mask, t_group = torch.zeros(b, length, dtype=torch.long), torch.full((b, length), -1, dtype=torch.long)
-    s_group = torch.full(batch["mask"].shape, -1, dtype=torch.long)
-    for i, e in enumerate(examples):
+    s_group = torch.full(tuple(student_shape), -1, dtype=torch.long)
+    for i, e in enumerate(sides):
         n = len(e["teacher_ids"]) - 1
         t_ids[i, :n] = torch.tensor(e["teacher_ids"][:-1])
+        targets[i, :n] = torch.tensor(e["teacher_ids"][1:])
         t_mask[i, :n] = 1
         for k, (a, b_, c, d) in enumerate(e["groups"]):
             s_group[i, a - 1:b_ - 1] = k
             t_group[i, c - 1:d - 1] = k
-    targets = torch.full((b, length), teacher_pad, dtype=torch.long)
-    for i, e in enumerate(examples):
-        targets[i, :len(e["teacher_ids"]) - 1] = torch.tensor(e["teacher_ids"][1:])
-    return {**batch, "teacher_input_ids": t_ids, "teacher_attention_mask": t_mask, "teacher_targets": targets,
+    return {"teacher_input_ids": t_ids, "teacher_attention_mask": t_mask, "teacher_targets": targets,
             "student_group": s_group, "teacher_group": t_group,
-            "groups": torch.tensor([len(e["groups"]) for e in examples]),
+            "groups": torch.tensor([len(e["groups"]) for e in sides])}
+
+
+def collate_pairs(examples: list[dict], pad_id: int, teacher_pad: int) -> dict:
+    """The student's batch plus the teacher's side (`teacher_side`) and each example's response bytes.
+
+    Shapes: -> student keys (B, T), the teacher keys of `teacher_side`, bytes (B,) long
+    """
+    batch = batching.collate(examples, pad_id)
+    return {**batch, **teacher_side(examples, batch["mask"].shape, teacher_pad),
             "bytes": torch.tensor([e["bytes"] for e in examples])}
+
+
+def render_aligned(record: dict, student_tok, teachers: dict, seq_len: int, fmt: str, text_field: str,
+                   where: str) -> dict | None:
+    """One record read by the student's tokenizer and by each of several teachers' (`teachers`: name ->
+    (tokenizer, most teacher tokens)): {"ids", "mask", "bytes"} as for one teacher, plus "pairs": name ->
+    {"teacher_ids", "groups"}. All sides keep the same student tokens: when a side would cut the response
+    elsewhere, every side is cut at the last student token that ends a group on all of them (the EOS only
+    when no side is cut). None when nothing of the response fits. No teachers: the student's tokens alone.
+    """
+    sides = teachers or {"": (student_tok, seq_len)}
+
+    def render(length: int) -> dict | None:
+        made = {name: render_pair(record, student_tok, tok, length, limit, fmt, text_field, where)
+                for name, (tok, limit) in sides.items()}
+        return None if any(e is None for e in made.values()) else made
+
+    made = render(seq_len)
+    if made is not None and len({len(e["ids"]) for e in made.values()}) > 1:  # cut apart: cut all alike
+        start = next(iter(made.values()))["groups"][0][0]  # the first response token
+        shortest = min(len(e["ids"]) for e in made.values())
+        ends = set.intersection(*({g[1] for g in e["groups"]} for e in made.values()))
+        cut = max((end for end in ends if end <= shortest), default=start)
+        made = render(cut - 1) if cut > start else None  # a budget of `cut` ids keeps the groups up to it
+    if made is None or len({tuple(e["ids"]) for e in made.values()}) > 1:
+        return None
+    first = next(iter(made.values()))
+    pairs = {name: {"teacher_ids": e["teacher_ids"], "groups": e["groups"]} for name, e in made.items()}
+    return {"ids": first["ids"], "mask": first["mask"], "bytes": first["bytes"], "pairs": pairs if teachers else {}}
 
 
 @torch.no_grad()
@@ -125,23 +167,40 @@ def group_signal(teacher, batch: dict, pairs, vocab_size: int, chunk: int = 256)
         rest.index_add_(0, later_groups[i:i + chunk], lp)
     s_pairs, t_pairs = pairs
     return CrossSignal(signal, rest, targets[first], group_of, s_pairs.to(ids.device), t_pairs.to(ids.device),
-                       vocab_size)
+                       vocab_size, len(rows))
 
 
 class CrossTokenizerSource(Quiet):
-    """The teacher (a ModelSource) read through its own tokenizer, signals given per aligned group."""
+    """The teacher (a ModelSource) read through its own tokenizer, signals given per aligned group.
+
+    `name`: one of several teachers (`sources/multi.py`): its metrics are against `name`, and its side of
+    a batch is under "NAME/KEY" (of `TEACHER_KEYS`), of an example under example["pairs"][NAME]."""
 
     against = "teacher"
     static = True
     can_score_new_text = False  # text in the student's tokens would need reading again by the teacher
     provides_activations = False
 
-    def __init__(self, inner, student_tokenizer, spec: str = "", copy_embeddings: bool = False):
+    def __init__(self, inner, student_tokenizer, spec: str = "", copy_embeddings: bool = False,
+                 name: str | None = None):
         self.inner, self.tokenizer, self.spec, self.copy_embeddings = inner, student_tokenizer, spec, copy_embeddings
         if student_tokenizer.pad_token_id is None:
             student_tokenizer.pad_token = student_tokenizer.eos_token
         self.teacher_tokenizer = inner.tokenizer
         self._pairs = None
+        self.name = name
+        if name is not None:
+            self.against = name
+
+    def own(self, batch: dict) -> dict:
+        """The batch with this teacher's side under the plain keys (one teacher: the batch itself)."""
+        if self.name is None:
+            return batch
+        return {**batch, **{k: batch[f"{self.name}/{k}"] for k in TEACHER_KEYS}}
+
+    def side(self, example: dict) -> dict:
+        """This teacher's {"teacher_ids", "groups"} of an example."""
+        return example if self.name is None else example["pairs"][self.name]
 
     @property
     def vocab_size(self) -> int:
@@ -173,20 +232,21 @@ class CrossTokenizerSource(Quiet):
 
     def calibration_batch(self, examples: list[dict], pad_id: int) -> dict:
         """The teacher's own tokens of `examples` (padded with the teacher's pad id, not `pad_id`)."""
-        own = [{"ids": e["teacher_ids"], "mask": [True] * len(e["teacher_ids"])} for e in examples]
+        own = [{"ids": self.side(e)["teacher_ids"], "mask": [True] * len(self.side(e)["teacher_ids"])}
+               for e in examples]
         return batching.collate(own, self.teacher_tokenizer.pad_token_id)
 
     def load_examples(self, cfg, device) -> list[dict]:
         records = read_records(cfg.data.path, cfg.data.split, cfg.data.max_records)
-        limit = getattr(unwrap(self.inner.model).config, "max_position_embeddings", None) or 4 * cfg.train.seq_len
         return render_pairs(records, self.tokenizer, self.teacher_tokenizer, cfg.train.seq_len,
-                            min(limit, 4 * cfg.train.seq_len), cfg.data.format, cfg.data.text_field, cfg.data.path)
+                            self.teacher_limit(cfg.train.seq_len), cfg.data.format, cfg.data.text_field,
+                            cfg.data.path)
 
     def collate(self, examples: list[dict], pad_id: int) -> dict:
         return collate_pairs(examples, pad_id, self.teacher_tokenizer.pad_token_id)
 
     def signal(self, batch: dict, vocab_size: int) -> CrossSignal:
-        return group_signal(self.inner.model, batch, self.pairs(vocab_size), vocab_size)
+        return group_signal(self.inner.model, self.own(batch), self.pairs(vocab_size), vocab_size)
 
     def references(self) -> list:
         return [self]
@@ -198,13 +258,18 @@ class CrossTokenizerSource(Quiet):
         return {**self.inner.identity(), "student_tokenizer": self.spec,
                 "student_tokenizer_sha256": M.tokenizer_fingerprint(self.tokenizer)}
 
+    def teacher_limit(self, seq_len: int) -> int:
+        """Most teacher tokens of one example: its positions, at most 4 x train.seq_len."""
+        limit = getattr(unwrap(self.inner.model).config, "max_position_embeddings", None) or 4 * seq_len
+        return min(limit, 4 * seq_len)
+
 
 class CrossReference:
     """The teacher for the final comparison: its model, folder and own tokenizer; signals per group."""
 
     def __init__(self, source: CrossTokenizerSource):
         self.source, self.model, self.folder = source, source.inner.model, source.inner.folder
-        self.against, self.tokenizer = "teacher", source.teacher_tokenizer
+        self.against, self.tokenizer = source.against, source.teacher_tokenizer
         self.can_score_new_text = False  # the exposure metrics score one model's text with the other's tokens
         self.static = True
 

@@ -1,11 +1,11 @@
 """Preflight for `student.tokenizer`: its tokenizer and the data, checked before a model loads.
 
-What a cross-tokenizer run cannot do (a teacher cache, several teachers, teacher-written data, on-policy
-rollouts, per-token loss kinds, benchmark tasks, a fractal student) is refused by the config itself
-(kdistill/config/checks.py). Here: the student's tokenizer loads, and when the teacher's tokenizer can be
-read without loading the model (a folder), the data's responses are encoded by both tokenizers now (text
-one cannot encode losslessly is named), and a pair with no shared strings is reported (hybrid then falls
-back to uld).
+What a cross-tokenizer run cannot do (a teacher cache, teacher-written data, on-policy rollouts,
+per-token loss kinds, benchmark tasks, a fractal student) is refused by the config itself
+(kdistill/config/checks.py). Here: the student's tokenizer loads, and for each teacher whose tokenizer can
+be read without loading the model (a folder: teacher.model, or each model of teacher.sources) the data's
+responses are encoded by both tokenizers now (text one cannot encode losslessly is named), and a pair
+with no shared strings is reported (hybrid then falls back to uld).
 """
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ def check_cross(cfg) -> None:
 
     student = load_student_tokenizer(cfg.student.tokenizer)
     reading(student)
-    teacher_dir = Path(cfg.teacher.model).expanduser()
-    if cfg.teacher.model != "default" and (teacher_dir / "tokenizer.json").is_file():
-        check_pair(cfg, student, load_student_tokenizer(str(teacher_dir)))
+    specs = [e["model"] for e in cfg.teacher.sources if isinstance(e, dict) and e.get("model")] \
+        if cfg.teacher.sources else [cfg.teacher.model]
+    for spec in specs:
+        teacher_dir = Path(spec).expanduser()
+        if spec != "default" and (teacher_dir / "tokenizer.json").is_file():
+            check_pair(cfg, student, load_student_tokenizer(str(teacher_dir)))
 
 
 def check_pair(cfg, student, teacher) -> None:

@@ -5,7 +5,9 @@
 After every `every` optimizer steps: shadow ← (1 − update_rate)·shadow + update_rate·weights, in fp32,
 for the trainable parameters only (a LoRA student: its adapters; the frozen base is shared with the
 student, not copied). The shadow starts as a copy of the initialised student; it is saved with each
-checkpoint (`state_dict`), so a resumed run continues with the same shadow.
+checkpoint (`state_dict`), so a resumed run continues with the same shadow. Feature terms compare the
+student's layers with the shadow's (`signal_and_activations`; from_init and span pair layer s with shadow
+layer s). Under fsdp every process keeps a whole shadow and gathers the student's shards to update it.
 """
 from __future__ import annotations
 
@@ -50,16 +52,22 @@ class EmaSource(Quiet):
 
     @torch.no_grad()
     def after_step(self, student, step: int) -> None:
+        """The shadow moves toward the student's weights as they are now: looked up by name, since fsdp
+        replaces the student's parameters by sharded ones (gathered here a tensor at a time, on every process)."""
         if step % self.every:
             return
-        for _, shadow, p in self._pairs:
-            shadow.mul_(1 - self.update_rate).add_(p.detach().float(), alpha=self.update_rate)
+        now = dict(student.named_parameters())
+        for name, shadow, _ in self._pairs:
+            p = now[name].detach()
+            p = p.full_tensor() if hasattr(p, "full_tensor") else p
+            shadow.mul_(1 - self.update_rate).add_(p.float(), alpha=self.update_rate)
 
     def signal(self, batch: dict, vocab_size: int):
         return teacher_signal(self.model, batch, vocab_size)
 
     def signal_and_activations(self, batch: dict, vocab_size: int, request: dict):
-        """Activations of the shadow (the student's own layers, averaged)."""
+        """The shadow's signal and activations (the student's own layers, averaged), from one forward of the
+        shadow under no_grad: never the live student's."""
         return signal_with_activations(self.model, batch, vocab_size, request)
 
     def load_examples(self, cfg, device) -> list[dict]:

@@ -5,6 +5,7 @@ import torch
 
 from kdistill.data import batches as batching
 from kdistill.data.load import load_examples
+from kdistill.data.packing import model_inputs
 from kdistill.losses import DenseSignal
 from kdistill.models.activations import capture
 from kdistill.models.heads import final_hidden, head_weight, logits_from_hidden_ok, unwrap
@@ -29,15 +30,15 @@ def teacher_signal(teacher, batch: dict, vocab_size: int) -> DenseSignal:
     linear head whose weight is in memory); otherwise they are the model's own forward logits.
     Shapes: batch input_ids (B, T) -> signal over (B, T, vocab_size)
     """
+    inputs = model_inputs(batch, teacher)  # packed rows: block mask and position ids (data/packing.py)
     if logits_from_hidden_ok(teacher):
-        hidden = final_hidden(teacher, batch["input_ids"], batch["attention_mask"])
+        hidden = final_hidden(teacher, **inputs)
         weight = head_weight(teacher)
         if weight.shape[0] >= vocab_size:
             return DenseSignal.from_hidden(hidden, weight[:vocab_size])
         logits = (hidden @ weight.T).float()
     else:
-        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         use_cache=False).logits.float()
+        logits = teacher(**inputs, use_cache=False).logits.float()
     if logits.shape[-1] >= vocab_size:
         return DenseSignal(logits=logits[..., :vocab_size])
     pad = logits.new_full((*logits.shape[:-1], vocab_size - logits.shape[-1]), float("-inf"))

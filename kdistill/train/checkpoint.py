@@ -9,7 +9,8 @@ oldest are removed only after a newer one is complete. A resume takes the newest
 still match `checksums.json` (`resume_point`), after the leftovers of a killed write are gone
 (`clean_partial`). A checkpoint is good before it is called good: weights, optimizer state and every
 other tensor are checked finite before anything is written (`NonFiniteCheckpoint` otherwise, and the
-older checkpoints stay).
+older checkpoints stay). With train.keep_best, `checkpoints/best/` is a checkpoint like the others (its
+trainer_state.json's `best` holds the step, the metric's key and value) that rotation and resume ignore.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from kdistill.train.debug import all_finite, non_finite
 SOURCE_TENSORS = "source.safetensors"
 FEATURE_TENSORS = "features.safetensors"  # projections of hidden-state terms (train/features.py), never in student/
 STEP_DIR = re.compile(r"^step-(\d+)$")
+BEST = "best"  # checkpoints/best: train.keep_best's lowest held-out KL, beside the rotated step-* folders
 CHECKSUMS = "checksums.json"
 STATE = "trainer_state.json"
 SAME_CONFIG = "resume with the config the run was started with"
@@ -221,8 +223,10 @@ def check_finite(step: int, output_dir, groups: dict[str, dict]) -> None:
 
 def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
                     keep: int, source_tensors: dict | None = None, optimizer_state: dict | None = None,
-                    feature_tensors: dict | None = None) -> Path:
-    target = Path(output_dir) / "checkpoints" / f"step-{step:06d}"
+                    feature_tensors: dict | None = None, name: str | None = None) -> Path:
+    """checkpoints/step-NNNNNN (then the oldest beyond `keep` go), or checkpoints/NAME (`BEST`: never
+    rotated, never a resume point) replaced whole."""
+    target = Path(output_dir) / "checkpoints" / (name or f"step-{step:06d}")
     tensors, opt_meta = _optimizer_tensors(optimizer, optimizer_state)
     check_finite(step, output_dir, {"weight": model.state_dict(), "optimizer state": tensors,
                                     "teacher source tensor": source_tensors or {},
@@ -245,7 +249,7 @@ def save_checkpoint(output_dir, step: int, model, tokenizer, optimizer, schedule
         (tmp / STATE).write_text(json.dumps(state, indent=1))
         write_checksums(tmp)
     # Newer folders come from an attempt that was resumed from earlier: this run rewrites them in turn.
-    for old in [p for p in list_checkpoints(output_dir) if _step(p) <= step][:-keep]:
+    for old in [p for p in list_checkpoints(output_dir) if _step(p) <= step][:-keep] if name is None else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
@@ -295,6 +299,16 @@ def _load_weights(path: Path, model) -> None:
                             f"config's ({problem}); {SAME_CONFIG}")
     for f in files:
         load_model(model, str(f), strict=False)
+
+
+def load_weights(path: Path, model) -> dict:
+    """The student's weights (a LoRA student's adapter) of the checkpoint at `path` into `model`, after
+    its files are checked against checksums.json; returns its trainer_state.json."""
+    problem = checkpoint_problem(Path(path))
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}; its files changed after they were written")
+    _load_weights(Path(path), model)
+    return read_state(path)
 
 
 def _restore(path: Path, model, optimizer, scheduler, load_optimizer=None) -> dict:

@@ -10,9 +10,11 @@ before the split, so N processes compute the loss and gradients of one process w
 FSDP average gradients over processes, so each process's loss is multiplied by N (`loss_scale`). The
 student and the objective run as one module (`step.StudentLoss`) under the wrapper, so the output layer's
 weight is read inside the forward (unsharded under FSDP) and the wrapper sees every use of it. The
-frozen teacher is replicated (ddp) or sharded per layer (fsdp), never wrapped for gradients. Only the
+frozen teacher is a whole copy in every process (ddp and fsdp), never wrapped for gradients. Only the
 main process writes; checkpoints hold full (gathered) state dicts, so a run resumes on any number of
-processes with the same global batches.
+processes with the same global batches. Feature-term projections (`features.FeatureLoss`) are part of the
+wrapped module: replicated under DDP, sharded with the root unit under FSDP, their gradients averaged
+like the student's; `Whole.refresh` gathers them for the checkpoint and `copy_whole` loads them back.
 """
 from __future__ import annotations
 
@@ -203,19 +205,6 @@ def wrap(module: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
     return module
 
 
-def shard_teacher(teacher, dist: Dist, device: torch.device) -> None:
-    """Under fsdp the frozen teacher is sharded per layer too (no gradients, no optimizer state)."""
-    if dist.mode != "fsdp" or teacher is None:
-        return
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(device.type, (dist.world,))
-    for layer in decoder_layers(teacher) or []:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(teacher, mesh=mesh)
-
-
 class Whole:
     """What evaluation and checkpoints read: the student itself, or under FSDP a plain copy (made before
     sharding) whose weights `refresh` gathers from the shards (every process must call it)."""
@@ -235,6 +224,8 @@ class Whole:
         prefix = "student."
         self.copy.load_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)},
                                   strict=False)
+        if getattr(model, "features", None) is not None:  # the feature projections, whole, for the checkpoint
+            model.features.keep_whole({k[len("features."):]: v for k, v in full.items() if k.startswith("features.")})
         return self.copy
 
 
@@ -256,11 +247,10 @@ def load_into_shards(model: nn.Module, full: dict, optimizer, optimizer_state: d
 
     prefix = "student."
     params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, p in params.items():
-            key = name[len(prefix):] if name.startswith(prefix) else name
-            if key in full and isinstance(p, DTensor):
-                p.to_local().copy_(distribute_tensor(full[key].to(p.dtype), p.device_mesh, p.placements).to_local())
+    for name, p in params.items():
+        key = name[len(prefix):] if name.startswith(prefix) else name
+        if key in full and isinstance(p, DTensor):
+            copy_whole(p, full[key])
     ordered = [p for group in optimizer.param_groups for p in group["params"]]
     for idx in sorted(optimizer_state["state"]):
         p = ordered[int(idx)]
@@ -270,3 +260,15 @@ def load_into_shards(model: nn.Module, full: dict, optimizer, optimizer_state: d
             if isinstance(p, DTensor) and torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape):
                 per[name] = distribute_tensor(v.to(p.dtype), p.device_mesh, p.placements)
     optimizer.load_state_dict(optimizer_state)
+
+
+@torch.no_grad()
+def copy_whole(param: torch.Tensor, whole: torch.Tensor) -> None:
+    """Copy a whole tensor into `param`, into this process's shard of it when it is sharded (fsdp; every
+    process must call it then)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        param.to_local().copy_(distribute_tensor(whole.to(param.dtype), param.device_mesh, param.placements).to_local())
+    else:
+        param.copy_(whole)

@@ -8,14 +8,18 @@ source hears that the step is done (`after_step`: an EMA teacher follows the stu
 the step's row, evaluates and checkpoints when due. The teacher is a source (`kdistill.sources`); the loop
 never asks what kind. Metrics go to `metrics.jsonl` (one row per step, `step` and `loss` always present);
 held-out evaluation rows carry `eval_kl` (against the teacher) or `eval_<source>_kl` (against another
-source, e.g. a cache). A NaN or an infinity stops the run, its cause named (teacher signal, loss,
-gradient or update: `step.NonFinite`), without a checkpoint of those weights: every checkpoint is checked
-finite before it is written, so the last one is good. Ctrl-C (SIGINT) or SIGTERM stops after the current
+source, e.g. a cache); a fresh run's step-0 row (`Parts.start_row`, held-out numbers before training)
+goes to metrics.jsonl and the trackers first. With `train.keep_best` an evaluation whose held-out KL is the
+lowest so far is also written to checkpoints/best, and the student returned is that one. A NaN or an
+infinity stops the run, its cause named (teacher signal, loss, gradient or update: `step.NonFinite`),
+without a checkpoint of those weights: every checkpoint is checked finite before it is written, so the
+last one is good. Ctrl-C (SIGINT) or SIGTERM stops after the current
 step with a checkpoint; the command then exits 130 or 143, the shell's codes for those signals.
 """
 from __future__ import annotations
 
 import logging
+import math
 import signal as signals
 import time
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from kdistill.base import fsutil
 from kdistill.base.errors import KdistillError, TeacherUnavailable
 from kdistill.train import checkpoint
 from kdistill.train.distributed import Dist, Whole, full_optimizer_state, load_into_shards, world_change, wrap
+from kdistill.train.precision import Precision, make_precision
 from kdistill.train.schedule import make_optimizer, warmup_cosine
 from kdistill.train.step import NonFinite, StudentLoss, train_step
 from kdistill.train.tracking import open_trackers
@@ -60,6 +65,7 @@ class Parts:
     features: nn.Module | None = None  # train/features.FeatureLoss: trains with the student, checkpointed beside it
     dist: Dist = field(default_factory=Dist)
     record: dict = field(default_factory=dict)  # into every checkpoint's trainer_state.json
+    start_row: dict | None = None  # a fresh run's step 0: held-out metrics before training
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Engine:
     whole: Whole  # the student, whole (gathered under fsdp), for evaluation and checkpoints
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision | None = None  # train.precision: the forward's autocast, fp16's loss scaler (checkpointed)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class RunState:
     tokens: int = 0
     history: list = field(default_factory=list)
     student: object = None
+    best: dict | None = None  # train.keep_best: {"step", "key", "value"} of the lowest held-out KL so far
 
 
 def run_training(tc, parts: Parts, run) -> RunState:
@@ -89,6 +97,9 @@ def run_training(tc, parts: Parts, run) -> RunState:
     engine = build(tc, parts)
     state = resume(run.resume_from, parts, engine) if run.resume_from is not None else RunState()
     trackers = open_trackers(tc.tracker if dist.main else [], run.path, parts.record.get("config", {}))
+    if parts.start_row is not None and dist.main:
+        fsutil.append_jsonl(run.path / "metrics.jsonl", parts.start_row)
+        trackers.log(parts.start_row, 0)
     bar = tqdm(total=tc.max_steps, initial=state.step, desc="distilling", unit="step", dynamic_ncols=True,
                disable=not dist.main)
     since = (time.time(), state.tokens)
@@ -110,6 +121,8 @@ def run_training(tc, parts: Parts, run) -> RunState:
                 if due(tc.eval_every, state.step) or state.step == tc.max_steps:
                     row.update(evaluate(parts, engine, state.step))
                 write_row(row, state, run.path / "metrics.jsonl", trackers, bar, dist.main)
+                if tc.keep_best and improved(row, state, dist):  # before the step's checkpoint, which records it
+                    save(run, parts, engine, state, tc.keep_checkpoints, checkpoint.BEST)
                 done = due(tc.checkpoint_every, state.step) or state.step == tc.max_steps
                 path = save(run, parts, engine, state, tc.keep_checkpoints) if done else None
                 if stop_together(stop, dist) and state.step < tc.max_steps:
@@ -124,8 +137,39 @@ def run_training(tc, parts: Parts, run) -> RunState:
         bar.close()
         trackers.close()
     state.student = engine.whole.refresh(engine.model).eval()  # what to save and compare: whole on the main process
+    if tc.keep_best and dist.main:
+        from_best(run, state)
     student.eval()
     return state
+
+
+def heldout_kl(row: dict) -> str | None:
+    """The held-out KL of a metrics row: `eval_kl` (against the teacher), else the first `eval_*kl`."""
+    return "eval_kl" if "eval_kl" in row else next((k for k in row if k.startswith("eval_") and k.endswith("kl")),
+                                                    None)
+
+
+def improved(row: dict, state: RunState, dist: Dist) -> bool:
+    """Whether the step's held-out KL is the lowest so far (then `state.best` holds it). The main process
+    evaluated; every process hears its answer, since writing a checkpoint gathers the weights under fsdp."""
+    key = heldout_kl(row)
+    better = key is not None and math.isfinite(row[key]) and (state.best is None or row[key] < state.best["value"])
+    if better:
+        state.best = {"step": state.step, "key": key, "value": float(row[key])}
+    return bool(dist.broadcast(better)) if dist.active else better
+
+
+def from_best(run, state: RunState) -> None:
+    """train.keep_best: the weights of checkpoints/best into the student the run saves and evaluates."""
+    if state.best is None:
+        log.warning("train.keep_best: no held-out KL was measured, so the student is the last step's")
+        return
+    saved = checkpoint.load_weights(run.path / "checkpoints" / checkpoint.BEST, state.student)
+    best = saved.get("best") or state.best
+    last = state.history[-1].get(best["key"]) if state.history else None
+    log.info("train.keep_best: the student is checkpoints/best, step %d (%s %.4f, the lowest held-out KL%s)",
+             best["step"], best["key"], best["value"],
+             f"; the last step, {state.step}, had {last:.4f}" if last is not None else "")
 
 
 def stopped_at(run, parts: Parts, engine: Engine, state: RunState, tc, before: dict | None) -> str:
@@ -149,11 +193,13 @@ def due(every: int, step: int) -> bool:
 def build(tc, parts: Parts) -> Engine:
     """The wrapped loss module, the optimizer (student and feature projections) and its schedule."""
     whole = Whole(parts.student, parts.dist)  # before sharding: under fsdp a plain copy for evaluation and checkpoints
-    model = wrap(StudentLoss(parts.student, parts.objective, parts.features), parts.dist, parts.device)
+    precision = make_precision(tc.precision, parts.device, parts.dist.mode)
+    model = wrap(StudentLoss(parts.student, parts.objective, parts.features, precision), parts.dist, parts.device)
     params = [p for p in parts.student.parameters() if p.requires_grad]
     params += list(parts.features.parameters()) if parts.features is not None else []
     optimizer = make_optimizer(params, tc)
-    return Engine(model, whole, optimizer, warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio))
+    return Engine(model, whole, optimizer, warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio),
+                  precision)
 
 
 def resume(folder: Path, parts: Parts, engine: Engine) -> RunState:
@@ -163,6 +209,8 @@ def resume(folder: Path, parts: Parts, engine: Engine) -> RunState:
         if dist.mode == "fsdp" else None
     saved = checkpoint.load_checkpoint(folder, engine.whole.copy, engine.optimizer, engine.scheduler, shards)
     parts.stream.load_state(saved["data"])
+    if engine.precision is not None:
+        engine.precision.load_state_dict(saved.get("grad_scaler"))  # fp16's loss scale and growth count
     parts.source.load_state_dict(checkpoint.load_source_tensors(folder))
     if parts.features is not None:
         parts.features.load_tensors(checkpoint.load_feature_tensors(folder))
@@ -170,23 +218,27 @@ def resume(folder: Path, parts: Parts, engine: Engine) -> RunState:
     if note and dist.main:
         log.warning(note)
     log.info("resumed from %s at step %d", folder, saved["step"])
-    return RunState(step=saved["step"], tokens=saved["tokens"])
+    return RunState(step=saved["step"], tokens=saved["tokens"], best=saved.get("best"))
 
 
-def save(run, parts: Parts, engine: Engine, state: RunState, keep: int) -> Path | None:
-    """A checkpoint of the step just taken; every process calls it (it gathers under fsdp), the main one writes."""
+def save(run, parts: Parts, engine: Engine, state: RunState, keep: int, name: str | None = None) -> Path | None:
+    """A checkpoint of the step just taken, in checkpoints/step-NNNNNN or checkpoints/NAME (`checkpoint.BEST`);
+    every process calls it (it gathers under fsdp), the main one writes."""
     dist = parts.dist
     plain, optimizer_state = engine.whole.refresh(engine.model), full_optimizer_state(engine.optimizer, dist)
     if not dist.main:
         return None
     extra = {"tokens": state.tokens, "data": parts.stream.state(), "world": dist.world, "distributed": dist.mode,
-             **parts.record}  # any number of processes resumes: whole state dicts (`world_change`)
+             **parts.record, **({"best": state.best} if state.best else {})}
+    # any number of processes resumes: whole state dicts (`world_change`); `best`: read back by `resume`
+    scaler = engine.precision.state_dict() if engine.precision is not None else {}
+    extra.update({"grad_scaler": scaler} if scaler else {})  # fp16's loss scale, read back by `resume`
     features = parts.features.tensors() if parts.features is not None else None
-    with fsutil.writing(run.path / "checkpoints" / f"step-{state.step:06d}"):
+    with fsutil.writing(run.path / "checkpoints" / (name or f"step-{state.step:06d}")):
         path = checkpoint.save_checkpoint(run.path, state.step, plain, parts.source.tokenizer, engine.optimizer,
                                           engine.scheduler, extra, keep, parts.source.state_dict(), optimizer_state,
-                                          features)
-    if run.on_checkpoint is not None:
+                                          features, name)
+    if run.on_checkpoint is not None and name is None:  # the best is no resume point
         run.on_checkpoint(path)
     return path
 

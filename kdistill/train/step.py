@@ -19,7 +19,9 @@ finite (`NonFiniteTeacher`: the teacher is broken, a lower lr will not help), a 
 is not finite with a finite teacher (`NonFiniteLoss`: lower train.lr, check the data), both before the
 optimizer touches the weights; and weights that the optimizer's update made non-finite
 (`NonFiniteUpdate`: the step size is too large). The loop then stops without writing a checkpoint of
-those weights.
+those weights. Under train.precision=fp16 a gradient norm that is not finite is the loss scaler's
+business instead (train/precision.py): the step is skipped, the weights stay, the scale halves, and only
+`precision.MAX_SKIPPED` such steps in a row stop the run (`NonFiniteLoss`).
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ import torch
 from torch import nn
 
 from kdistill.base.errors import KdistillError
-from kdistill.base.hardware import autocast
 from kdistill.data.batches import take_rows, to_device
+from kdistill.data.packing import model_inputs
 from kdistill.models.activations import capture
 from kdistill.models.heads import final_hidden, head_weight
 from kdistill.train import debug
 from kdistill.train.distributed import Dist
+from kdistill.train.precision import MAX_SKIPPED, Precision, make_precision
 
 
 class NonFinite(KdistillError):
@@ -80,7 +83,7 @@ def accumulate_gradients(model: nn.Module, source, micro_batches: list[dict], de
         else:
             signal, acts = source.signal_and_activations(batch, vocab, features.teacher_request)
         loss, parts = model(batch, signal, num_tokens, progress, acts)
-        (loss * dist.loss_scale if dist.active else loss).backward()
+        inner(model).precision.scale(loss * dist.loss_scale if dist.active else loss).backward()
         total += loss.item()
         if teacher is None and not math.isfinite(total):  # whose fault: looked at only when it went wrong
             teacher = debug.non_finite_teacher(signal, acts)
@@ -96,7 +99,10 @@ def accumulate_gradients(model: nn.Module, source, micro_batches: list[dict], de
         broken = debug.first_non_finite_weight(student)
         cause = (f"the student's weights are not finite (first in {broken})" if broken else
                  "the teacher's signal and the student's weights are finite, so the student's logits overflowed")
-        raise NonFiniteLoss(f"the loss became {summed['loss']}: {cause}; {KEPT}. Lower train.lr (or raise "
+        fp16 = (" (train.precision=fp16: the student's activations may have overflowed float16, whose largest "
+                "value is 65504; set train.precision=bf16 where the GPU has it, or fp32)"
+                if inner(model).precision.name == "fp16" and not broken else "")
+        raise NonFiniteLoss(f"the loss became {summed['loss']}: {cause}{fp16}; {KEPT}. Lower train.lr (or raise "
                             "train.warmup_steps), or check the data")
     return {**summed, "tokens": num_tokens}
 
@@ -107,26 +113,58 @@ def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro
     """One optimizer step: gradients of the micro-batches, clipped to norm `grad_clip` (0 or None: not
     clipped, as HF/TRL's max_grad_norm=0), step, zero grad.
 
-    Returns what the loop logs: `loss`, each term, `tokens`, `grad_norm` (before clipping) and, when
-    `debugging`, per-layer gradient norms and update ratios (train/debug.py)."""
+    Returns what the loop logs: `loss`, each term, `tokens`, `grad_norm` (before clipping; of the
+    unscaled gradients under fp16, whose rows add `loss_scale` and `skipped_step`) and, when `debugging`,
+    per-layer gradient norms and update ratios (train/debug.py)."""
     dist = dist or Dist()
     row = accumulate_gradients(model, source, micro_batches, device, progress, dist)
-    student = inner(model).student
+    student, precision = inner(model).student, inner(model).precision
+    precision.unscale(optimizer)  # fp16: the true gradients from here on
     shards = dist if dist.mode == "fsdp" else None  # ddp gradients are already whole on every process
     grads = debug.layer_grad_norms(student, shards) if debugging else None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # max_norm inf scales by 1: the norm (logged either way) without clipping; a DTensor under fsdp
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf)
     grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if not math.isfinite(grad_norm) and precision.scaler is not None:
+        return {**row, "grad_norm": grad_norm, **skip_step(precision, optimizer, student)}
     if not math.isfinite(grad_norm):
         raise NonFiniteLoss(f"the gradient norm became {grad_norm}, first in {debug.first_non_finite(student)}; "
                             f"{KEPT}. Lower train.lr")
     before = debug.snapshot(student) if debugging else None
-    optimizer.step()
+    scaled = step_optimizer(precision, optimizer)
     optimizer.zero_grad(set_to_none=True)
     check_update(optimizer, student, grad_norm, dist)
     report = debug.layer_report(student, grads, before, shards, dist.main) if debugging else {}
-    return {**row, "grad_norm": grad_norm, **report}
+    return {**row, "grad_norm": grad_norm, **scaled, **report}
+
+
+def step_optimizer(precision: Precision, optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.step(); under fp16 the scaler's update (the scale may grow) and the row's entries."""
+    # fp16 too: the gradients are unscaled and finite (their norm is); scaler.step would hand its
+    # found-inf tensor to fused AdamW, which fails on FSDP2's DTensor state
+    optimizer.step()
+    if precision.scaler is None:
+        return {}
+    scale = precision.scaler.get_scale()  # the scale this step's gradients were computed with
+    precision.scaler.update()  # from unscale_'s found-inf, all zero here
+    precision.skipped_in_row = 0
+    return {"loss_scale": scale, "skipped_step": 0}
+
+
+def skip_step(precision: Precision, optimizer: torch.optim.Optimizer, student: nn.Module) -> dict:
+    """fp16 with a gradient that is not finite: no optimizer step, the scale lowered (the scaler saw the
+    inf/NaN when unscaling, on every process); NonFiniteLoss after MAX_SKIPPED such steps in a row."""
+    scale = precision.scaler.get_scale()
+    precision.skipped_in_row += 1
+    if precision.skipped_in_row >= MAX_SKIPPED:
+        raise NonFiniteLoss(f"{MAX_SKIPPED} steps in a row had a gradient that is not finite (first in "
+                            f"{debug.first_non_finite(student)}) under train.precision=fp16, though the loss scale "
+                            f"fell to {scale:g}: the gradients overflow whatever the scale; {KEPT}. Set "
+                            "train.precision=bf16 where the GPU has it, or fp32, or lower train.lr")
+    precision.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss_scale": scale, "skipped_step": 1}
 
 
 def check_update(optimizer: torch.optim.Optimizer, student: nn.Module, grad_norm: float, dist: Dist) -> None:
@@ -151,15 +189,18 @@ class StudentLoss(nn.Module):
     a submodule, so the wrapper sees the projections; the student's activations are captured by hooks
     inside this forward and compared with `teacher_acts` (the source's, same batch)."""
 
-    def __init__(self, student, objective, features=None):
+    def __init__(self, student, objective, features=None, precision: Precision | None = None):
         super().__init__()
         self.student, self.objective, self.features = student, objective, features
+        self.precision = precision  # train/precision.py; None: train.precision=auto on the first batch's device
 
     def forward(self, batch: dict, signal, num_tokens: int, progress: float, teacher_acts: dict | None = None):
         device = batch["input_ids"].device
+        if self.precision is None:
+            self.precision = make_precision("auto", device)
         request = self.features.student_request if self.features is not None else {}
-        with autocast(device), capture(self.student, request) as found:
-            hidden = final_hidden(self.student, batch["input_ids"], batch["attention_mask"])
+        with self.precision.autocast(), capture(self.student, request) as found:
+            hidden = final_hidden(self.student, **model_inputs(batch, self.student))  # packed: block mask
         loss, terms = hidden.new_zeros((), dtype=torch.float32), {}
         if self.objective.terms:
             out = self.objective(hidden, head_weight(self.student), signal, batch["targets"], batch["mask"],

@@ -50,7 +50,8 @@ def test_eval_run_prints_the_table_and_merges_eval_json(run_dir, capsys):
     assert result["compression"] == pytest.approx(result["teacher"]["parameters"] / result["student"]["parameters"])
     bench = result["benchmarks"]
     assert bench["tiny_mc"]["teacher"]["n"] == 4 and len(bench["tiny_gen"]["student"]["completions"]) == 3
-    assert sorted(p.name for p in (run_dir / "lm_tasks").iterdir()) == ["kd_tiny_gen.yaml", "kd_tiny_mc.yaml"]
+    assert sorted(p.name for p in (run_dir / "lm_tasks").iterdir()) == [".kdistill-output", "kd_tiny_gen.yaml",
+                                                                       "kd_tiny_mc.yaml"]
 
 
 def test_eval_student_teacher_against_itself_has_full_retention(run_dir, tmp_path, capsys):

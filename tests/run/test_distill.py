@@ -46,6 +46,10 @@ def test_distill_writes_a_loadable_student_and_numbers(teacher_dir, tmp_path):
     assert saved["student"]["tokens_per_s"] > 0 and saved["teacher"]["peak_rss_mb"] > 0
     assert len(saved["completions"]["student"]) == 3 and result["compression"] > 1
     assert load_config(out / "config.yaml").train.max_steps == 4
+    phases = saved["phases"]  # where the wait went, in the order the stages ran
+    assert list(phases) == ["teacher", "data", "student", "step 0 evaluation", "training", "evaluation", "speed"]
+    assert all(v >= 0 for v in phases.values()) and phases["training"] > 0
+    assert "phase training:" in (out / "kdistill.log").read_text()
 
 
 def _run_cli(args, **kw):

@@ -249,3 +249,18 @@ def test_a_run_from_before_the_marker_still_resumes(teacher_dir, finished, tmp_p
     (out / RUN_MARKER).unlink()  # what a kdistill before the marker wrote: known by its verified checkpoints
     distill(_cfg(teacher_dir, out, "train.max_steps=3", "train.checkpoint_every=1"), resume=True)
     assert (out / RUN_MARKER).is_file() and (out / "checkpoints" / "step-000003").is_dir()
+
+
+def test_a_key_added_since_the_checkpoint_counts_as_what_the_run_did():
+    """A run from before data.pack existed read one record per row: resuming it packed would change its data."""
+    from kdistill.config.schema import Config, to_dict
+    from kdistill.run.folder import config_changes
+
+    saved = to_dict(Config())
+    saved["data"].pop("pack")
+    saved["train"].pop("max_steps")  # an added key whose default is what runs did: no change
+    unsafe, safe = config_changes(saved, to_dict(Config()))
+    assert unsafe == ["data.pack: False -> 'auto'"] and safe == []
+    current = to_dict(Config())
+    current["data"]["pack"] = False
+    assert config_changes(saved, current) == ([], [])

@@ -29,11 +29,28 @@ def test_a_hidden_term_with_a_cached_teacher(tmp_path, monkeypatch, teacher_dir)
     assert "holds only the teacher's output signal" in text and "drop teacher.cache" in text
 
 
-def test_several_teachers_and_fsdp_are_refused(tmp_path, monkeypatch, teacher_dir):
-    _refused(tmp_path, monkeypatch, [f"teacher.model={teacher_dir}", "train.distributed=fsdp",
-                                     "loss.terms=[{kind: attention_output}]"], "train.distributed=ddp or none")
-    _refused(tmp_path, monkeypatch, [f"teacher.sources=[{{name: a, model: {teacher_dir}}}]",
-                                     "loss.terms=[{kind: hidden_cosine}]"], "teacher.sources combines")
+def test_a_cache_among_several_teachers_and_route_are_refused(tmp_path, monkeypatch, teacher_dir):
+    """Several teachers and fsdp take feature terms (tests/train/test_features_teachers.py); a cache entry
+    has no activations and route scores each example by one teacher."""
+    sources = f"teacher.sources=[{{name: a, model: {teacher_dir}}}, {{name: big, cache: {tmp_path / 'c'}}}]"
+    text = _refused(tmp_path, monkeypatch, [sources, "loss.terms=[{kind: hidden_cosine}]"],
+                    "loss.terms[0] (hidden_cosine) compares every teacher's hidden states")
+    assert "teacher.sources[1] (big, cache" in text and "`model:` instead of the cache" in text
+    two = f"teacher.sources=[{{name: a, model: {teacher_dir}}}, {{name: b, model: {teacher_dir}}}]"
+    _refused(tmp_path, monkeypatch, [two, "teacher.combine=route", "teacher.route_key=who",
+                                     f"data.path={tmp_path / 'd.jsonl'}", "loss.terms=[{kind: attention_output}]"],
+             "use teacher.combine=sum")
+
+
+def test_from_init_against_a_teacher_the_student_was_not_copied_from(tmp_path, monkeypatch, teacher_dir):
+    two = f"teacher.sources=[{{name: a, model: {teacher_dir}}}, {{name: b, model: {teacher_dir}}}]"
+    text = _refused(tmp_path, monkeypatch, [two, "loss.terms=[{kind: hidden_mse, pairs: from_init}]"],
+                    "loss.terms[0].pairs=from_init pairs the student's layers with the teacher they were copied "
+                    "from, a")
+    assert "not teacher.sources[1] (b)" in text and "use pairs: uniform or cka" in text
+    _refused(tmp_path, monkeypatch, [f"teacher.sources=[{{name: a, model: {teacher_dir}}}, {{name: e, kind: ema}}]",
+                                     "loss.terms=[{kind: hidden_mse, pairs: [[0, 5]]}]"],
+             "loss.terms[0].pairs (teacher.sources a): pair [0, 5] names a layer that does not exist")
 
 
 def test_a_pair_naming_a_missing_layer(tmp_path, monkeypatch, teacher_dir):

@@ -46,7 +46,8 @@ class CrossSignal:
     teacher: the teacher's distribution at each group's first token (G rows: logits, or hidden + weight);
     teacher_rest: Σ log p of the group's later teacher tokens; teacher_first: its first token id;
     group_of: the global group of each flat student position, -1 outside any group (not in the mask);
-    student_pairs / teacher_pairs: vocabulary entries with equal strings; vocab_size: the student's.
+    student_pairs / teacher_pairs: vocabulary entries with equal strings; vocab_size: the student's;
+    teacher_tokens: how many teacher tokens the groups hold (for per-token teacher metrics).
     Shapes: teacher over (G,), teacher_rest (G,), teacher_first (G,) long, group_of (B*T,) long, pairs (M,)
     """
 
@@ -58,6 +59,7 @@ class CrossSignal:
     student_pairs: Tensor
     teacher_pairs: Tensor
     vocab_size: int
+    teacher_tokens: int = 0
 
     def take_groups(self, groups: Tensor) -> tuple[Tensor, Tensor]:
         """The teacher's group log-probabilities and first ids. Shapes: groups (g,) -> (g, Vt + 1), (g,)"""

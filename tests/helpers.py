@@ -76,7 +76,13 @@ def tiny_llama(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
 
 
 def _tiny_config(arch: str, vocab_size: int, overrides: dict):
-    from transformers import Gemma3TextConfig, GPT2Config, MistralConfig, PhiConfig, Qwen2Config
+    from transformers import (
+        Gemma3TextConfig,
+        GPT2Config,
+        MistralConfig,
+        PhiConfig,
+        Qwen2Config,
+    )
 
     ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
     llama_like = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -120,3 +126,40 @@ def save_tiny_teacher(path, seed: int = 0, arch: str = "llama", **overrides) -> 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def signal_a_run(teacher_dir, out, number: int, args: list[str]) -> tuple[int, str, int]:
+    """Start `kdistill distill` (400 steps, no checkpoint or evaluation due) in a process, send it signal
+    `number` once it has written 3 metrics rows; (exit status, stderr, the step of its last row)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    cmd = [sys.executable, "-m", "kdistill", "distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *args,
+           "train.max_steps=400", "train.checkpoint_every=1000", "train.eval_every=1000"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(out) / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait for a few training steps
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(number)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, int(json.loads(metrics.read_text().splitlines()[-1])["step"])
+
+
+def feature_batch(b: int = 4, t: int = 9, seed: int = 0) -> dict:
+    """A collated batch of random ids (vocabulary 300) with padding in row 1 and about a fifth of the
+    tokens not counted, for feature-term tests. Shapes: -> input_ids, attention_mask, targets, mask (b, t)"""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 300, (b, t), generator=g)
+    am = torch.ones(b, t, dtype=torch.long)
+    am[1, -3:] = 0
+    mask = am.bool() & (torch.rand(b, t, generator=g) > 0.2)
+    return {"input_ids": ids, "attention_mask": am, "targets": torch.roll(ids, -1, 1), "mask": mask}

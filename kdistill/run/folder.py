@@ -36,8 +36,7 @@ from pathlib import Path
 from kdistill import __version__
 from kdistill.base import fsutil
 from kdistill.base.errors import ConfigError, DataError
-from kdistill.base.outputs import RUN_MARKER, RUN_OWNED, check_run_dir
-from kdistill.config.paths import input_paths
+from kdistill.base.outputs import RUN_MARKER, RUN_OWNED
 from kdistill.config.schema import dump, to_dict
 from kdistill.report.runs import read_metrics
 from kdistill.run import data_files
@@ -232,7 +231,6 @@ def _undo(run: RunFolder) -> None:
 def run_folder(cfg, resume: bool, overwrite: bool, accept_changed_data: bool = False):
     check_flags(resume, overwrite)
     folder = Path(cfg.output_dir)
-    check_run_dir(folder, input_paths(cfg))
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output_dir {folder} is a file; give a folder path (it is created if missing)")
     created = not folder.exists()

@@ -2,14 +2,12 @@
 run until the new one has a checkpoint, a failed fresh run leaves the folder as it was, Ctrl-C checkpoints.
 A folder is a run by kdistill's marker, never by file names: what the user put there is never touched."""
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import signal_a_run
 
 import kdistill.run.distill as distill_module
 from kdistill.base.errors import ConfigError, DataError
@@ -17,7 +15,6 @@ from kdistill.base.outputs import RUN_MARKER
 from kdistill.config.schema import load_config
 from kdistill.run.distill import distill
 
-ROOT = Path(__file__).parents[2]
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
         "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4",
         "eval.measure_speed=false", "eval.prompts=[Once]", "student.layer_selection=first_last"]
@@ -67,28 +64,30 @@ def test_resume_allows_more_steps_and_records_the_change(teacher_dir, finished, 
     assert change["checkpoint"] == "step-000002" and change["changed"] == ["train.max_steps: 2 -> 3"]
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(teacher_dir, finished, tmp_path,
-                                                                         monkeypatch):
-    out = _copy(finished, tmp_path / "run")
+def broken(*args, **kw):
+    raise ConfigError("student: broken on purpose")
+
+
+def _overwrite_fails_then_succeeds(teacher_dir, out, monkeypatch) -> None:
+    """An --overwrite whose student fails leaves `out` byte for byte as it was; the same command then runs."""
     before = _listing(out)
-
-    def broken(*args, **kw):
-        raise ConfigError("student: broken on purpose")
-
     monkeypatch.setattr(distill_module, "build_student", broken)
     with pytest.raises(ConfigError, match="broken on purpose"):
         distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
     assert _listing(out) == before  # the old run is back, byte for byte
     monkeypatch.undo()
     distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(teacher_dir, finished, tmp_path,
+                                                                         monkeypatch):
+    out = _copy(finished, tmp_path / "run")
+    _overwrite_fails_then_succeeds(teacher_dir, out, monkeypatch)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]
     assert not (out / ".replaced").exists()
 
 
 def test_a_fresh_run_that_fails_leaves_nothing_behind(teacher_dir, tmp_path, monkeypatch):
-    def broken(*args, **kw):
-        raise ConfigError("student: broken on purpose")
-
     monkeypatch.setattr(distill_module, "build_student", broken)
     out = tmp_path / "new"
     with pytest.raises(ConfigError):
@@ -102,20 +101,8 @@ def test_a_fresh_run_that_fails_leaves_nothing_behind(teacher_dir, tmp_path, mon
 
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint(teacher_dir, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "kdistill", "distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST,
-            "train.max_steps=400", "train.checkpoint_every=1000", "train.eval_every=1000"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # wait for a few training steps
-        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
-        if len(rows) >= 3:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err  # the shell convention for SIGINT, after the checkpoint
-    step = int(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"])
+    status, err, step = signal_a_run(teacher_dir, out, signal.SIGINT, FAST)
+    assert status == 130, err  # the shell convention for SIGINT, after the checkpoint
     assert 1 <= step < 400
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{step:06d}"]
     assert "--resume" in err.strip().splitlines()[-1] and "Traceback" not in err
@@ -197,17 +184,7 @@ def test_files_of_the_user_beside_a_run_are_never_moved_or_deleted(teacher_dir, 
     out = _copy(finished, tmp_path / "run")
     (out / "notes.txt").write_text("my notes\n")
     (out / ".notes.txt.abcdefgh.tmp").write_text("looks like a leftover, is not kdistill's\n")
-    before = _listing(out)
-
-    def broken(*args, **kw):
-        raise ConfigError("student: broken on purpose")
-
-    monkeypatch.setattr(distill_module, "build_student", broken)
-    with pytest.raises(ConfigError, match="broken on purpose"):
-        distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
-    assert _listing(out) == before
-    monkeypatch.undo()
-    distill(_cfg(teacher_dir, out, "train.max_steps=1"), overwrite=True)
+    _overwrite_fails_then_succeeds(teacher_dir, out, monkeypatch)
     assert (out / "notes.txt").read_text() == "my notes\n" and (out / ".notes.txt.abcdefgh.tmp").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]
 
@@ -217,9 +194,6 @@ def test_overwrite_twice_keeps_the_replaced_run_until_a_checkpoint(teacher_dir, 
 
     out = _copy(finished, tmp_path / "run")
     before = _listing(out)
-
-    def broken(*args, **kw):
-        raise ConfigError("student: broken on purpose")
 
     undo = folder_module._undo
     monkeypatch.setattr(distill_module, "build_student", broken)

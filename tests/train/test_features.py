@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_llama, tiny_tokenizer
+from helpers import feature_batch, tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
 
 from kdistill.config.schema import load_config
@@ -28,19 +28,10 @@ def models(student_width=32, dtype=torch.float64):
     return student.train(), teacher
 
 
-def batch(b=4, t=9, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 300, (b, t), generator=g)
-    am = torch.ones(b, t, dtype=torch.long)
-    am[1, -3:] = 0
-    mask = am.bool() & (torch.rand(b, t, generator=g) > 0.2)
-    return {"input_ids": ids, "attention_mask": am, "targets": torch.roll(ids, -1, 1), "mask": mask}
-
-
 def setup(terms=TERMS, width=32, chunk=4096):
     student, teacher = models(width)
     objective = build_objective(terms)
-    features = plan(objective, student, teacher, None, batch(seed=9), chunk_size=chunk).double()
+    features = plan(objective, student, teacher, None, feature_batch(seed=9), chunk_size=chunk).double()
     return student, teacher, objective, features, ModelSource(teacher, tiny_tokenizer(), "")
 
 
@@ -59,7 +50,7 @@ def run(student, source, objective, features, micro):
 @pytest.mark.parametrize("width", [32, 16])
 def test_same_loss_and_gradients_for_any_micro_batch_split_and_chunk(width):
     student, _, objective, features, source = setup(width=width)
-    full = batch()
+    full = feature_batch()
     one, g_one = run(student, source, objective, features, [full])
     halves = [{k: v[:2] for k, v in full.items()}, {k: v[2:] for k, v in full.items()}]
     two, g_two = run(student, source, objective, features, halves)
@@ -93,7 +84,7 @@ def reference_hidden(student, teacher, projections, full, pairs, target_of):
 def test_hidden_mse_equals_a_plain_reference_through_real_models(target):
     terms = [{"kind": "hidden_mse", "pairs": [[0, 1], [1, 3]], "target": target}]
     student, teacher, objective, features, source = setup(terms, width=16)
-    full = batch(b=3, t=7, seed=4)
+    full = feature_batch(b=3, t=7, seed=4)
     row, got = run(student, source, objective, features, [full])
     weights = {k.split(":")[1]: v.weight for k, v in features.projections.items()}
     want = reference_hidden(student, teacher, weights, full, [(0, 1), (1, 3)], target)
@@ -111,17 +102,17 @@ def test_equal_widths_start_at_identity_and_a_copied_student_starts_at_zero():
     student.load_state_dict(teacher.state_dict(), strict=False)
     objective = build_objective([{"kind": "hidden_mse", "pairs": [[i, i] for i in range(2)]},
                                  {"kind": "attention_map", "pairs": [[1, 1]]}])
-    features = plan(objective, student, teacher, None, batch()).double()
+    features = plan(objective, student, teacher, None, feature_batch()).double()
     for p in features.projections.values():
         assert torch.equal(p.weight, torch.eye(32, dtype=p.weight.dtype))
     student = tiny_llama(300, seed=0, num_hidden_layers=4).double()  # the teacher itself
-    row, _ = run(student, ModelSource(teacher, tiny_tokenizer(), ""), objective, features, [batch()])
+    row, _ = run(student, ModelSource(teacher, tiny_tokenizer(), ""), objective, features, [feature_batch()])
     assert row["hidden_mse"] == 0.0 and abs(row["attention_map"]) < 1e-12  # same heads: head for head
 
 
 def test_narrower_projections_start_at_the_least_squares_fit():
     student, teacher, objective, features, _ = setup([{"kind": "hidden_mse", "pairs": [[1, 3]]}], width=16)
-    calib = batch(seed=9)
+    calib = feature_batch(seed=9)
     with torch.no_grad(), capture(student, {1: ("normed",)}) as a, capture(teacher, {3: ("normed",)}) as b:
         student(input_ids=calib["input_ids"], attention_mask=calib["attention_mask"])
         teacher(input_ids=calib["input_ids"], attention_mask=calib["attention_mask"])
@@ -200,10 +191,10 @@ def test_gradient_checkpointing_gives_the_same_gradients_through_the_hooks():
     terms = [{"kind": "hidden_mse", "pairs": [[0, 1], [1, 3]], "target": "normed"},
              {"kind": "attention_map", "pairs": [[1, 2]]}]
     student, _, objective, features, source = setup(terms)
-    plain, g_plain = run(student, source, objective, features, [batch()])
+    plain, g_plain = run(student, source, objective, features, [feature_batch()])
     getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
     assert student.model.gradient_checkpointing
-    again, g_again = run(student, source, objective, features, [batch()])
+    again, g_again = run(student, source, objective, features, [feature_batch()])
     assert again["loss"] == pytest.approx(plain["loss"], rel=1e-12) and g_again.keys() == g_plain.keys()
     for k in g_plain:
         torch.testing.assert_close(g_again[k], g_plain[k], rtol=1e-10, atol=1e-14)

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import tiny_llama, tiny_tokenizer
+from helpers import feature_batch, tiny_llama, tiny_tokenizer
 from safetensors.torch import load_file
 
 from kdistill.config.schema import load_config
@@ -23,15 +23,6 @@ TERMS = [{"kind": "hidden_mse", "pairs": "uniform", "weight": 0.7},
          {"kind": "attention_output", "pairs": "uniform"}, {"kind": "attention_map", "pairs": "uniform", "rows": 3}]
 NAMES = ("hidden_mse", "hidden_cosine", "attention_output", "attention_map")
 WEIGHTS = {"a": 0.7, "b": 0.3}
-
-
-def _batch(b=4, t=9, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 300, (b, t), generator=g)
-    am = torch.ones(b, t, dtype=torch.long)
-    am[1, -3:] = 0
-    mask = am.bool() & (torch.rand(b, t, generator=g) > 0.2)
-    return {"input_ids": ids, "attention_mask": am, "targets": torch.roll(ids, -1, 1), "mask": mask}
 
 
 def _teachers():
@@ -53,7 +44,7 @@ def _run(student, source, features, full):
 def test_the_combined_feature_loss_is_the_weighted_sum_of_each_teachers_alone():
     teachers = _teachers()
     student = tiny_llama(300, seed=1, hidden_size=16, num_attention_heads=2, num_key_value_heads=1).double().train()
-    calib = _batch(seed=9)
+    calib = feature_batch(seed=9)
     children = []
     for name, model in teachers.items():
         child = ModelSource(model, tiny_tokenizer(), "")
@@ -63,7 +54,7 @@ def test_the_combined_feature_loss_is_the_weighted_sum_of_each_teachers_alone():
     combined = plan(build_objective(TERMS), student, source.feature_teachers(), None, calib).double()
     assert {t.name: t.width for t in combined.teachers} == {"a": 32, "b": 48}
     assert [list(t.terms[0].resolved) for t in combined.teachers] == [[(0, 1), (1, 3)], [(0, 1), (1, 2)]]
-    full = _batch()
+    full = feature_batch()
     row, grads, proj = _run(student, source, combined, full)
     want, want_grads = {k: 0.0 for k in ("loss", *NAMES)}, {k: 0.0 for k in grads}
     for name, model in teachers.items():

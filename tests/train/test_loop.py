@@ -1,15 +1,12 @@
 """The loop end to end: a diverging run keeps only finite checkpoints and says which one is good, a
 broken teacher is named as the cause, and SIGTERM stops after the step with a checkpoint (exit 143)."""
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import signal_a_run
 from safetensors.torch import load_file
 
 from kdistill.config.schema import load_config
@@ -17,7 +14,6 @@ from kdistill.run.distill import distill
 from kdistill.train import checkpoint, loop
 from kdistill.train.step import NonFiniteTeacher, NonFiniteUpdate
 
-ROOT = Path(__file__).parents[2]
 FAST = ["train.seq_len=32", "train.batch_size=4", "train.threads=1", "data.generate.num_samples=16",
         "data.generate.max_new_tokens=24", "student.num_layers=1", "eval.max_new_tokens=4",
         "eval.measure_speed=false", "eval.prompts=[Once]"]
@@ -81,20 +77,8 @@ def test_a_teacher_whose_weights_hold_nan_is_named_as_the_cause(tmp_path):
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exits_143(teacher_dir, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "kdistill", "distill", f"teacher.model={teacher_dir}", f"output_dir={out}", *FAST,
-            "train.max_steps=400", "train.checkpoint_every=1000", "train.eval_every=1000"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # wait for a few training steps
-        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
-        if len(rows) >= 3:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err  # 128 + SIGTERM, the shell's convention, after the checkpoint
-    step = int(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"])
+    status, err, step = signal_a_run(teacher_dir, out, signal.SIGTERM, FAST)
+    assert status == 143, err  # 128 + SIGTERM, the shell's convention, after the checkpoint
     assert 1 <= step < 400
     assert [p.name for p in (out / "checkpoints").iterdir()] == [f"step-{step:06d}"]
     assert checkpoint.checkpoint_problem(out / "checkpoints" / f"step-{step:06d}") is None

@@ -194,6 +194,12 @@ class TrainConfig:
     """Passes over the training examples: the run trains ceil(epochs * training examples / (batch_size *
     grad_accum)) steps, counted when the data is read (the log and the model card give the number); the
     schedule, evaluations and checkpoints follow that count. Empty = train `max_steps` steps."""
+    time_budget: float | None = ranged(None, "> 0", "minutes, e.g. 10; empty = no budget")
+    """Minutes from the command's start to the trained student (teacher, data, layer choice, start-up fits,
+    steps; the final evaluation follows): the span fit and the repair get a share of what is left when the
+    student is built, and the step count is set from the first steps' measured time (train.max_steps or
+    train.epochs, when set, cap it). The run logs the count; a resumed run keeps it. See
+    kdistill/train/budget.py and docs/training.md "A time budget"."""
     batch_size: int = ranged(8, ">= 1")
     """Sequences per step (over all processes), before gradient accumulation."""
     grad_accum: int = ranged(1, ">= 1")
@@ -343,8 +349,8 @@ def resolve_defaults(cfg: Config) -> None:
     """Fill the defaults that depend on other keys (the written config.yaml shows what was used)."""
     if cfg.train.lr is None:
         cfg.train.lr = default_lr(cfg.student)
-    if cfg.train.max_steps is None and cfg.train.epochs is None:
-        cfg.train.max_steps = DEFAULT_STEPS
+    if cfg.train.max_steps is None and cfg.train.epochs is None and cfg.train.time_budget is None:
+        cfg.train.max_steps = DEFAULT_STEPS  # with a time budget the measured steps decide
 
 
 def validate(cfg: Config, origins: dict | None = None) -> None:

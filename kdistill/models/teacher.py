@@ -101,10 +101,13 @@ def convert_gguf(folder: str, gguf_file: str) -> Path:
 
     log.info("converting %s to safetensors (once; cached in %s)", gguf_file, out)
     t0 = time.time()
+    from kdistill.models.gguf_once import read_once
+
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32,
-                                                         trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
+        with read_once():  # one parse of the file for the config, the weights and the tokenizer
+            quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32,
+                                                             trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
     except (ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"cannot load GGUF {Path(folder, gguf_file)}: {e}. transformers loads GGUF files "
                          "only for the architectures it lists; convert this model to an HF folder instead") from e

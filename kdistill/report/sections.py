@@ -113,6 +113,8 @@ def _length(train: dict) -> str:
     """How long the run trained, as configured: its steps, or its epochs when max_steps was left empty."""
     if train.get("max_steps") is None and train.get("epochs"):
         return f"{train['epochs']} epochs"
+    if train.get("max_steps") is None and train.get("time_budget"):
+        return f"a {train['time_budget']:g}-minute time budget"
     return f"{train.get('max_steps', '?')} steps"
 
 

@@ -44,6 +44,7 @@ from kdistill.run.plan import epochs_line, steps_note, training_steps
 from kdistill.sources import open_source
 from kdistill.students import build_student, save_student
 from kdistill.train import checkpoint, distributed
+from kdistill.train.budget import Budget
 from kdistill.train.loop import Parts, run_training
 
 log = logging.getLogger("kdistill")
@@ -116,7 +117,7 @@ def load_data(cfg: Config, source, device, dist=None) -> Data:
 CALIBRATION_ROWS = 16
 
 
-def make_student(cfg: Config, source, data: Data, device):
+def make_student(cfg: Config, source, data: Data, device, budget=None):
     teacher = source.init_model
     examples = data.unpacked or data.train  # one record per row, as init reads them
     rows = examples[:max(CALIBRATION_ROWS, cfg.student.repair_rows,  # layer choice (first 256 tokens),
@@ -124,7 +125,7 @@ def make_student(cfg: Config, source, data: Data, device):
     # pruning (4 rows), repair (student.repair_rows), span fit (student.span_fit_rows)
     calib = batching.to_device(source.calibration_batch(rows, data.pad_id), device)  # as the teacher reads them
     torch.manual_seed(cfg.train.seed)
-    student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer)
+    student, report = build_student(cfg, teacher, source.vocab_size, calib, source.tokenizer, budget)
     student.to(device)
     if data.unpacked is not None:
         packing.check_student(student, cfg.train.seq_len)
@@ -212,6 +213,7 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False, accept_c
     """Run a whole distillation; returns what it writes as eval.json. Raises KdistillError for bad input
     (before anything is touched when the config alone shows it). `accept_changed_data`: resume although
     the data files changed since the checkpoint (recorded in resumes.jsonl)."""
+    budget = Budget(cfg.train.time_budget)  # train.time_budget counts from the command's start
     check_flags(resume, overwrite)
     check_run_dir(cfg.output_dir, input_paths(cfg))  # before any input is read: the output rule first
     preflight.check(cfg)
@@ -223,7 +225,7 @@ def distill(cfg: Config, resume: bool = False, overwrite: bool = False, accept_c
                 (run_log(run.path / "kdistill.log", append=resume, keep=lambda: run.checkpointed) if dist.main
                  else contextlib.nullcontext()):
             run = follow_main(run, cfg, dist)
-            return _distill(cfg, run, dist)
+            return _distill(cfg, run, dist, budget)
     finally:
         distributed.teardown(dist)
 
@@ -270,7 +272,7 @@ def with_steps(cfg: Config, n_train: int, main: bool) -> Config:
     `n_train` training examples (said in the log, and train.keep_best checked against the count). The
     config itself keeps max_steps empty (config.yaml, checkpoints), so a resume counts again."""
     t = cfg.train
-    if t.max_steps is not None:
+    if t.max_steps is not None or t.epochs is None:  # set, or left to train.time_budget
         return cfg
     steps = training_steps(t, n_train)
     t.check_evaluations(steps, f"the {steps} steps of train.epochs={t.epochs}")
@@ -279,7 +281,7 @@ def with_steps(cfg: Config, n_train: int, main: bool) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(t, max_steps=steps))
 
 
-def _distill(cfg: Config, run, dist) -> dict:
+def _distill(cfg: Config, run, dist, budget: Budget) -> dict:
     """The stages of `distill`, on every process of a run."""
     device, dtype = setup(cfg, dist)
     if steps_note(cfg.train) and dist.main:
@@ -293,7 +295,7 @@ def _distill(cfg: Config, run, dist) -> dict:
             data = load_data(cfg, source, device, dist)
     asked, cfg = cfg, with_steps(cfg, len(data.train), dist.main)  # `asked` is what checkpoints record
     with clock("student"):
-        student, report = make_student(cfg, source, data, device)
+        student, report = make_student(cfg, source, data, device, budget)
     source.attach_student(student)  # a source that is the student itself (EMA) starts from it here
     objective = build_objective(cfg.loss.terms, t2_scale=cfg.loss.t2_scale, chunk_size=cfg.loss.chunk_size,
                                 memory_budget_mb=cfg.loss.memory_budget_mb, key="loss")
@@ -314,9 +316,12 @@ def _distill(cfg: Config, run, dist) -> dict:
     record = {"config": to_dict(asked), "teacher": source.identity(), "student_init": report,
               "data_files": run.data_files,  # what --resume compares (run/data_files.py)
               **({"feature_pairs": report["feature_pairs"]} if features is not None else {})}
-    parts = Parts(student, source, objective, stream, evaluate, device, features, dist, record, start_row=first)
+    parts = Parts(student, source, objective, stream, evaluate, device, features, dist, record, start_row=first,
+                  budget=budget, eval_s=clock.seconds.get("step 0 evaluation", 0.0))
     with clock("training"):
-        trained = run_training(cfg.train, parts, run).student
+        state = run_training(cfg.train, parts, run)
+    trained, cfg = state.student, trained_steps(cfg, state.total)
+    del state
     del parts  # it holds the models, which are freed below
     release_memory(trained)  # optimizer state and gradients: not held through evaluation
     if not dist.main:
@@ -327,3 +332,11 @@ def _distill(cfg: Config, run, dist) -> dict:
     del trained, student, source, evaluators, evaluate, stream, features, objective  # the models: freed before
     release_memory()  # the speed subprocesses start, whose memory would otherwise add to theirs
     return publish(cfg, run, result, folders, data, device, dtype)
+
+
+def trained_steps(cfg: Config, steps: int) -> Config:
+    """The config the evaluation and the model card describe: the steps the run trained (a time budget
+    decides them while training)."""
+    if cfg.train.max_steps == steps:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))

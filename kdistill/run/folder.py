@@ -46,7 +46,7 @@ log = logging.getLogger("kdistill")
 RUN_FILES = tuple(n for n in RUN_OWNED if n != RUN_MARKER)  # moved aside or removed; the marker stays
 PRECIOUS = ("checkpoints", "student", "adapter", "eval.json")  # what a run made that is worth keeping
 ASIDE = ".replaced"
-SAFE_TO_CHANGE = ("train.max_steps", "train.epochs", "train.keep_best", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
+SAFE_TO_CHANGE = ("train.max_steps", "train.epochs", "train.time_budget", "train.keep_best", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
                   "train.threads", "eval.", "cache.",
                   # where the teacher server is and how it is asked: the parity check proves it is the same teacher
                   "teacher.server", "teacher.server_api_key_env", "teacher.server_prefetch", "teacher.server_timeout",

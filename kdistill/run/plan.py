@@ -15,7 +15,7 @@ from pathlib import Path
 from kdistill.base.errors import ConfigError
 from kdistill.run import preflight
 from kdistill.run.folder import RUN_FILES, check_flags, has_progress, is_run, not_a_run
-from kdistill.train import checkpoint
+from kdistill.train import budget, checkpoint
 
 
 def teacher_line(cfg) -> str:
@@ -118,7 +118,15 @@ def epochs_line(t, n_train: int) -> str:
 def tokens_line(cfg) -> str:
     t = cfg.train
     accum = f" x {t.grad_accum} accumulated" if t.grad_accum > 1 else ""
-    if t.max_steps is None:  # counted from train.epochs once the data is read
+    if t.time_budget is not None:
+        cap = f"at most {t.max_steps} steps" if t.max_steps is not None else (
+            f"at most {t.epochs} epoch{'s' if t.epochs > 1 else ''}" if t.epochs is not None else "")
+        steps = (f"training: a time budget of {t.time_budget:g} min from the command's start (teacher, data, "
+                 f"start-up fits and steps; the final evaluation follows): the span fit may take "
+                 f"{budget.SPAN_SHARE:.0%} and the repair {budget.REPAIR_SHARE:.0%} of the time left when each "
+                 f"starts, and the steps are as many as fit after {budget.TIMED_STEPS} timed ones"
+                 + (f", {cap}" if cap else "") + f"; each step {t.batch_size} sequences{accum} x {t.seq_len} tokens")
+    elif t.max_steps is None:  # counted from train.epochs once the data is read
         steps = (f"training: {t.epochs} epoch{'s' if t.epochs > 1 else ''} = ceil({t.epochs} x N / "
                  f"{t.batch_size * t.grad_accum}) steps for the N training examples (counted when the data is "
                  f"read; the run logs it), each step {t.batch_size} sequences{accum} x {t.seq_len} tokens")

@@ -32,8 +32,9 @@ def choose_layers(cfg, teacher, n: int, calib_batch) -> list[int]:
         return select_layers(strategy, teacher, n, cfg.student.layers, calib_batch, bar)
 
 
-def fit_copied_spans(cfg, student, teacher, layers: list[int], calib_batch) -> dict:
-    """`span_fit.fit_spans` on the first `student.span_fit_rows` calibration rows, on their device."""
+def fit_copied_spans(cfg, student, teacher, layers: list[int], calib_batch, seconds: float | None = None) -> dict:
+    """`span_fit.fit_spans` on the first `student.span_fit_rows` calibration rows, on their device;
+    `seconds`: its share of train.time_budget."""
     from kdistill.students.span_fit import fit_spans
 
     rows = {k: v[:cfg.student.span_fit_rows] for k, v in calib_batch.items()}
@@ -41,14 +42,15 @@ def fit_copied_spans(cfg, student, teacher, layers: list[int], calib_batch) -> d
     with tqdm(total=cfg.student.span_fit_steps, desc="fitting copied layers to their spans", unit="step",
               dynamic_ncols=True) as bar:
         report = fit_spans(student, teacher, rows, layers, cfg.student.span_fit_steps, cfg.student.span_fit_lr,
-                           bar=bar)
+                           bar=bar, seconds=seconds)
     release_memory(student)  # the targets, activations and Adam state it held, back before the next phase
     return report
 
 
-def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
+def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None, budget=None):
     """LLaMA student; with init=teacher: chosen teacher layers, cut to the student's width if narrower
-    (LLaMA-family teachers), else the teacher's embeddings and random layers."""
+    (LLaMA-family teachers), else the teacher's embeddings and random layers. `budget`
+    (train/budget.Budget): the span fit and the repair each get their share of the time left."""
     sizes = resolve_sizes(cfg.student, teacher.config)
     own_ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")} \
         if cfg.student.tokenizer else None
@@ -77,12 +79,16 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None):
                 elif not increasing(layers):
                     report["span_fit"] = "skipped: the copied layers are not in increasing order (student.layers)"
                 else:
-                    report["span_fit"] = fit_copied_spans(cfg, student, teacher, layers, calib_batch)
+                    limits = budget.fit_limits() if budget else None
+                    report["span_fit"] = fit_copied_spans(cfg, student, teacher, layers, calib_batch,
+                                                          limits and limits["span_fit"])
             if cfg.student.repair_steps and fits:
                 from kdistill.students.repair import repair_from_teacher
 
                 rows = {k: v[:cfg.student.repair_rows] for k, v in calib_batch.items()}
-                report["repair"] = repair_from_teacher(student, teacher, rows, cfg.student.repair_steps)
+                limits = budget.fit_limits() if budget else None
+                report["repair"] = repair_from_teacher(student, teacher, rows, cfg.student.repair_steps,
+                                                       limits and limits["repair"])
             if window_dropped(teacher.config):
                 report["attention_window"] = window_dropped(teacher.config)
         else:  # wider or deeper than the teacher in some size: nothing to slice, project the embeddings
@@ -134,8 +140,11 @@ def pretrained_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenize
 BUILDERS = {"llama": llama_student, "fractal": fractal_student, "pretrained": pretrained_student}
 
 
-def build_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None):
-    """Build the configured student and initialise it. Returns (model, report dict)."""
+def build_student(cfg, teacher, vocab_size: int, calib_batch=None, tokenizer=None, budget=None):
+    """Build the configured student and initialise it. Returns (model, report dict). `budget`: a
+    train/budget.Budget that limits the LLaMA student's start-up fits."""
+    if cfg.student.kind == "llama":
+        return llama_student(cfg, teacher, vocab_size, calib_batch, tokenizer, budget)
     return BUILDERS[cfg.student.kind](cfg, teacher, vocab_size, calib_batch, tokenizer)
 
 

@@ -88,13 +88,14 @@ def _row_slices(mask: torch.Tensor, rows: int) -> list[tuple[slice, slice]]:
 
 
 def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20, lr: float = 0.05,
-                  rows_per_pass: int = 16) -> dict:
+                  rows_per_pass: int = 16, seconds: float | None = None) -> dict:
     """Fit norm gains (per channel) and residual output scales of `student` in place;
     returns a report. `targets` holds the teacher's distributions at the batch's masked positions in
     row-major order, against the student's own (tied) output layer. Adam at a constant `lr` on every
     row; the step with the lowest KL is kept (step 0, the plain copy, included: never worse than it).
     Each step runs `rows_per_pass` batch rows at a time (gradients summed, weighted by masked positions:
-    the same step as one pass over all rows, memory of one pass).
+    the same step as one pass over all rows, memory of one pass). `seconds`: no step starts after that
+    (train.time_budget's share, measured from the call); the steps taken are scored as usual.
 
     Shapes: batch {"input_ids", "attention_mask", "mask"} (B, T); targets over N = mask.sum() rows."""
     inner = decoder(student)
@@ -127,8 +128,11 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
     student.requires_grad_(False).eval()
     opt = torch.optim.Adam(log_gain + [log_out], lr=lr)
     history, best = [], snapshot()
+    start = time.perf_counter()
     try:
         for step in range(steps + 1):
+            if seconds is not None and 0 < step < steps and time.perf_counter() - start >= seconds:
+                steps = step  # out of time: this pass only scores the last update
             opt.zero_grad(set_to_none=True)
             loss = 0.0
             for rows, target_rows in passes:
@@ -148,6 +152,8 @@ def repair_scales(student, batch: dict, targets: TeacherTargets, steps: int = 20
                 best = snapshot()
             if step < steps:
                 opt.step()
+            else:
+                break  # the last pass (a time budget may make it an early one) only scores
         with torch.no_grad():
             for name, value in fitted(*best).items():
                 inner.get_parameter(name).copy_(value)
@@ -179,9 +185,12 @@ def teacher_targets(teacher, batch: dict, weight: torch.Tensor, rows: int = 4) -
     return TeacherTargets.concat(parts)
 
 
-def repair_from_teacher(student, teacher, batch: dict, steps: int) -> dict:
-    """`repair_scales` against `teacher` on `batch`, the student on the batch's device for the fit."""
+def repair_from_teacher(student, teacher, batch: dict, steps: int, seconds: float | None = None) -> dict:
+    """`repair_scales` against `teacher` on `batch`, the student on the batch's device for the fit;
+    `seconds` (the teacher's targets included) as in repair_scales."""
     start = time.perf_counter()
     student.to(batch["input_ids"].device)
-    report = repair_scales(student, batch, teacher_targets(teacher, batch, head_weight(student)), steps=steps)
+    targets = teacher_targets(teacher, batch, head_weight(student))
+    left = None if seconds is None else max(0.0, seconds - (time.perf_counter() - start))
+    report = repair_scales(student, batch, targets, steps=steps, seconds=left)
     return {**report, "seconds": round(time.perf_counter() - start, 1)}

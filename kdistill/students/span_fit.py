@@ -54,9 +54,11 @@ def span_loss(student, chunk: dict, targets: dict[int, torch.Tensor], pairs, ene
 
 
 def fit_spans(student, teacher, batch: dict, layers: list[int], steps: int, lr: float = 2e-3,
-              rows_per_step: int = 16, bar=None) -> dict:
+              rows_per_step: int = 16, bar=None, seconds: float | None = None) -> dict:
     """Fit `student` (same width as `teacher`, block j copied from teacher layer layers[j]) in place;
-    returns a report. Shapes: batch {"input_ids", "attention_mask"} (B, T), on the student's device."""
+    returns a report. `seconds`: stop after the step that reaches it (train.time_budget's share; the
+    teacher's targets count), at least one step. Shapes: batch {"input_ids", "attention_mask"} (B, T),
+    on the student's device."""
     start = time.perf_counter()
     pairs = span_pairs(layers, len(decoder_layers(teacher)))
     chunks = _chunks(batch, rows_per_step)
@@ -82,6 +84,8 @@ def fit_spans(student, teacher, batch: dict, layers: list[int], steps: int, lr: 
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]:.3f}")
+            if seconds is not None and time.perf_counter() - start >= seconds:
+                break
     finally:
         del opt
         for p, flag in frozen:
@@ -89,7 +93,9 @@ def fit_spans(student, teacher, batch: dict, layers: list[int], steps: int, lr: 
             p.grad = None
         student.train(was_training)
     first, last = (round(history[0], 4), round(history[-1], 4)) if history else (None, None)
-    log.info("span fit: loss %s -> %s in %d steps", first, last, steps)
-    return {"pairs": [list(p) for p in pairs], "steps": steps, "lr": lr, "rows": int(batch["input_ids"].shape[0]),
+    log.info("span fit: loss %s -> %s in %d steps%s", first, last, len(history),
+             f" (of {steps}: its {seconds:.0f} s of the time budget)" if len(history) < steps else "")
+    return {"pairs": [list(p) for p in pairs], "steps": len(history), "lr": lr,
+            **({"seconds_limit": round(seconds, 1)} if seconds is not None else {}), "rows": int(batch["input_ids"].shape[0]),
             "loss_first": first, "loss_last": last,
             "seconds": round(time.perf_counter() - start, 1)}

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from kdistill.base import fsutil
 from kdistill.base.errors import KdistillError, TeacherUnavailable
 from kdistill.train import checkpoint
+from kdistill.train.budget import Budget, StepClock
 from kdistill.train.distributed import Dist, Whole, full_optimizer_state, load_into_shards, world_change, wrap
 from kdistill.train.precision import Precision, make_precision
 from kdistill.train.schedule import make_optimizer, warmup_cosine
@@ -40,6 +41,7 @@ from kdistill.train.step import NonFinite, StudentLoss, train_step
 from kdistill.train.tracking import open_trackers
 
 log = logging.getLogger("kdistill")
+UNSIZED = 10**9  # the cosine's length before a time budget has sized the run (its first steps warm up)
 STOP_SIGNALS = {signals.SIGINT: "Ctrl-C", signals.SIGTERM: "SIGTERM"}  # stop after the step, with a checkpoint
 
 
@@ -66,6 +68,8 @@ class Parts:
     dist: Dist = field(default_factory=Dist)
     record: dict = field(default_factory=dict)  # into every checkpoint's trainer_state.json
     start_row: dict | None = None  # a fresh run's step 0: held-out metrics before training
+    budget: Budget = field(default_factory=lambda: Budget(None))  # train.time_budget: sizes the step count
+    eval_s: float = 0.0  # seconds of one held-out evaluation (the step-0 one), for the budget
 
 
 @dataclass
@@ -85,6 +89,7 @@ class RunState:
     history: list = field(default_factory=list)
     student: object = None
     best: dict | None = None  # train.keep_best: {"step", "key", "value"} of the lowest held-out KL so far
+    total: int | None = None  # the steps to train: train.max_steps, or sized by train.time_budget (checkpointed)
 
 
 def run_training(tc, parts: Parts, run) -> RunState:
@@ -94,38 +99,47 @@ def run_training(tc, parts: Parts, run) -> RunState:
     resumes from `run.resume_from` when set, and `run.on_checkpoint(path)` follows each checkpoint. With
     several processes (`parts.dist`) every process trains its rows of each global batch; the main one writes."""
     dist, student, source = parts.dist, parts.student, parts.source
-    engine = build(tc, parts)
-    state = resume(run.resume_from, parts, engine) if run.resume_from is not None else RunState()
+    state = RunState(total=None if parts.budget else tc.max_steps)  # a budget sizes it once steps are timed
+    engine = build(tc, parts, lambda: state.total or UNSIZED)
+    if run.resume_from is not None:
+        state = resume(run.resume_from, parts, engine, state.total)
+    clock = StepClock(parts.budget, tc.max_steps, tc.eval_every, parts.eval_s, sized=state.total is not None)
     trackers = open_trackers(tc.tracker if dist.main else [], run.path, parts.record.get("config", {}))
     if parts.start_row is not None and dist.main:
         fsutil.append_jsonl(run.path / "metrics.jsonl", parts.start_row)
         trackers.log(parts.start_row, 0)
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc="distilling", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=state.total, initial=state.step, desc="distilling", unit="step", dynamic_ncols=True,
                disable=not dist.main)
     since = (time.time(), state.tokens)
     student.train()
     before = parts.stream.state()
     try:
         with StopFlag() as stop:
-            while state.step < tc.max_steps:
+            while state.total is None or state.step < state.total:
+                clock.tick()
                 before = parts.stream.state()
                 micro = [parts.stream.next() for _ in range(tc.grad_accum)]
                 numbers = train_step(engine.model, source, engine.optimizer, micro, parts.device,
-                                     state.step / tc.max_steps, tc.grad_clip, dist, due(tc.debug_every, state.step + 1))
+                                     state.step / (state.total or UNSIZED), tc.grad_clip, dist,
+                                     due(tc.debug_every, state.step + 1))
                 lr = engine.scheduler.get_last_lr()[0]
                 engine.scheduler.step()
                 state.step += 1
                 state.tokens += numbers["tokens"]
                 source.after_step(student, state.step)
-                row = metrics_row(numbers, state, lr, since, parts, tc.max_steps)
-                if due(tc.eval_every, state.step) or state.step == tc.max_steps:
+                clock.stepped()
+                if clock.resize(state, dist):
+                    bar.total = state.total
+                    bar.refresh()
+                row = metrics_row(numbers, state, lr, since, parts, state.total or UNSIZED)
+                if due(tc.eval_every, state.step) or state.step == state.total:
                     row.update(evaluate(parts, engine, state.step))
                 write_row(row, state, run.path / "metrics.jsonl", trackers, bar, dist.main)
                 if tc.keep_best and improved(row, state, dist):  # before the step's checkpoint, which records it
                     save(run, parts, engine, state, tc.keep_checkpoints, checkpoint.BEST)
-                done = due(tc.checkpoint_every, state.step) or state.step == tc.max_steps
+                done = due(tc.checkpoint_every, state.step) or state.step == state.total
                 path = save(run, parts, engine, state, tc.keep_checkpoints) if done else None
-                if stop_together(stop, dist) and state.step < tc.max_steps:
+                if stop_together(stop, dist) and state.step < state.total:
                     path = path or save(run, parts, engine, state, tc.keep_checkpoints)
                     raise Interrupted(f"stopped by {stop.name} after step {state.step}; checkpoint {path} written. "
                                       "Continue with the same command and --resume", stop.number)
@@ -190,20 +204,22 @@ def due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def build(tc, parts: Parts) -> Engine:
-    """The wrapped loss module, the optimizer (student and feature projections) and its schedule."""
+def build(tc, parts: Parts, total) -> Engine:
+    """The wrapped loss module, the optimizer (student and feature projections) and its schedule; `total()`
+    the steps the cosine spans (read at every step: a time budget sets it once the steps are timed)."""
     whole = Whole(parts.student, parts.dist)  # before sharding: under fsdp a plain copy for evaluation and checkpoints
     precision = make_precision(tc.precision, parts.device, parts.dist.mode)
     model = wrap(StudentLoss(parts.student, parts.objective, parts.features, precision), parts.dist, parts.device)
     params = [p for p in parts.student.parameters() if p.requires_grad]
     params += list(parts.features.parameters()) if parts.features is not None else []
     optimizer = make_optimizer(params, tc)
-    return Engine(model, whole, optimizer, warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio),
+    return Engine(model, whole, optimizer, warmup_cosine(optimizer, tc.warmup_steps, total, tc.min_lr_ratio),
                   precision)
 
 
-def resume(folder: Path, parts: Parts, engine: Engine) -> RunState:
-    """Weights, optimizer, schedule, data position, source and feature tensors from the checkpoint `folder`."""
+def resume(folder: Path, parts: Parts, engine: Engine, total: int | None) -> RunState:
+    """Weights, optimizer, schedule, data position, source and feature tensors from the checkpoint `folder`;
+    the step count a time budget sized is read back (`total`, from the config, otherwise)."""
     dist = parts.dist
     shards = (lambda sd: load_into_shards(engine.model, engine.whole.copy.state_dict(), engine.optimizer, sd, dist)) \
         if dist.mode == "fsdp" else None
@@ -218,7 +234,8 @@ def resume(folder: Path, parts: Parts, engine: Engine) -> RunState:
     if note and dist.main:
         log.warning(note)
     log.info("resumed from %s at step %d", folder, saved["step"])
-    return RunState(step=saved["step"], tokens=saved["tokens"], best=saved.get("best"))
+    sized = saved.get("budget_steps") if parts.budget else None  # the count the run's budget gave it
+    return RunState(step=saved["step"], tokens=saved["tokens"], best=saved.get("best"), total=sized or total)
 
 
 def save(run, parts: Parts, engine: Engine, state: RunState, keep: int, name: str | None = None) -> Path | None:
@@ -229,7 +246,8 @@ def save(run, parts: Parts, engine: Engine, state: RunState, keep: int, name: st
     if not dist.main:
         return None
     extra = {"tokens": state.tokens, "data": parts.stream.state(), "world": dist.world, "distributed": dist.mode,
-             **parts.record, **({"best": state.best} if state.best else {})}
+             **parts.record, **({"best": state.best} if state.best else {}),
+             **({"budget_steps": state.total} if parts.budget and state.total else {})}
     # any number of processes resumes: whole state dicts (`world_change`); `best`: read back by `resume`
     scaler = engine.precision.state_dict() if engine.precision is not None else {}
     extra.update({"grad_scaler": scaler} if scaler else {})  # fp16's loss scale, read back by `resume`

@@ -25,6 +25,9 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer, warmup: int, total: int, min_ratio: float):
+def warmup_cosine(optimizer, warmup: int, total, min_ratio: float):
+    """`total`: the steps the schedule spans, or a function giving them (read at each step: a time budget
+    sets the count once the first steps are timed, inside the warm-up)."""
+    count = total if callable(total) else (lambda: total)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total, min_ratio))
+        optimizer, lambda step: lr_factor(step, warmup, count(), min_ratio))

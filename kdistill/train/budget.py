@@ -1,0 +1,116 @@
+"""train.time_budget: minutes from the command's start to the trained student, shared out as they are spent.
+
+    budget = Budget(cfg.train.time_budget)          # at the command's start; Budget(None) sizes nothing
+    limits = budget.fit_limits()                    # when the student is built: {"span_fit": s, "repair": s}
+    budget.plan_steps(step, step_s, eval_s, every)  # in the loop, once steps are timed: the step count
+
+The budget covers the teacher, the data, the layer choice, the start-up fits and the training steps; the
+final evaluation and speed measurement come after it (eval.json `phases` says how long they took). The
+span fit may take SPAN_SHARE of what is left when it starts, the repair REPAIR_SHARE of what is left after
+it (each stops after the step that reaches its share, and never runs more than its configured steps). Training then
+times its first TIMED_STEPS steps and trains as many as fit in the rest (held-out evaluations included, at
+the step-0 evaluation's measured cost), and sizes the schedule's cosine to that count; while it trains, the
+count is lowered when steps run slower than measured, never raised. train.max_steps or train.epochs, when
+set, cap the count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+
+log = logging.getLogger("kdistill")
+SPAN_SHARE = 0.3  # of the seconds left when the student is built
+REPAIR_SHARE = 0.1
+TIMED_STEPS = 3  # steps timed before the count is set (the first one also warms up)
+SLACK = 1.05  # steps may run this much slower than measured before the count is lowered
+
+
+class Budget:
+    """A deadline (None: no budget), and what the run has measured against it."""
+
+    def __init__(self, minutes: float | None, start: float | None = None):
+        self.minutes = minutes
+        self.start = time.time() if start is None else start
+        self.deadline = None if minutes is None else self.start + 60 * minutes
+
+    def __bool__(self) -> bool:
+        return self.deadline is not None
+
+    def left(self) -> float:
+        """Seconds left (negative once spent)."""
+        return self.deadline - time.time()
+
+    def fit_limits(self) -> dict[str, float] | None:
+        """Seconds the span fit and the repair may take, from what is left now; None without a budget."""
+        if not self:
+            return None
+        left = max(0.0, self.left())
+        return {"span_fit": SPAN_SHARE * left, "repair": REPAIR_SHARE * left}
+
+    def plan_steps(self, step: int, step_s: float, eval_s: float, eval_every: int, cap: int | None) -> int:
+        """The steps to train in all, `step` of them taken, each `step_s` seconds, plus a held-out evaluation
+        of `eval_s` every `eval_every` steps; at least `step` (nothing more fits), at most `cap`."""
+        per_step = step_s + (eval_s / eval_every if eval_every > 0 else 0.0)
+        more = max(0, math.floor(self.left() / max(per_step, 1e-9)))
+        total = step + more
+        return min(total, cap) if cap is not None else total
+
+
+def exceeded(budget: Budget, step: int, total: int, step_s: float, eval_s: float, eval_every: int) -> bool:
+    """True when the `total - step` steps left would end more than SLACK past the deadline."""
+    per_step = step_s + (eval_s / eval_every if eval_every > 0 else 0.0)
+    return bool(budget) and (total - step) * per_step > SLACK * max(0.0, budget.left()) + per_step
+
+
+class StepClock:
+    """The loop's side of the budget: times each step (`tick` at an iteration's start, `stepped` after its
+    optimizer step), sets the run's step count once TIMED_STEPS are timed, then lowers it if the
+    iterations (evaluations and checkpoints included) run slower than that. Without a budget it does nothing."""
+
+    def __init__(self, budget: Budget, cap: int | None, eval_every: int, eval_s: float, sized: bool):
+        self.budget, self.cap, self.every, self.eval_s = budget, cap, eval_every, eval_s
+        self.sized = sized or not budget
+        self.steps: list[float] = []  # seconds of each optimizer step (this command's)
+        self.iterations: list[float] = []  # seconds between iteration starts: step, evaluation, checkpoint
+        self._started = self._step_started = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._started is not None:
+            self.iterations.append(now - self._started)
+        self._started = self._step_started = now
+
+    def stepped(self) -> None:
+        self.steps.append(time.perf_counter() - self._step_started)
+
+    def resize(self, state, dist) -> bool:
+        """Set or lower `state.total` (the same on every process: the main one decides); True when it changed."""
+        if not self.budget:
+            return False
+        if not self.sized:
+            if len(self.steps) < TIMED_STEPS and (self.cap is None or state.step < self.cap):
+                return False
+            step_s = statistics.median(self.steps[1:] or self.steps)  # the first one also warms up
+            total = self.budget.plan_steps(state.step, step_s, self.eval_s, self.every, self.cap)
+            how = (f"{step_s:.2f} s a step" + (f", a held-out evaluation {self.eval_s:.1f} s every {self.every} "
+                                               f"steps" if self.eval_s else ""))
+        else:
+            if len(self.iterations) < TIMED_STEPS:
+                return False
+            per = statistics.mean(self.iterations[1:])
+            slow = exceeded(self.budget, state.step, state.total, per, 0.0, 0)
+            total = min(state.total, self.budget.plan_steps(state.step, per, 0.0, 0, self.cap)) if slow \
+                else state.total
+            how = f"steps run slower than measured: {per:.2f} s an iteration"
+        if dist.active:
+            total = dist.broadcast(total)
+        self.sized = True
+        if total == state.total:
+            return False
+        state.total = total
+        if dist.main:
+            log.info("time budget %g min (%.0f s left): %d steps in all (%s)", self.budget.minutes,
+                     max(0.0, self.budget.left()), total, how)
+        return True

@@ -31,10 +31,12 @@ from tqdm.auto import tqdm
 from kdistill.base import fsutil
 from kdistill.base.errors import ModelError
 from kdistill.data.prompts import CHAT, PLAIN
+from kdistill.data.sampler import sample_batch
 from kdistill.models.teacher import cache_root
 
 log = logging.getLogger("kdistill")
-FORMAT = 2  # the record layout; part of the key, so a cache of another layout is never read
+FORMAT = 3  # the record layout and sampler; part of the key, so a cache of another layout is never read.
+# 3: sampler.sample_batch (finished rows leave the batch; temperature + top-p, no HF default top-k=50)
 SAMPLING = ("max_new_tokens", "temperature", "top_p", "batch_size", "seed")
 RECORDS, PARTIAL, LOCK = "records.jsonl", "records.partial.jsonl", ".lock"
 
@@ -66,21 +68,14 @@ def cache_key(teacher_id: str, settings: dict, prompts: list[list[int]], extra: 
 
 @torch.no_grad()
 def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: dict, device) -> list[list[int]]:
-    """The new ids of each prompt, cut after the first EOS. Shapes: B prompts -> B lists of <= max_new_tokens"""
-    enc = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(device)
-    sample = dict(do_sample=True, temperature=settings["temperature"], top_p=settings["top_p"]) \
-        if settings["temperature"] > 0 else dict(do_sample=False)
-    out = model.generate(**enc, max_new_tokens=settings["max_new_tokens"], pad_token_id=tokenizer.pad_token_id,
-                         **sample)
-    rows = []
-    for i in range(len(prompts)):
-        new = out[i, enc["input_ids"].shape[1]:].tolist()
-        if tokenizer.eos_token_id in new:
-            new = new[:new.index(tokenizer.eos_token_id) + 1]
-        while new and new[-1] == tokenizer.pad_token_id and new[-1] != tokenizer.eos_token_id:
-            new.pop()
-        rows.append(new)
-    return rows
+    """The new ids of each prompt, cut after the first EOS (the tokenizer's, or one of the model's
+    generation config), by `sampler.sample_batch`: rows that finished leave the batch. Shapes: B prompts ->
+    B lists of <= max_new_tokens"""
+    eos = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos |= set(config_eos) if isinstance(config_eos, (list, tuple)) else {config_eos}
+    return sample_batch(model, prompts, tokenizer.pad_token_id, eos - {None}, settings["max_new_tokens"],
+                        settings["temperature"], settings["top_p"], device=device)
 
 
 def read_partial(path: Path) -> list[list[dict]]:

@@ -177,12 +177,14 @@ def test_a_cache_and_a_live_teacher_together(teachers, tmp_path):
     write_cache(load_config(None, [f"teacher.model={a}", f"cache.out={cache}", *FAST, "cache.k=320",
                                    "cache.value_bits=16"]))
     terms = "loss.terms=[{kind: forward_kl, missing_mass: residual}, {kind: ce, weight: 0.1}]"
-    plain = _run(tmp_path / "plain", f"teacher.model={a}", terms)
+    plain = _run(tmp_path / "plain", f"teacher.model={a}", terms, "data.pack=false")  # a row a record, as a cache
     both = _run(tmp_path / "both", f"teacher.model={a}", terms,
                 _sources({"name": "live", "model": a}, {"name": "stored", "cache": cache}))
     rows = [json.loads(r) for r in (tmp_path / "both" / "metrics.jsonl").read_text().splitlines()]
     alone = [json.loads(r) for r in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["loss"] == pytest.approx(alone[1]["loss"], rel=1e-3)  # same first step, same batch
-    assert rows[1]["forward_kl/stored"] == pytest.approx(rows[1]["forward_kl/live"], rel=1e-2)
+    # the KL is ~5e-6 nats (the student starts as the teacher's copy): 16-bit cached values move it by more
+    # than 1% on some data, so 2e-7 nats is allowed beside it (as in tests/cache/test_distill_from_cache.py)
+    assert rows[1]["forward_kl/stored"] == pytest.approx(rows[1]["forward_kl/live"], rel=1e-2, abs=2e-7)
     assert plain.keys() == both.keys()
     assert "eval_stored_kl" in rows[-1] and "eval_live_kl" in rows[-1]

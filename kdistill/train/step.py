@@ -129,8 +129,11 @@ def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro
     if not math.isfinite(grad_norm) and precision.scaler is not None:
         return {**row, "grad_norm": grad_norm, **skip_step(precision, optimizer, student)}
     if not math.isfinite(grad_norm):
-        raise NonFiniteLoss(f"the gradient norm became {grad_norm}, first in {debug.first_non_finite(student)}; "
-                            f"{KEPT}. Lower train.lr")
+        # a weight that is NaN can leave the loss finite (CPU attention kernels may drop a NaN score)
+        broken = debug.first_non_finite_weight(student)
+        cause = f": the student's weights are not finite (first in {broken})" if broken else ""
+        raise NonFiniteLoss(f"the gradient norm became {grad_norm}, first in {debug.first_non_finite(student)}"
+                            f"{cause}; {KEPT}. Lower train.lr")
     before = debug.snapshot(student) if debugging else None
     scaled = step_optimizer(precision, optimizer)
     optimizer.zero_grad(set_to_none=True)

@@ -92,4 +92,6 @@ def test_an_ema_teacher_under_fsdp_follows_the_sharded_student_like_one_process(
         a, b = _tensors(tmp_path / "one", 3, name), _tensors(tmp_path / "two", 3, name)
         assert a.keys() == b.keys() and a, name
         for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-5)
+            # Adam divides by sqrt(v) + eps: a weight whose gradient is near eps moves by a part of lr (0.01)
+            # that the processes' summation order changes (one element of 1,024 by 8e-5 with transformers 5.25)
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=2e-4)

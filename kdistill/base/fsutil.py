@@ -2,7 +2,7 @@
 
 Files are written to a temporary name in the same folder and renamed into place; folders are built
 under a temporary name and renamed, so a kill at any moment leaves either the old or the new version.
-A kill leaves at most `.NAME.XXXXXXXX.tmp` (a half-built file or folder) and, while a folder is being
+A kill leaves at most `.NAME.<8 random characters>.tmp` (a half-built file or folder) and, while a folder is being
 replaced, `.NAME.old` (its previous version); `clean_partial` removes them (or puts `.NAME.old` back
 when NAME itself is gone). `run_lock` holds `OUTPUT_DIR/.kdistill.lock` for the length of a run.
 """

@@ -93,7 +93,7 @@ def check_flags(resume: bool, overwrite: bool) -> None:
 
 
 def _own_leftover(name: str) -> bool:
-    """`.NAME.XXXXXXXX.tmp` of a name a run writes: a kill while the run wrote its first file (the marker)."""
+    """`.NAME.<random>.tmp` of a name a run writes: a kill while the run wrote its first file (the marker)."""
     m = fsutil.PARTIAL.match(name)
     return m is not None and m["name"] in RUN_OWNED
 

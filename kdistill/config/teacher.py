@@ -31,6 +31,14 @@ class TeacherConfig:
     """Folder for the teacher layers that do not fit in `max_memory` (must be writable)."""
     allow_pickle: bool = False
     """Load a teacher whose weights exist only as pickled `pytorch_model.bin` (unpickling can run code)."""
+    reuse_topk: int | None = ranged(None, ">= 1", "empty = off")
+    """Keep each training row's top-K teacher log-probabilities in memory at its first visit and reuse them
+    when the row comes again (later epochs): the teacher runs once per row, not once per visit. Every step
+    then trains on the top-K signal, as from a `kdistill cache` with k=K (a term's `missing_mass` applies).
+    Empty = the live teacher's whole distribution at every visit (kdistill/sources/reuse.py)."""
+    reuse_max_mb: float = ranged(1024.0, "> 0", "megabytes")
+    """Most memory the kept signals of `reuse_topk` may take (8·K bytes a token); rows past it are scored
+    by the teacher at every visit."""
     sources: list[dict] = field(default_factory=list)
     """Several teachers: [{name, model: SPEC, weight, load_in}, {name, kind: ema, update_rate, every}];
     empty = the one teacher in `model` (or `cache`). Teachers with different tokenizers need

@@ -35,7 +35,9 @@ def teacher_line(cfg) -> str:
 
     device = pick_device(cfg.train.device)
     dtype = str(pick_dtype(t.dtype, device)).replace("torch.", "")
-    return f"teacher: model {t.model} ({where}), {dtype} on {device} (teacher.dtype={t.dtype}), held {t.load_in}"
+    reuse = (f"; each training row's top-{t.reuse_topk} kept at its first visit and reused (teacher.reuse_topk)"
+             if t.reuse_topk else "")
+    return f"teacher: model {t.model} ({where}), {dtype} on {device} (teacher.dtype={t.dtype}), held {t.load_in}{reuse}"
 
 
 def _teacher_config(cfg):

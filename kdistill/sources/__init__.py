@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the kinds are imported only when opened: `import kdistill.s
 
 def open_source(cfg, device, dtype) -> TeacherSource:
     """The run's teacher source: several (`teacher.sources`), a server (`teacher.server`), a cache
-    (`teacher.cache`), else the model (read
+    (`teacher.cache`), else the model (its signal kept per row with `teacher.reuse_topk`: `reuse.py`; read
     through its own tokenizer when the student has another: `student.tokenizer`, `cross.py`)."""
     if cfg.teacher.sources:
         from kdistill.sources.multi import MultiSource
@@ -34,6 +34,10 @@ def open_source(cfg, device, dtype) -> TeacherSource:
     from kdistill.sources.model import ModelSource
 
     teacher = ModelSource.load(cfg, device, dtype)
+    if cfg.teacher.reuse_topk:  # each row's top-K kept at its first visit (checks.reuse_refusals says when)
+        from kdistill.sources.reuse import ReuseSource
+
+        return ReuseSource(teacher, cfg.teacher.reuse_topk, cfg.teacher.reuse_max_mb)
     if cfg.student.tokenizer:  # the student reads another tokenizer: signals per aligned group of tokens
         from kdistill.sources.cross import CrossTokenizerSource, load_student_tokenizer
 

@@ -14,6 +14,8 @@ is a new class that has them all (tests/sources/test_protocol.py checks each cla
 | EmaSource            | an EMA of the student (in `teacher.sources`)   | the student's batch  | its shadow    |
 | CrossTokenizerSource | read in its own tokens (`student.tokenizer`)   | the teacher's tokens | None          |
 | ServedSource         | on an inference server (`teacher.server`)      | the student's batch  | None          |
+| ReuseSource          | a model whose top-K per row is kept at its     | the model's          | the model     |
+|                      | first visit (`teacher.reuse_topk`)             |                      |               |
 """
 from __future__ import annotations
 

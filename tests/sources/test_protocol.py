@@ -16,10 +16,11 @@ from kdistill.sources.cross import CrossTokenizerSource
 from kdistill.sources.ema import EmaSource
 from kdistill.sources.model import ModelSource
 from kdistill.sources.multi import MultiSource
+from kdistill.sources.reuse import ReuseSource
 from kdistill.sources.served import ServedSource
 from kdistill.sources.server_client import ServerClient
 
-KINDS = (ModelSource, CacheSource, MultiSource, EmaSource, CrossTokenizerSource, ServedSource)
+KINDS = (ModelSource, CacheSource, MultiSource, EmaSource, CrossTokenizerSource, ServedSource, ReuseSource)
 
 
 def _members() -> tuple[dict, list[str]]:
@@ -50,6 +51,7 @@ def sources() -> dict:
     return {ModelSource: model, CacheSource: CacheSource(cache, None, None, False),
             MultiSource: MultiSource([model], [1.0], "sum", None, model.model), EmaSource: ema,
             CrossTokenizerSource: CrossTokenizerSource(model, tiny_tokenizer()),
+            ReuseSource: ReuseSource(model, 8, 16.0),
             ServedSource: ServedSource(ServerClient("http://127.0.0.1:9/v1"), 4, tok, model.model.config, None, "",
                                        "tiny")}
 

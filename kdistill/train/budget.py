@@ -10,8 +10,10 @@ span fit may take SPAN_SHARE of what is left when it starts, the repair REPAIR_S
 it (each stops after the step that reaches its share, and never runs more than its configured steps). Training then
 times its first TIMED_STEPS steps and trains as many as fit in the rest (held-out evaluations included, at
 the step-0 evaluation's measured cost), and sizes the schedule's cosine to that count; while it trains, the
-count is lowered when steps run slower than measured, never raised. train.max_steps or train.epochs, when
-set, cap the count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
+count is lowered when the last RECENT iterations ran slower than that, and raised when they ran faster by
+more than SLACK (a teacher that is skipped after the first epoch, `teacher.reuse_topk`: later steps are
+cheaper); a resumed run only lowers the count it saved. train.max_steps or train.epochs, when set, cap
+the count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ SPAN_SHARE = 0.3  # of the seconds left when the student is built
 REPAIR_SHARE = 0.1
 TIMED_STEPS = 3  # steps timed before the count is set (the first one also warms up)
 SLACK = 1.05  # steps may run this much slower than measured before the count is lowered
+RECENT = 8  # iterations the speed is read from once the count is set (and between two raises)
 
 
 class Budget:
@@ -67,11 +70,14 @@ def exceeded(budget: Budget, step: int, total: int, step_s: float, eval_s: float
 class StepClock:
     """The loop's side of the budget: times each step (`tick` at an iteration's start, `stepped` after its
     optimizer step), sets the run's step count once TIMED_STEPS are timed, then lowers it if the
-    iterations (evaluations and checkpoints included) run slower than that. Without a budget it does nothing."""
+    iterations (evaluations and checkpoints included) run slower than that, or raises it when they run faster
+    (not on a resumed run: `sized` says the count came from its checkpoint). Without a budget it does nothing."""
 
     def __init__(self, budget: Budget, cap: int | None, eval_every: int, eval_s: float, sized: bool):
         self.budget, self.cap, self.every, self.eval_s = budget, cap, eval_every, eval_s
         self.sized = sized or not budget
+        self.grow = not sized  # a count this command set may grow; a resumed run's count only shrinks
+        self._changed_at = 0  # iterations timed when the count last changed
         self.steps: list[float] = []  # seconds of each optimizer step (this command's)
         self.iterations: list[float] = []  # seconds between iteration starts: step, evaluation, checkpoint
         self._started = self._step_started = None
@@ -99,17 +105,23 @@ class StepClock:
         else:
             if len(self.iterations) < TIMED_STEPS:
                 return False
-            per = statistics.mean(self.iterations[1:])
-            slow = exceeded(self.budget, state.step, state.total, per, 0.0, 0)
-            total = min(state.total, self.budget.plan_steps(state.step, per, 0.0, 0, self.cap)) if slow \
-                else state.total
-            how = f"steps run slower than measured: {per:.2f} s an iteration"
+            recent = self.iterations[1:][-RECENT:]
+            per = statistics.mean(recent)  # evaluations and checkpoints included
+            total, how = state.total, ""
+            if exceeded(self.budget, state.step, state.total, per, 0.0, 0):
+                total = min(state.total, self.budget.plan_steps(state.step, per, 0.0, 0, self.cap))
+                how = f"steps run slower than measured: {per:.2f} s an iteration"
+            elif self.grow and len(self.iterations) - self._changed_at >= RECENT:
+                typical = statistics.median(recent)  # a step; evaluations counted at their measured cost
+                more = self.budget.plan_steps(state.step, typical * SLACK, self.eval_s, self.every, self.cap)
+                if more > state.total + 1:
+                    total, how = more, f"steps run faster than measured: {typical:.2f} s a step"
         if dist.active:
             total = dist.broadcast(total)
         self.sized = True
         if total == state.total:
             return False
-        state.total = total
+        state.total, self._changed_at = total, len(self.iterations)
         if dist.main:
             log.info("time budget %g min (%.0f s left): %d steps in all (%s)", self.budget.minutes,
                      max(0.0, self.budget.left()), total, how)

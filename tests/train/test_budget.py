@@ -1,6 +1,6 @@
 """train.time_budget: the step count fills what is left after the timed steps (the cosine sized to it, a
-cap respected), steps that turn slower lower it so the run still ends near its deadline, a resumed run
-keeps the count its budget gave it, the span fit and the repair stop at their share, and `kdistill
+cap respected), steps that turn slower lower it and steps that turn faster raise it so the run still ends
+near its deadline, a resumed run keeps the count its budget gave it, the span fit and the repair stop at their share, and `kdistill
 distill` with a budget trains, says the count and describes it."""
 import json
 import time
@@ -102,6 +102,19 @@ def test_steps_that_turn_slower_lower_the_count(tmp_path, caplog):
     assert len(planned) >= 2 and planned[0] > 40  # first sized at ~0.02 s a step
     assert state.total == planned[-1] < planned[0] and len(state.history) == state.total
     assert took < 2.0 * B.SLACK + 0.5
+
+
+def test_steps_that_turn_faster_raise_the_count(tmp_path, caplog):
+    start = time.time()
+    budget = B.Budget(2.0 / 60, start=start)
+    with caplog.at_level("INFO", logger="kdistill"):
+        state = train(tmp_path, [0.12] * 6 + [0.02], budget)  # a teacher skipped after the first epoch
+    took = time.time() - start
+    planned = [int(m.split(": ")[1].split(" steps")[0]) for m in caplog.messages if m.startswith("time budget")]
+    assert len(planned) >= 2 and planned[0] < 20  # first sized at ~0.12 s a step
+    assert state.total == planned[-1] > planned[0] + 10 and len(state.history) == state.total
+    assert any("faster than measured" in m for m in caplog.messages)
+    assert 2.0 - 0.6 < took < 2.0 * B.SLACK + 0.5  # the faster steps fill the budget, and stay inside it
 
 
 def test_a_resumed_run_keeps_the_count_its_budget_gave(tmp_path):

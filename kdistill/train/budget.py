@@ -10,9 +10,10 @@ span fit may take SPAN_SHARE of what is left when it starts, the repair REPAIR_S
 it (each stops after the step that reaches its share, and never runs more than its configured steps). Training then
 times its first TIMED_STEPS steps and trains as many as fit in the rest (held-out evaluations included, at
 the step-0 evaluation's measured cost), and sizes the schedule's cosine to that count; while it trains, the
-count is lowered when the last RECENT iterations ran slower than that, and raised when they ran faster by
-more than SLACK (a teacher that is skipped after the first epoch, `teacher.reuse_topk`: later steps are
-cheaper); a resumed run only lowers the count it saved. train.max_steps or train.epochs, when set, cap
+count is lowered when the iterations since it was last set run slower than that, and raised when at least
+RECENT of them ran faster by more than SLACK than the speed it was set with (a teacher that is skipped
+after the first epoch, `teacher.reuse_topk`: later steps are cheaper); a resumed run only lowers the
+count it saved. train.max_steps or train.epochs, when set, cap
 the count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ SPAN_SHARE = 0.3  # of the seconds left when the student is built
 REPAIR_SHARE = 0.1
 TIMED_STEPS = 3  # steps timed before the count is set (the first one also warms up)
 SLACK = 1.05  # steps may run this much slower than measured before the count is lowered
-RECENT = 8  # iterations the speed is read from once the count is set (and between two raises)
+RECENT = 8  # iterations timed since the count last changed before it may be raised
 
 
 class Budget:
@@ -78,6 +79,7 @@ class StepClock:
         self.sized = sized or not budget
         self.grow = not sized  # a count this command set may grow; a resumed run's count only shrinks
         self._changed_at = 0  # iterations timed when the count last changed
+        self._per = float("inf")  # the seconds an iteration the count was last set with
         self.steps: list[float] = []  # seconds of each optimizer step (this command's)
         self.iterations: list[float] = []  # seconds between iteration starts: step, evaluation, checkpoint
         self._started = self._step_started = None
@@ -102,26 +104,27 @@ class StepClock:
             total = self.budget.plan_steps(state.step, step_s, self.eval_s, self.every, self.cap)
             how = (f"{step_s:.2f} s a step" + (f", a held-out evaluation {self.eval_s:.1f} s every {self.every} "
                                                f"steps" if self.eval_s else ""))
+            per = step_s + (self.eval_s / self.every if self.every > 0 else 0.0)
         else:
-            if len(self.iterations) < TIMED_STEPS:
+            # the iterations since the count last changed (all of them before any change)
+            since = self.iterations[1:] if self._changed_at == 0 else self.iterations[self._changed_at:]
+            if len(since) < TIMED_STEPS:
                 return False
-            recent = self.iterations[1:][-RECENT:]
-            per = statistics.mean(recent)  # evaluations and checkpoints included
+            per = statistics.mean(since)  # evaluations and checkpoints included
             total, how = state.total, ""
             if exceeded(self.budget, state.step, state.total, per, 0.0, 0):
                 total = min(state.total, self.budget.plan_steps(state.step, per, 0.0, 0, self.cap))
                 how = f"steps run slower than measured: {per:.2f} s an iteration"
-            elif self.grow and len(self.iterations) - self._changed_at >= RECENT:
-                typical = statistics.median(recent)  # a step; evaluations counted at their measured cost
-                more = self.budget.plan_steps(state.step, typical * SLACK, self.eval_s, self.every, self.cap)
+            elif self.grow and len(since) >= RECENT and per * SLACK < self._per:  # faster than when last set
+                more = self.budget.plan_steps(state.step, per * SLACK, 0.0, 0, self.cap)
                 if more > state.total + 1:
-                    total, how = more, f"steps run faster than measured: {typical:.2f} s a step"
+                    total, how = more, f"steps run faster than measured: {per:.2f} s an iteration"
         if dist.active:
             total = dist.broadcast(total)
         self.sized = True
         if total == state.total:
             return False
-        state.total, self._changed_at = total, len(self.iterations)
+        state.total, self._changed_at, self._per = total, len(self.iterations), per
         if dist.main:
             log.info("time budget %g min (%.0f s left): %d steps in all (%s)", self.budget.minutes,
                      max(0.0, self.budget.left()), total, how)

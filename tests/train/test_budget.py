@@ -112,9 +112,9 @@ def test_steps_that_turn_faster_raise_the_count(tmp_path, caplog):
     took = time.time() - start
     planned = [int(m.split(": ")[1].split(" steps")[0]) for m in caplog.messages if m.startswith("time budget")]
     assert len(planned) >= 2 and planned[0] < 20  # first sized at ~0.12 s a step
-    assert state.total == planned[-1] > planned[0] + 10 and len(state.history) == state.total
+    assert state.total == planned[-1] > planned[0] + 5 and len(state.history) == state.total
     assert any("faster than measured" in m for m in caplog.messages)
-    assert 2.0 - 0.6 < took < 2.0 * B.SLACK + 0.5  # the faster steps fill the budget, and stay inside it
+    assert 2.0 - 0.8 < took < 2.0 * B.SLACK + 0.5  # the faster steps fill the budget, and stay inside it
 
 
 def test_a_resumed_run_keeps_the_count_its_budget_gave(tmp_path):

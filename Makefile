@@ -33,7 +33,7 @@ $(VENV)/.installed: $(VENV)/.installed-demo
 	touch $@
 
 demo: setup-demo
-	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite
+	$(PY) -m kdistill distill --config configs/demo.yaml --overwrite train.time_budget=8.5
 
 test: setup chromium teacher-server-env sandbox-tool
 	OMP_NUM_THREADS=1 KDISTILL_THREADS=1 $(PY) -m pytest -q

@@ -10,8 +10,9 @@ span fit may take SPAN_SHARE of what is left when it starts, the repair REPAIR_S
 it (each stops after the step that reaches its share, and never runs more than its configured steps). Training then
 times its first TIMED_STEPS steps and trains as many as fit in the rest (held-out evaluations included, at
 the step-0 evaluation's measured cost), and sizes the schedule's cosine to that count; while it trains, the
-count is lowered when the iterations since it was last set run slower than that, and raised when at least
-RECENT of them ran faster by more than SLACK than the speed it was set with (a teacher that is skipped
+count is lowered when the steps since it was last set run slower than that, and raised when at least
+RECENT of them ran faster by more than SLACK than the speed it was set with (evaluations counted at their
+measured cost, so one falling between two checks does not move the count) (a teacher that is skipped
 after the first epoch, `teacher.reuse_topk`: later steps are cheaper); a resumed run only lowers the
 count it saved. train.max_steps or train.epochs, when set, cap
 the count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
@@ -28,7 +29,7 @@ SPAN_SHARE = 0.3  # of the seconds left when the student is built
 REPAIR_SHARE = 0.1
 TIMED_STEPS = 3  # steps timed before the count is set (the first one also warms up)
 SLACK = 1.05  # steps may run this much slower than measured before the count is lowered
-RECENT = 8  # iterations timed since the count last changed before it may be raised
+RECENT = 8  # steps timed since the count last changed before it may be raised
 
 
 class Budget:
@@ -70,15 +71,15 @@ def exceeded(budget: Budget, step: int, total: int, step_s: float, eval_s: float
 
 class StepClock:
     """The loop's side of the budget: times each step (`tick` at an iteration's start, `stepped` after its
-    optimizer step), sets the run's step count once TIMED_STEPS are timed, then lowers it if the
-    iterations (evaluations and checkpoints included) run slower than that, or raises it when they run faster
+    optimizer step), sets the run's step count once TIMED_STEPS are timed, then lowers it if the steps
+    (evaluations counted at their measured cost) run slower than that, or raises it when they run faster
     (not on a resumed run: `sized` says the count came from its checkpoint). Without a budget it does nothing."""
 
     def __init__(self, budget: Budget, cap: int | None, eval_every: int, eval_s: float, sized: bool):
         self.budget, self.cap, self.every, self.eval_s = budget, cap, eval_every, eval_s
         self.sized = sized or not budget
         self.grow = not sized  # a count this command set may grow; a resumed run's count only shrinks
-        self._changed_at = 0  # iterations timed when the count last changed
+        self._changed_at = 0  # steps timed when the count last changed
         self._per = float("inf")  # the seconds an iteration the count was last set with
         self.steps: list[float] = []  # seconds of each optimizer step (this command's)
         self.iterations: list[float] = []  # seconds between iteration starts: step, evaluation, checkpoint
@@ -106,25 +107,27 @@ class StepClock:
                                                f"steps" if self.eval_s else ""))
             per = step_s + (self.eval_s / self.every if self.every > 0 else 0.0)
         else:
-            # the iterations since the count last changed (all of them before any change)
-            since = self.iterations[1:] if self._changed_at == 0 else self.iterations[self._changed_at:]
+            # the steps since the count last changed (all of them before any change); evaluations are
+            # counted at their measured cost, not by the step they fall in, so they do not move the count
+            since = self.steps[1:] if self._changed_at == 0 else self.steps[self._changed_at:]
             if len(since) < TIMED_STEPS:
                 return False
-            per = statistics.mean(since)  # evaluations and checkpoints included
+            step_s = statistics.mean(since)
+            per = step_s + (self.eval_s / self.every if self.every > 0 else 0.0)
             total, how = state.total, ""
             if exceeded(self.budget, state.step, state.total, per, 0.0, 0):
                 total = min(state.total, self.budget.plan_steps(state.step, per, 0.0, 0, self.cap))
-                how = f"steps run slower than measured: {per:.2f} s an iteration"
+                how = f"steps run slower than measured: {step_s:.2f} s a step"
             elif self.grow and len(since) >= RECENT and per * SLACK < self._per:  # faster than when last set
                 more = self.budget.plan_steps(state.step, per * SLACK, 0.0, 0, self.cap)
                 if more > state.total + 1:
-                    total, how = more, f"steps run faster than measured: {per:.2f} s an iteration"
+                    total, how = more, f"steps run faster than measured: {step_s:.2f} s a step"
         if dist.active:
             total = dist.broadcast(total)
         self.sized = True
         if total == state.total:
             return False
-        state.total, self._changed_at, self._per = total, len(self.iterations), per
+        state.total, self._changed_at, self._per = total, len(self.steps), per
         if dist.main:
             log.info("time budget %g min (%.0f s left): %d steps in all (%s)", self.budget.minutes,
                      max(0.0, self.budget.left()), total, how)

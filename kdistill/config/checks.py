@@ -17,6 +17,12 @@ CROSS_TERMS = ("ce", "uld", "hybrid")  # the loss kinds that work across tokeniz
 CROSS_COMBINE = ("sum", "route")  # teacher.combine modes that keep each teacher's signal in its own form
 
 
+def feature_terms(cfg) -> list[tuple[int, str]]:
+    """(index, kind) of each hidden-state or attention term of loss.terms."""
+    return [(i, t["kind"]) for i, t in enumerate(cfg.loss.terms)
+            if isinstance(t, dict) and t.get("kind") in FEATURE_WHAT]
+
+
 def refuse_failed(checks: list[tuple[str, bool, str]]) -> None:
     """ConfigError `KEY WHY` for the first (key, ok, why) whose ok is false."""
     for key, ok, why in checks:
@@ -146,10 +152,8 @@ def reuse_refusals(cfg) -> list[str]:
     if cfg.rollout.on_policy:
         why.append(f"rollout.source={cfg.rollout.source} trains on new text every rollout step, which no kept "
                    "signal covers; set rollout.lmbda=0")
-    for i, term in enumerate(cfg.loss.terms):
-        if isinstance(term, dict) and term.get("kind") in FEATURE_WHAT:
-            why.append(f"loss.terms[{i}] ({term['kind']}) needs the teacher's {FEATURE_WHAT[term['kind']]} at every "
-                       "step; remove the term")
+    for i, kind in feature_terms(cfg):
+        why.append(f"loss.terms[{i}] ({kind}) needs the teacher's {FEATURE_WHAT[kind]} at every step; remove the term")
     return why
 
 
@@ -163,6 +167,5 @@ def check_supported(cfg) -> None:
         raise ConfigError("data.pack=true packs records several per row, which this run cannot do exactly: "
                           + "; ".join(why) + ". Or set data.pack=auto (packs where exact) or data.pack=false")
     _check_rollout_teacher(cfg)
-    for i, term in enumerate(cfg.loss.terms):
-        if isinstance(term, dict) and term.get("kind") in FEATURE_WHAT:
-            _check_feature_teacher(cfg, f"loss.terms[{i}]", term["kind"])
+    for i, kind in feature_terms(cfg):
+        _check_feature_teacher(cfg, f"loss.terms[{i}]", kind)

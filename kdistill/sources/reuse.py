@@ -54,15 +54,14 @@ def top_k(signal, k: int) -> SparseSignal:
         return SparseSignal(ids=signal.ids.gather(-1, slot), logprobs=logprobs)
     if signal.form != DENSE:
         raise ValueError(f"teacher.reuse_topk keeps dense or sparse signals, not {signal.form}")
-    b, t = (signal.logits if signal.logits is not None else signal.hidden).shape[:2]
-    k = min(k, signal.vocab_size)
+    made = signal.logits if signal.logits is not None else signal.hidden
+    (b, t), device, k = made.shape[:2], made.device, min(k, signal.vocab_size)
     ids = torch.empty(b * t, k, dtype=torch.long)
     logprobs = torch.empty(b * t, k)
     for start in range(0, b * t, CHUNK):
         rows = torch.arange(start, min(start + CHUNK, b * t))
         part = SparseSignal.from_logits(signal.take(rows).logits, k)
         ids[rows], logprobs[rows] = part.ids.cpu(), part.logprobs.cpu()
-    device = (signal.logits if signal.logits is not None else signal.hidden).device
     return SparseSignal(ids=ids.view(b, t, k).to(device), logprobs=logprobs.view(b, t, k).to(device))
 
 

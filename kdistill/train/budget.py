@@ -11,11 +11,11 @@ it (each stops after the step that reaches its share, and never runs more than i
 times its first TIMED_STEPS steps and trains as many as fit in the rest (held-out evaluations included, at
 the step-0 evaluation's measured cost), and sizes the schedule's cosine to that count; while it trains, the
 count is lowered when the steps since it was last set run slower than that, and raised when at least
-RECENT of them ran faster by more than SLACK than the speed it was set with (evaluations counted at their
-measured cost, so one falling between two checks does not move the count) (a teacher that is skipped
-after the first epoch, `teacher.reuse_topk`: later steps are cheaper); a resumed run only lowers the
-count it saved. train.max_steps or train.epochs, when set, cap
-the count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
+RECENT of them ran faster by more than SLACK than the speed it was set with (a teacher skipped after the
+first epoch, `teacher.reuse_topk`, makes later steps cheaper); evaluations count at their measured cost,
+so one falling between two checks does not move the count. A resumed run only lowers the count it saved.
+train.max_steps or train.epochs, when set, cap the count. Shares: measured in docs/benchmarks.md "Quality
+per minute" (wall-clock-matched rows).
 """
 from __future__ import annotations
 
@@ -71,28 +71,29 @@ def exceeded(budget: Budget, step: int, total: int, step_s: float, eval_s: float
 
 class StepClock:
     """The loop's side of the budget: times each step (`tick` at an iteration's start, `stepped` after its
-    optimizer step), sets the run's step count once TIMED_STEPS are timed, then lowers it if the steps
-    (evaluations counted at their measured cost) run slower than that, or raises it when they run faster
-    (not on a resumed run: `sized` says the count came from its checkpoint). Without a budget it does nothing."""
+    optimizer step: the evaluation and checkpoint after it are not in it), sets the run's step count once
+    TIMED_STEPS are timed, then lowers it if the steps (evaluations counted at their measured cost) run
+    slower than that, or raises it when they run faster (not on a resumed run: `sized` says the count came
+    from its checkpoint). Without a budget it does nothing."""
 
     def __init__(self, budget: Budget, cap: int | None, eval_every: int, eval_s: float, sized: bool):
         self.budget, self.cap, self.every, self.eval_s = budget, cap, eval_every, eval_s
         self.sized = sized or not budget
         self.grow = not sized  # a count this command set may grow; a resumed run's count only shrinks
-        self._changed_at = 0  # steps timed when the count last changed
-        self._per = float("inf")  # the seconds an iteration the count was last set with
+        self._changed_at = 1  # the first step timed since the count last changed (step 0 also warms up)
+        self._per = float("inf")  # the seconds a step (evaluations included) the count was last set with
         self.steps: list[float] = []  # seconds of each optimizer step (this command's)
-        self.iterations: list[float] = []  # seconds between iteration starts: step, evaluation, checkpoint
-        self._started = self._step_started = None
+        self._step_started = None
 
     def tick(self) -> None:
-        now = time.perf_counter()
-        if self._started is not None:
-            self.iterations.append(now - self._started)
-        self._started = self._step_started = now
+        self._step_started = time.perf_counter()
 
     def stepped(self) -> None:
         self.steps.append(time.perf_counter() - self._step_started)
+
+    def _with_evaluations(self, step_s: float) -> float:
+        """Seconds a step with its share of the held-out evaluations."""
+        return step_s + (self.eval_s / self.every if self.every > 0 else 0.0)
 
     def resize(self, state, dist) -> bool:
         """Set or lower `state.total` (the same on every process: the main one decides); True when it changed."""
@@ -105,15 +106,15 @@ class StepClock:
             total = self.budget.plan_steps(state.step, step_s, self.eval_s, self.every, self.cap)
             how = (f"{step_s:.2f} s a step" + (f", a held-out evaluation {self.eval_s:.1f} s every {self.every} "
                                                f"steps" if self.eval_s else ""))
-            per = step_s + (self.eval_s / self.every if self.every > 0 else 0.0)
+            per = self._with_evaluations(step_s)
         else:
-            # the steps since the count last changed (all of them before any change); evaluations are
-            # counted at their measured cost, not by the step they fall in, so they do not move the count
-            since = self.steps[1:] if self._changed_at == 0 else self.steps[self._changed_at:]
+            # the steps since the count last changed; evaluations are counted at their measured cost, not by
+            # the step they fall in, so they do not move the count
+            since = self.steps[self._changed_at:]
             if len(since) < TIMED_STEPS:
                 return False
             step_s = statistics.mean(since)
-            per = step_s + (self.eval_s / self.every if self.every > 0 else 0.0)
+            per = self._with_evaluations(step_s)
             total, how = state.total, ""
             if exceeded(self.budget, state.step, state.total, per, 0.0, 0):
                 total = min(state.total, self.budget.plan_steps(state.step, per, 0.0, 0, self.cap))

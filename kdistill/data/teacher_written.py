@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 from pathlib import Path
 
 import torch
@@ -47,13 +48,20 @@ def sampling(settings, **override) -> dict:
 
 
 def prompt_texts(tokenizer, n: int) -> list[str]:
-    """n built-in prompts cycling through the plain and chat sets (about 2 plain : 1 chat)."""
+    """n built-in prompts, 2 plain : 1 chat, each set in a fixed shuffled order (so the first few dozen
+    already mix stories, facts, how-to, code and dialogue); every prompt comes once before any repeats."""
     chat = [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
                                           add_generation_prompt=True) for c in CHAT] \
         if getattr(tokenizer, "chat_template", None) else [f"{c}\n" for c in CHAT]
-    pool = [p for pair in zip(PLAIN, PLAIN[1:] + PLAIN[:1], chat * 3) for p in pair]
-    pool += [p for p in PLAIN + chat if p not in pool]
+    plain, chat = _shuffled(PLAIN), _shuffled(chat)
+    pool = [p for i in range(max(len(plain) // 2 + 1, len(chat))) for p in plain[2 * i:2 * i + 2] + chat[i:i + 1]]
     return [pool[i % len(pool)] for i in range(n)]
+
+
+def _shuffled(items: list[str]) -> list[str]:
+    order = list(range(len(items)))
+    random.Random(0).shuffle(order)
+    return [items[i] for i in order]
 
 
 def builtin_prompts(tokenizer, n: int) -> list[list[int]]:

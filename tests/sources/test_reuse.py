@@ -143,9 +143,11 @@ def test_with_k_ids_kept_a_run_is_the_run_from_a_cache_of_k(teacher_dir, tmp_pat
         assert y["loss"] == pytest.approx(x["loss"], rel=2e-3) and y["forward_kl"] == pytest.approx(x["forward_kl"],
                                                                                                     rel=2e-3)
     assert b[-1]["eval_kl"] == pytest.approx(cached["heldout"]["kl"], rel=1e-2)
-    # each of the 13 training records (16 answers, 3 held out) is scored by the teacher once, at its first
-    # visit; every later visit is read back
-    assert visits[-1]["misses"] == visits[-1]["rows"] == 13 and visits[-1]["hits"] == sum(rows) - 13 > 0
+    # each training record is scored by the teacher at its first visit and kept; every later visit is read back
+    records = json.loads((tmp_path / "kept" / "data_report.json").read_text())["heldout_split"]["train_examples"]
+    last = visits[-1]
+    assert last["rows"] == records >= 12 and last["hits"] + last["misses"] == sum(rows) and last["hits"] > 0
+    assert records <= last["misses"] < records + 4  # a first visit, or another in the same batch (an epoch's end)
 
 
 @pytest.mark.parametrize("extra, named", [

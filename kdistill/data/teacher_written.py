@@ -54,7 +54,7 @@ def prompt_texts(tokenizer, n: int) -> list[str]:
                                           add_generation_prompt=True) for c in CHAT] \
         if getattr(tokenizer, "chat_template", None) else [f"{c}\n" for c in CHAT]
     plain, chat = _shuffled(PLAIN), _shuffled(chat)
-    pool = [p for i in range(max(len(plain) // 2 + 1, len(chat))) for p in plain[2 * i:2 * i + 2] + chat[i:i + 1]]
+    pool = [p for i in range(max(math.ceil(len(plain) / 2), len(chat))) for p in plain[2 * i:2 * i + 2] + chat[i:i + 1]]
     return [pool[i % len(pool)] for i in range(n)]
 
 

@@ -73,20 +73,21 @@ def llama_student(cfg, teacher, vocab_size: int, calib_batch, tokenizer=None, bu
                           else prune_into(student, teacher, layers, first))
             whole = same_width and len(layers) == len(decoder_layers(teacher))  # an exact copy: nothing to repair
             fits = calib_batch is not None and not cfg.student.tokenizer and not whole  # span fit, repair
+            shares = (cfg.student.span_fit_share, cfg.student.repair_share)  # of a train.time_budget
             if cfg.student.span_fit_steps and fits:
                 if not same_width:
                     report["span_fit"] = "skipped: the student is narrower than the teacher (pruned)"
                 elif not increasing(layers):
                     report["span_fit"] = "skipped: the copied layers are not in increasing order (student.layers)"
                 else:
-                    limits = budget.fit_limits() if budget else None
+                    limits = budget.fit_limits(*shares) if budget else None
                     report["span_fit"] = fit_copied_spans(cfg, student, teacher, layers, calib_batch,
                                                           limits and limits["span_fit"])
             if cfg.student.repair_steps and fits:
                 from kdistill.students.repair import repair_from_teacher
 
                 rows = {k: v[:cfg.student.repair_rows] for k, v in calib_batch.items()}
-                limits = budget.fit_limits() if budget else None
+                limits = budget.fit_limits(*shares) if budget else None
                 report["repair"] = repair_from_teacher(student, teacher, rows, cfg.student.repair_steps,
                                                        limits and limits["repair"])
             if window_dropped(teacher.config):

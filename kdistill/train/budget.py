@@ -1,21 +1,21 @@
 """train.time_budget: minutes from the command's start to the trained student, shared out as they are spent.
 
     budget = Budget(cfg.train.time_budget)          # at the command's start; Budget(None) sizes nothing
-    limits = budget.fit_limits()                    # when the student is built: {"span_fit": s, "repair": s}
+    limits = budget.fit_limits(0.3, 0.1)            # when the student is built: {"span_fit": s, "repair": s}
     budget.plan_steps(step, step_s, eval_s, every)  # in the loop, once steps are timed: the step count
 
 The budget covers the teacher, the data, the layer choice, the start-up fits and the training steps; the
-final evaluation and speed measurement come after it (eval.json `phases` says how long they took). The
-span fit may take SPAN_SHARE of what is left when it starts, the repair REPAIR_SHARE of what is left after
-it (each stops after the step that reaches its share, and never runs more than its configured steps). Training then
-times its first TIMED_STEPS steps and trains as many as fit in the rest (held-out evaluations included, at
-the step-0 evaluation's measured cost), and sizes the schedule's cosine to that count; while it trains, the
-count is lowered when the steps since it was last set run slower than that, and raised when at least
-RECENT of them ran faster by more than SLACK than the speed it was set with (a teacher skipped after the
-first epoch, `teacher.reuse_topk`, makes later steps cheaper); evaluations count at their measured cost,
-so one falling between two checks does not move the count. A resumed run only lowers the count it saved.
-train.max_steps or train.epochs, when set, cap the count. Shares: measured in docs/benchmarks.md "Quality
-per minute" (wall-clock-matched rows).
+final evaluation and speed measurement come after it (eval.json `phases` says how long they took). The span
+fit may take SPAN_SHARE of what is left when it starts, the repair REPAIR_SHARE of what is left after it
+(the defaults of student.span_fit_share and student.repair_share; each stops after the step that reaches its
+share, and never runs more than its configured steps). Training then times its first TIMED_STEPS steps and
+trains as many as fit in the rest (held-out evaluations included, at the step-0 evaluation's measured cost),
+and sizes the schedule's cosine to that count; while it trains, the count is lowered when the steps since it
+was last set run slower than that, and raised when at least RECENT of them ran faster by more than SLACK
+than the speed it was set with (a teacher skipped after the first epoch, `teacher.reuse_topk`, makes later
+steps cheaper); evaluations count at their measured cost, so one falling between two checks does not move
+the count. A resumed run only lowers the count it saved. train.max_steps or train.epochs, when set, cap the
+count. Shares: measured in docs/benchmarks.md "Quality per minute" (wall-clock-matched rows).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import statistics
 import time
 
 log = logging.getLogger("kdistill")
-SPAN_SHARE = 0.3  # of the seconds left when the student is built
-REPAIR_SHARE = 0.1
+SPAN_SHARE = 0.3  # of the seconds left when the student is built (the default of student.span_fit_share)
+REPAIR_SHARE = 0.1  # of the seconds left after the span fit (student.repair_share)
 TIMED_STEPS = 3  # steps timed before the count is set (the first one also warms up)
 SLACK = 1.05  # steps may run this much slower than measured before the count is lowered
 RECENT = 8  # steps timed since the count last changed before it may be raised
@@ -47,12 +47,13 @@ class Budget:
         """Seconds left (negative once spent)."""
         return self.deadline - time.time()
 
-    def fit_limits(self) -> dict[str, float] | None:
-        """Seconds the span fit and the repair may take, from what is left now; None without a budget."""
+    def fit_limits(self, span_share: float = SPAN_SHARE, repair_share: float = REPAIR_SHARE) -> dict | None:
+        """Seconds the span fit and the repair may take, their shares of what is left now (student.span_fit_share,
+        student.repair_share); None without a budget."""
         if not self:
             return None
         left = max(0.0, self.left())
-        return {"span_fit": SPAN_SHARE * left, "repair": REPAIR_SHARE * left}
+        return {"span_fit": span_share * left, "repair": repair_share * left}
 
     def plan_steps(self, step: int, step_s: float, eval_s: float, eval_every: int, cap: int | None) -> int:
         """The steps to train in all, `step` of them taken, each `step_s` seconds, plus a held-out evaluation

@@ -46,3 +46,25 @@ def test_narrow_llama_student_is_pruned_and_wider_one_projected():
     assert report["layers"] == [0] and report["ffn"] == "pruned to 32 of 64 channels"
     _, report = build("student.num_layers=1", "student.hidden_size=64", "student.num_heads=8", calib=calib)
     assert report["embeddings"] == "projected (SVD)" and report["layers"] == []
+
+
+def test_the_start_up_fits_get_their_configured_shares_of_the_time_left(monkeypatch):
+    import kdistill.students as S
+    import kdistill.students.repair as R
+    from kdistill.train import budget as B
+
+    seen = {}
+    monkeypatch.setattr(S, "fit_copied_spans", lambda *a: seen.setdefault("span_fit", a[-1]) and {})
+    monkeypatch.setattr(R, "repair_from_teacher", lambda *a: seen.setdefault("repair", a[-1]) and {})
+    monkeypatch.setattr(B.time, "time", lambda: 1020.0)  # 40 s left of a minute from 1000
+    g = torch.Generator().manual_seed(0)
+    calib = {"input_ids": torch.randint(3, 90, (2, 8), generator=g),
+             "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    calib["mask"] = calib["attention_mask"].bool()
+    teacher = tiny_llama(90, num_hidden_layers=4)
+    build_student(load_config(None, ["student.num_layers=2", "student.span_fit_share=0.5",
+                                     "student.repair_share=0.25"]), teacher, 96, calib,
+                  budget=B.Budget(1.0, start=1000.0))
+    assert seen == {"span_fit": 20.0, "repair": 10.0}
+    with pytest.raises(ConfigError, match="student.span_fit_share"):
+        load_config(None, ["student.span_fit_share=0"])

@@ -92,7 +92,7 @@ class StudentConfig:
     are kept, in bfloat16, for the whole fit: up to 1.2 MB a row at 8 layers, 0.6 MB at 4)."""
     span_fit_lr: float = ranged(2e-3, "> 0", "a learning rate, e.g. 2e-3")
     """The span fit's constant Adam learning rate (best of 1e-4, 3e-4, 1e-3, 2e-3, 3e-3)."""
-    span_fit_share: float = ranged(0.3, "(0, 1]", "a fraction, e.g. 0.3")
+    span_fit_share: float = ranged(0.5, "(0, 1]", "a fraction, e.g. 0.5")
     """With train.time_budget: the most of the seconds left when the student is built that the span fit may
     take (it stops after the step that reaches it, or at span_fit_steps); docs/benchmarks.md "Quality per
     minute" measures the share."""

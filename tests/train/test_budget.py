@@ -94,7 +94,7 @@ def test_plan_steps_fills_what_is_left_with_evaluations_counted_and_respects_the
     assert budget.plan_steps(3, 2.0, 0.0, 0, None) == 3
     assert budget.fit_limits() == {"span_fit": 0.0, "repair": 0.0}
     monkeypatch.setattr(B.time, "time", lambda: 1020.0)
-    assert budget.fit_limits() == pytest.approx({"span_fit": 12.0, "repair": 4.0})  # the default shares
+    assert budget.fit_limits() == pytest.approx({"span_fit": 20.0, "repair": 4.0})  # the default shares
     assert budget.fit_limits(0.5, 0.25) == {"span_fit": 20.0, "repair": 10.0}
     assert B.Budget(None).fit_limits() is None and not B.Budget(None)
 
@@ -174,7 +174,7 @@ def test_the_config_checks_and_the_plan_say_the_budget(tmp_path):
     cfg = load_config(None, ["train.time_budget=8", f"output_dir={tmp_path / 'run'}"])
     assert cfg.train.max_steps is None  # the measured steps decide, not the default 150
     line = next(x for x in describe(cfg) if x.startswith("training:"))
-    assert "time budget of 8 min" in line and "30%" in line and "at most" not in line
+    assert "time budget of 8 min" in line and "50%" in line and "at most" not in line
     capped = load_config(None, ["train.time_budget=8", "train.max_steps=40", f"output_dir={tmp_path / 'run'}"])
     assert "at most 40 steps" in next(x for x in describe(capped) if x.startswith("training:"))
     shared = load_config(None, ["train.time_budget=8", "student.span_fit_share=0.45", "student.repair_share=0.2",

@@ -54,7 +54,8 @@ def prompt_texts(tokenizer, n: int) -> list[str]:
                                           add_generation_prompt=True) for c in CHAT] \
         if getattr(tokenizer, "chat_template", None) else [f"{c}\n" for c in CHAT]
     plain, chat = _shuffled(PLAIN), _shuffled(chat)
-    pool = [p for i in range(max(math.ceil(len(plain) / 2), len(chat))) for p in plain[2 * i:2 * i + 2] + chat[i:i + 1]]
+    triples = max(math.ceil(len(plain) / 2), len(chat))  # two plain prompts and one chat prompt each
+    pool = [p for i in range(triples) for p in plain[2 * i:2 * i + 2] + chat[i:i + 1]]
     return [pool[i % len(pool)] for i in range(n)]
 
 

@@ -123,10 +123,10 @@ def tokens_line(cfg) -> str:
     if t.time_budget is not None:
         cap = f"at most {t.max_steps} steps" if t.max_steps is not None else (
             f"at most {t.epochs} epoch{'s' if t.epochs > 1 else ''}" if t.epochs is not None else "")
-        shares = cfg.student
+        student = cfg.student
         steps = (f"training: a time budget of {t.time_budget:g} min from the command's start (teacher, data, "
                  f"start-up fits and steps; the final evaluation follows): the span fit may take "
-                 f"{shares.span_fit_share:.0%} and the repair {shares.repair_share:.0%} of the time left when each "
+                 f"{student.span_fit_share:.0%} and the repair {student.repair_share:.0%} of the time left when each "
                  f"starts, and the steps are as many as fit after {budget.TIMED_STEPS} timed ones"
                  + (f", {cap}" if cap else "") + f"; each step {t.batch_size} sequences{accum} x {t.seq_len} tokens")
     elif t.max_steps is None:  # counted from train.epochs once the data is read

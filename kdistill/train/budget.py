@@ -1,7 +1,7 @@
 """train.time_budget: minutes from the command's start to the trained student, shared out as they are spent.
 
     budget = Budget(cfg.train.time_budget)          # at the command's start; Budget(None) sizes nothing
-    limits = budget.fit_limits(0.5, 0.1)            # when the student is built: {"span_fit": s, "repair": s}
+    limits = budget.fit_limits(span, repair)        # when the student is built: {"span_fit": s, "repair": s}
     budget.plan_steps(step, step_s, eval_s, every)  # in the loop, once steps are timed: the step count
 
 The budget covers the teacher, the data, the layer choice, the start-up fits and the training steps; the
@@ -24,9 +24,11 @@ import math
 import statistics
 import time
 
+from kdistill.config.schema import StudentConfig
+
 log = logging.getLogger("kdistill")
-SPAN_SHARE = 0.5  # of the seconds left when the student is built (the default of student.span_fit_share)
-REPAIR_SHARE = 0.1  # of the seconds left after the span fit (student.repair_share)
+SPAN_SHARE = StudentConfig.span_fit_share  # the config's defaults: of the seconds left when the student is built
+REPAIR_SHARE = StudentConfig.repair_share  # of the seconds left after the span fit
 TIMED_STEPS = 3  # steps timed before the count is set (the first one also warms up)
 SLACK = 1.05  # steps may run this much slower than measured before the count is lowered
 RECENT = 8  # steps timed since the count last changed before it may be raised

@@ -1,7 +1,8 @@
 """Tokens/s of teacher-written data: HF generate (the old path) against sampler.sample_batch (finished rows
-leave the batch), on the embedded teacher in float32 on the CPU.
+leave the batch), on the embedded teacher in float32 on the CPU; or sample_batch alone at several batch sizes.
 
     .venv/bin/python scripts/bench_generate.py --threads 2 [--prompts 32 --rounds 2]
+    .venv/bin/python scripts/bench_generate.py --threads 2 --prompts 80 --batch-sizes 16 40 80
 
 The two paths run alternately (A B A B ...) on the same built-in prompts, in batches of 16 with
 max_new_tokens 112, temperature 0.8, top_p 0.95, each batch seeded as teacher_written does. Both keep only
@@ -50,6 +51,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="sample_batch alone at these batch sizes, alternated (instead of old against new)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, folder = load_teacher("default", torch.device("cpu"), torch.float32)
@@ -58,10 +61,14 @@ def main():
     prompts = builtin_prompts(tok, args.prompts)
     print(f"teacher {folder}, {args.prompts} prompts, {args.rounds} rounds, {args.threads} threads, {SETTINGS}")
     run(new_batch, model, tok, prompts[:2], {**SETTINGS, "max_new_tokens": 4})  # warm-up
-    totals = {"old (HF generate)": [0, 0.0], "new (sample_batch)": [0, 0.0]}
+    if args.batch_sizes:
+        variants = [(f"sample_batch, batch {b}", new_batch, {**SETTINGS, "batch_size": b}) for b in args.batch_sizes]
+    else:
+        variants = [("old (HF generate)", old_batch, SETTINGS), ("new (sample_batch)", new_batch, SETTINGS)]
+    totals = {name: [0, 0.0] for name, _, _ in variants}
     for r in range(args.rounds):
-        for name, fn in (("old (HF generate)", old_batch), ("new (sample_batch)", new_batch)):
-            kept, secs = run(fn, model, tok, prompts, SETTINGS)
+        for name, fn, settings in variants:
+            kept, secs = run(fn, model, tok, prompts, settings)
             totals[name][0] += kept
             totals[name][1] += secs
             print(f"round {r} {name:20s} kept {kept:5d} tokens  {secs:7.1f} s  {kept / secs:7.1f} tokens/s")
@@ -69,8 +76,9 @@ def main():
     for name, (kept, secs) in totals.items():
         rates[name] = kept / secs
         print(f"total   {name:20s} kept {kept:5d} tokens  {secs:7.1f} s  {rates[name]:7.1f} tokens/s")
-    old, new = rates.values()
-    print(f"ratio new/old tokens/s: {new / old:.2f}")
+    first, *rest = rates.items()
+    for name, rate in rest:
+        print(f"ratio {name} / {first[0]} tokens/s: {rate / first[1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """scripts/probe_set.py: the probe prompts are text no built-in run trains on, rendered as teacher_written does."""
 import importlib.util
-import json
 from pathlib import Path
 
 from kdistill.data.prompts import CHAT, PLAIN
@@ -16,7 +15,7 @@ def _script():
 
 
 def test_no_probe_prompt_is_a_builtin_prompt():
-    records = [json.loads(line) for line in _script().PROMPTS.read_text().splitlines() if line.strip()]
+    records = _script().read_probe()
     prompts = [r["prompt"] for r in records]
     assert len(prompts) == len(set(prompts)) == 54
     assert not set(prompts) & (set(PLAIN) | set(CHAT))
@@ -27,9 +26,11 @@ def test_no_probe_prompt_is_a_builtin_prompt():
 class _Tok:
     """Ids are characters; the chat template wraps the user's turn."""
 
+    chat_template = "<u>{content}</u><a>"
+
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        assert not tokenize and add_generation_prompt
-        return f"<u>{messages[0]['content']}</u><a>"
+        assert tokenize and add_generation_prompt
+        return [ord(c) for c in f"<u>{messages[0]['content']}</u><a>"]
 
     def __call__(self, text, add_special_tokens):
         assert not add_special_tokens

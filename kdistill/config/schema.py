@@ -38,7 +38,7 @@ from kdistill.config.choices import (
     check_choices,
 )
 from kdistill.config.generation import GenerateConfig
-from kdistill.config.presets import PresetName, default_lr
+from kdistill.config.presets import PresetName, default_freeze, default_lr
 from kdistill.config.ranges import check_ranges, ranged, where_set
 from kdistill.config.rollout import RolloutConfig
 from kdistill.config.teacher import TeacherConfig
@@ -226,9 +226,11 @@ class TrainConfig:
     grad_clip: float | None = ranged(1.0, ">= 0", "0 or empty = no clipping")
     """Largest gradient norm; a larger one is scaled down to it. 0 or empty = no clipping (as HF/TRL's
     max_grad_norm=0); the logged grad_norm is the norm before clipping either way."""
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool | None = None
     """Keep the student's token embeddings (and the output layer tied to them) as initialised from the
-    teacher: fewer weights to fit from little data, and no output-layer weight gradient to compute."""
+    teacher: fewer weights to fit from little data, and no output-layer weight gradient to compute.
+    Empty = by student: true for a LLaMA student that copies the teacher's embeddings unchanged (the
+    teacher's width and tokenizer), else false."""
     seed: int = ranged(0, ">= 0")
     """Seed of the student's initialisation, the held-out split and the batch order."""
     checkpoint_every: int = ranged(50, ">= 1")
@@ -355,6 +357,8 @@ def resolve_defaults(cfg: Config) -> None:
     """Fill the defaults that depend on other keys (the written config.yaml shows what was used)."""
     if cfg.train.lr is None:
         cfg.train.lr = default_lr(cfg.student)
+    if cfg.train.freeze_embeddings is None:
+        cfg.train.freeze_embeddings = default_freeze(cfg.student)
     if cfg.train.max_steps is None and cfg.train.epochs is None and cfg.train.time_budget is None:
         cfg.train.max_steps = DEFAULT_STEPS  # with a time budget the measured steps decide
 

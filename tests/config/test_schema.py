@@ -81,6 +81,19 @@ def test_learning_rate_default_depends_on_the_student():
     assert load_config(None, ["train.lr=1e-4", "student.kind=fractal"]).train.lr == 1e-4
 
 
+def test_frozen_embeddings_default_depends_on_the_student():
+    # the teacher's own embeddings, unchanged: frozen (with or without the span fit)
+    for extra in ([], ["student.span_fit_steps=0"], ["student.preset=teacher-width-4l"]):
+        assert load_config(None, extra).train.freeze_embeddings is True, extra
+    for extra in (["student.hidden_size=128"], ["student.preset=micro"], ["student.tokenizer=some/tokenizer"],
+                  ["student.kind=fractal"], ["student.kind=pretrained", "student.model=x"], ["student.init=random"]):
+        assert load_config(None, extra).train.freeze_embeddings is False, extra
+    assert load_config(None, ["train.freeze_embeddings=false"]).train.freeze_embeddings is False
+    assert load_config(None, ["train.freeze_embeddings="]).train.freeze_embeddings is True  # empty: by student
+    with pytest.raises(ConfigError, match="set train.freeze_embeddings=false"):  # said, not resolved
+        load_config(None, ["train.freeze_embeddings=true", "student.init=random"])
+
+
 def test_loss_terms_whose_weights_are_all_0_are_refused_naming_each_with_its_line(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("loss:\n  terms:\n    - kind: forward_kl\n      weight: 0\n    - {kind: ce, weight: 0.0}\n")
